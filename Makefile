@@ -1,0 +1,43 @@
+# heteroscale — every target sets up what it needs (a local .venv from uv.lock) on first use.
+SHELL := /bin/bash
+VENV := .venv
+UV := .tools/bin/uv
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+export UV_PYTHON_DOWNLOADS := never
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
+export DO_NOT_TRACK := 1
+
+.PHONY: setup demo test test-fast lint fmt clean
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install -q --disable-pip-version-check uv==0.13.8
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --compile-bytecode --python $(PYTHON)
+	touch $@
+
+setup: $(VENV)/.synced
+
+## The main job on the embedded default: replay the bundled real trace on the twin.
+demo: setup
+	$(VENV)/bin/heteroscale demo --out demo-out
+
+## All tests (unit, flows under Prefect, integration against real servers).
+test: setup
+	bash scripts/system-deps.sh
+	$(VENV)/bin/python -m pytest -q
+
+## Pure-logic unit tests only (seconds).
+test-fast: setup
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+fmt: setup
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .tools demo-out .heteroscale .pytest_cache

@@ -1,0 +1,159 @@
+"""Replay: drive the twin through a trace with a policy, the same steps as `scale_cluster`.
+
+Every control period in simulated time the loop calls the step functions of `tasks.steps`
+(collect -> forecast -> targets -> place -> apply) against the twin, the one decision code path
+the Prefect flow also runs. It is not a Prefect run per tick: a 14-day replay has 20,000 periods.
+
+`run_league` replays each policy on the same load from the same starting fleet and returns the
+summary rows of the `summary.json` contract.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.config import ClusterConfig, Metric
+from models.values import Action, ApplyMode, RoleCounts, ServicePolicyState
+from sim.traces import LoadCurve
+from sim.twin import Twin
+from tasks import steps
+from tasks.core.greedy import place_greedy
+from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
+from tasks.core.topology import view_from_config
+
+DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
+
+
+@dataclass
+class ReplayResult:
+    policy: str
+    twin: Twin
+    scale_actions: int
+    wall_s: float
+    unmet_periods: int
+
+    def summary(self) -> dict[str, float | int | str]:
+        stats = self.twin.stats.values()
+        gpu_s = sum(s.gpu_seconds for s in stats)
+        total_s = sum(s.total_s for s in stats)
+        simulated_s = max((s.total_s for s in stats), default=0.0)
+        return {
+            "policy": self.policy,
+            "gpu_hours": round(gpu_s / 3600.0, 3),
+            "avg_gpu_util": round(sum(s.util_gpu_seconds for s in stats) / gpu_s, 4) if gpu_s else 0.0,
+            "slo_attainment": round(sum(s.good_s for s in stats) / total_s, 4) if total_s else 0.0,
+            "scale_actions": self.scale_actions,
+            "simulated_s": simulated_s,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
+    """Ground-truth policy metric per window of each service's curve (offered, not served)."""
+    out = {}
+    for svc in config.services:
+        c = curves[svc.name]
+        if svc.policy.metric is Metric.DECODE_TPS:
+            out[svc.name] = c.req_per_s * c.mean_output_tokens
+        else:
+            out[svc.name] = c.req_per_s * c.mean_input_tokens * (1 - svc.prefix_cache_hit)
+    return out
+
+
+def peak_metric(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, float]:
+    """Peak of each service's metric, averaged over a control period (what static-peak sizes for)."""
+    out = {}
+    for name, series in metric_series(config, curves).items():
+        c = curves[name]
+        w = max(1, round(config.cluster.control_period_s / c.dt_s))
+        smooth = np.convolve(series, np.ones(w) / w, mode="valid") if len(series) >= w else series
+        out[name] = float(np.max(smooth)) if len(smooth) else 0.0
+    return out
+
+
+def initial_counts(
+    config: ClusterConfig, curves: Mapping[str, LoadCurve], policy: str
+) -> dict[str, RoleCounts]:
+    """The fleet running when the replay starts: sized for the first period's load (static-peak:
+    for the peak), the same for every adaptive policy."""
+    first = {}
+    for name, series in metric_series(config, curves).items():
+        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
+        first[name] = float(np.mean(series[:w]))
+    peaks = peak_metric(config, curves)
+    out = {}
+    for svc in config.services:
+        value = peaks[svc.name] if policy == "static-peak" else first[svc.name]
+        d = value / svc.policy.target_per_instance
+        if svc.policy.metric is Metric.PREFILL_TPS:
+            d /= svc.pd_ratio.prefill_per_decode
+        out[svc.name] = split_by_ratio(svc, bound_decode(svc, math.ceil(d - 1e-9)))
+    return out
+
+
+def replay(
+    config: ClusterConfig,
+    curves: Mapping[str, LoadCurve],
+    policy: str,
+    *,
+    tick_s: float | None = None,
+    keep_ticks: bool = True,
+    progress: Callable[[float], None] | None = None,
+) -> ReplayResult:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
+    started = time.perf_counter()
+    period = config.cluster.control_period_s
+    dt = tick_s or min(period, *(c.dt_s for c in curves.values()))
+    if period % dt > 1e-9:
+        dt = period / math.ceil(period / dt)
+    t0 = next(iter(curves.values())).start_epoch_s
+    duration = max(c.duration_s for c in curves.values())
+    twin = Twin(config=config, load=curves, tick_s=dt, t0_s=t0, keep_ticks=keep_ticks)
+    seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, policy))
+    twin.seed(seed.placement)
+
+    peaks = peak_metric(config, curves)
+    history: dict[str, list[tuple[float, float | None]]] = {}
+    states: dict[str, ServicePolicyState] = {}
+    actions = unmet_periods = 0
+    now = t0
+    end = t0 + duration
+    while now + period <= end + 1e-9:
+        now += period
+        twin.advance(now)
+        signals = steps.collect_signals(twin, config, now)
+        history = steps.extend_history(history, signals, config, now)
+        forecasts = steps.forecast_load(config, history)
+        view = steps.read_cluster(twin, config, now)
+        targets, states = steps.compute_targets(
+            config, view, signals, forecasts, states, now, policy=policy, peak_metric=peaks
+        )
+        plan = steps.place(config, view, targets)
+        result = steps.apply_plan(twin, config, plan, ApplyMode.APPLY, now)
+        changed = {ch.key.service for ch in result.changes}
+        actions += sum(1 for t in targets.values() if t.action is not Action.HOLD and t.service in changed)
+        unmet_periods += bool(plan.unmet)
+        if progress is not None:
+            progress((now - t0) / duration)
+    return ReplayResult(policy, twin, actions, time.perf_counter() - started, unmet_periods)
+
+
+def run_league(
+    config: ClusterConfig,
+    curves: Mapping[str, LoadCurve],
+    policies: Sequence[str] = DEFAULT_LEAGUE,
+    *,
+    keep_ticks: bool = True,
+    progress: Callable[[str, float], None] | None = None,
+) -> list[ReplayResult]:
+    results = []
+    for name in policies:
+        cb = (lambda f, n=name: progress(n, f)) if progress else None
+        results.append(replay(config, curves, name, keep_ticks=keep_ticks, progress=cb))
+    return results

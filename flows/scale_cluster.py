@@ -1,0 +1,157 @@
+"""`scale_cluster`: one scaling run of one cluster, as a Prefect flow.
+
+collect signals -> read cluster -> forecast -> targets -> place -> apply -> record.
+Each step is a Prefect task with a clear name and retries where the step talks to the outside
+(signals, cluster, apply). The decisions are the plain functions of `tasks.steps`, the same the
+replay loop calls. The run row is written before anything is applied, and every run ends in the
+store with its status: held, applied, dry-run, advisory or failed (with the step that failed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+
+from heteroscale import settings
+from models.config import ClusterConfig, load_config
+from models.values import Action, ApplyMode
+from tasks import steps
+from tasks.report import run_markdown
+from tasks.store import Store
+
+collect_task = task(steps.collect_signals, name="collect signals", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, timeout_seconds=60)
+read_cluster_task = task(steps.read_cluster, name="read cluster", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, timeout_seconds=60)
+forecast_task = task(steps.forecast_load, name="forecast load", cache_policy=NO_CACHE)
+targets_task = task(steps.compute_targets, name="compute targets", cache_policy=NO_CACHE)
+place_task = task(steps.place, name="place", cache_policy=NO_CACHE, timeout_seconds=120)
+apply_task = task(steps.apply_plan, name="apply", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
+
+
+@task(name="record run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+def record_task(store: Store, run_id: int, **kwargs: Any) -> None:
+    store.finish_run(run_id, **kwargs)
+
+
+def make_backend(
+    config: ClusterConfig,
+    backend: str,
+    *,
+    twin_trace: str | None,
+    twin_peak_rps: dict[str, float] | None,
+) -> Any:
+    if backend == "twin":
+        from sim.live import TwinBackend, auto_peaks, demo_curves
+        from sim.traces import load_curve
+
+        trace = twin_trace or str(settings.BUNDLED_TRACE)
+        peaks = twin_peak_rps or auto_peaks(config, load_curve(trace))
+        state = settings.data_dir() / "twin" / f"{config.cluster.name}.json"
+        return TwinBackend(config, state_path=state, curves=demo_curves(config, trace, peaks))
+    raise ValueError(f"unknown backend {backend!r}; choose 'twin'")
+
+
+def _flow_run_id() -> str | None:
+    try:
+        ctx = get_run_context()
+    except RuntimeError:
+        return None
+    run = getattr(ctx, "flow_run", None)
+    return str(run.id) if run is not None else None
+
+
+@flow(name="scale_cluster")
+def scale_cluster(
+    config_path: str = str(settings.DEMO_CONFIG),
+    backend: str = "twin",
+    mode: str = "apply",
+    twin_trace: str | None = None,
+    twin_peak_rps: dict[str, float] | None = None,
+    database_url: str | None = None,
+) -> dict[str, Any]:
+    """One scaling run. Returns the run id, status and the decision per service."""
+    logger = get_run_logger()
+    config = load_config(config_path)
+    apply_mode = ApplyMode(mode)
+    store = Store(database_url or settings.database_url())
+    be = make_backend(config, backend, twin_trace=twin_trace, twin_peak_rps=twin_peak_rps)
+    if hasattr(be, "serve_period"):
+        be.serve_period()
+    now = float(be.now())
+    cluster = config.cluster.name
+    run_id = store.start_run(
+        cluster=cluster, now_s=now, mode=apply_mode.value, backend=backend, flow_run_id=_flow_run_id()
+    )
+    step = "collect signals"
+    record: dict[str, Any] = {}
+    try:
+        signals = collect_task(be, config, now)
+        record["signals"] = signals
+        step = "read cluster"
+        view = read_cluster_task(be, config, now)
+        record["current"] = current = steps.current_counts(config, view)
+        step = "forecast load"
+        keep_s = 8 * 86400.0
+        history = steps.extend_history(store.history(cluster, now - keep_s), signals, config, now)
+        record["metric_values"] = {n: h[-1][1] for n, h in history.items()}
+        store.append_samples(cluster, now, record["metric_values"])
+        record["forecasts"] = forecasts = forecast_task(config, history)
+        step = "compute targets"
+        targets, states = targets_task(config, view, signals, forecasts, store.load_states(cluster), now)
+        record["targets"] = targets
+        step = "place"
+        record["plan"] = plan = place_task(config, view, targets)
+        step = "apply"
+        record["result"] = result = apply_task(be, config, plan, apply_mode, now)
+        step = "record run"
+        if apply_mode is ApplyMode.APPLY:
+            store.save_states(cluster, states)
+        moving = any(t.action is not Action.HOLD for t in targets.values())
+        status = (apply_mode.value if apply_mode is not ApplyMode.APPLY else "applied") if result.changes else "held"
+        summary = ", ".join(
+            f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items()
+        )
+        record_task(store, run_id, status=status, summary=summary, **record)
+        _publish(config, status, record)
+        logger.info("run %s %s: %s", run_id, status, summary)
+        return {
+            "run_id": run_id,
+            "status": status,
+            "moving": moving,
+            "changes": len(result.changes),
+            "decisions": {n: {"num_prefill": t.num_prefill, "num_decode": t.num_decode, "action": t.action.value, "reason": t.reason} for n, t in targets.items()},
+        }
+    except Exception as exc:
+        store.finish_run(
+            run_id,
+            status="failed",
+            failed_step=step,
+            error=f"{type(exc).__name__}: {exc}",
+            **{k: v for k, v in record.items() if k in ("signals", "current", "targets", "forecasts", "metric_values", "plan")},
+        )
+        logger.error("run %s failed in step %r: %s", run_id, step, exc)
+        raise
+
+
+def _publish(config: ClusterConfig, status: str, record: dict[str, Any]) -> None:
+    """The run's decision table as a Prefect artifact (visible on the flow-run page)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    md = run_markdown(
+        cluster=config.cluster.name,
+        status=status,
+        signals=record["signals"],
+        forecasts=record["forecasts"],
+        current=record["current"],
+        targets=record["targets"],
+        plan=record.get("plan"),
+        result=record.get("result"),
+    )
+    create_markdown_artifact(markdown=md, key=f"scale-{config.cluster.name}", description=f"scale_cluster {config.cluster.name}")
+
+
+if __name__ == "__main__":
+    print(scale_cluster(str(Path(settings.DEMO_CONFIG))))

@@ -1,0 +1,231 @@
+"""The `heteroscale` command line.
+
+Thin: it parses arguments, calls the flows and the replay, prints tables. Errors a user can fix
+(bad config, bad trace, unknown policy) print one clear message and exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from heteroscale import settings
+
+app = typer.Typer(
+    name="heteroscale",
+    help="Coordinated P/D autoscaling for heterogeneous GPU clusters.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bench_app = typer.Typer(help="Benchmarks that print a table (or JSON).", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+# A wide console when piped (CI logs, `make demo | tee`) so tables are not squeezed.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+
+T = TypeVar("T")
+
+DEMO_PEAKS = {"chat": 60.0, "code": 30.0, "summarize": 20.0}
+
+
+def _user_errors(fn: Callable[[], T]) -> T:
+    from models.config import ConfigError
+    from sim.traces import TraceError
+
+    try:
+        return fn()
+    except (ConfigError, TraceError, ValueError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _per_service(values: list[str], services: list[str], what: str) -> dict[str, str]:
+    """`[SERVICE=]VALUE` options: a bare value applies to every service not named explicitly."""
+    explicit: dict[str, str] = {}
+    default: str | None = None
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if sep and name in services:
+            explicit[name] = rest
+        elif sep and name and "/" not in name and not Path(v).exists():
+            raise ValueError(f"{what} {v!r}: no service {name!r}; services are {services}")
+        else:
+            default = v
+    out = {s: explicit.get(s, default) for s in services}
+    missing = [s for s, v in out.items() if v is None]
+    if values and missing:
+        raise ValueError(f"{what}: no value for service(s) {missing}; give SERVICE=VALUE or a bare VALUE")
+    return {s: v for s, v in out.items() if v is not None}
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="Cluster config YAML.")]) -> None:
+    """Check a cluster config; print what it declares."""
+    from models.config import load_config
+
+    cfg = _user_errors(lambda: load_config(config))
+    gpus = sum(p.nodes * p.gpus_per_node for p in cfg.topology.node_pools)
+    s2 = {p.s2 for p in cfg.topology.node_pools}
+    s1 = {p.s1 for p in cfg.topology.node_pools}
+    console.print(
+        f"[green]ok[/] {config}: cluster {cfg.cluster.name!r}, {gpus} GPUs of "
+        f"{len(cfg.gpu_types)} type(s) in {len(s2)} S2 / {len(s1)} S1 domains, "
+        f"{len(cfg.services)} service(s): {', '.join(s.name for s in cfg.services)}",
+        highlight=False,
+    )
+
+
+def _load_curves(
+    cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[str]
+) -> dict[str, Any]:
+    from sim.traces import load_curve
+
+    names = [s.name for s in cfg.services]
+    traces = _per_service(trace, names, "--trace")
+    lens = _per_service(lengths, names, "--lengths") if lengths else {}
+    peaks = _per_service(peak_rps, names, "--peak-rps") if peak_rps else {}
+    dt = min(10.0, cfg.cluster.control_period_s)
+    cache: dict[tuple[str, str | None], Any] = {}
+    curves = {}
+    for name in names:
+        key = (traces[name], lens.get(name))
+        if key not in cache:
+            cache[key] = load_curve(traces[name], lengths=lens.get(name), dt_s=dt)
+        curve = cache[key]
+        if name in peaks:
+            try:
+                peak = float(peaks[name])
+            except ValueError:
+                raise ValueError(f"--peak-rps for {name}: {peaks[name]!r} is not a number") from None
+            curve = curve.scaled_to_peak(peak)
+        curves[name] = curve
+    return curves
+
+
+def _print_league(rows: list[dict[str, Any]]) -> None:
+    t = Table(title="policy league (same load, same starting fleet)")
+    for col in ("policy", "GPU-hours", "avg GPU util", "SLO attainment", "scale actions", "wall s"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        t.add_row(
+            r["policy"],
+            f"{r['gpu_hours']:.1f}",
+            f"{r['avg_gpu_util']:.1%}",
+            f"{r['slo_attainment']:.1%}",
+            str(r["scale_actions"]),
+            f"{r['wall_s']:.2f}",
+        )
+    console.print(t)
+
+
+def _run_replay(
+    config: Path, trace: list[str], lengths: list[str], peak_rps: list[str], policy: list[str], out: Path
+) -> dict[str, Path]:
+    from flows.replay import DEFAULT_LEAGUE, run_league
+    from heteroscale.league import write_outputs
+    from models.config import load_config
+    from tasks.core.policy import POLICIES
+
+    cfg = load_config(config)
+    policies = policy or list(DEFAULT_LEAGUE)
+    bad = [p for p in policies if p not in POLICIES]
+    if bad:
+        raise ValueError(f"unknown policy {bad}; choose from {sorted(POLICIES)}")
+    curves = _load_curves(cfg, trace, lengths, peak_rps)
+    with console.status("replaying") as status:
+        results = run_league(
+            cfg,
+            curves,
+            policies,
+            progress=lambda name, f: status.update(f"replaying {name}: {f:.0%}"),
+        )
+    cmd = "heteroscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_outputs(results, cfg, curves, out, command=cmd)
+    _print_league([r.summary() for r in results])
+    return paths
+
+
+@app.command()
+def replay(
+    config: Annotated[Path, typer.Option(help="Cluster config YAML.")],
+    trace: Annotated[list[str], typer.Option(help="[SERVICE=]PATH: per-request or rate CSV.")],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("replay-out"),
+    policy: Annotated[list[str], typer.Option(help="Policy to replay (repeat).")] = [],  # noqa: B006
+    lengths: Annotated[list[str], typer.Option(help="[SERVICE=]PATH: request sizes for a rate trace.")] = [],  # noqa: B006
+    peak_rps: Annotated[list[str], typer.Option(help="[SERVICE=]X: rescale the trace so its peak is X req/s.")] = [],  # noqa: B006
+) -> None:
+    """Replay a trace on the twin with each policy; write summary.json, a plot and a report."""
+    paths = _user_errors(lambda: _run_replay(config, trace, lengths, peak_rps, policy, out))
+    console.print(f"summary: {paths['summary']}\nplot:    {paths['plot']}\nreport:  {paths['report']}")
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option(help="Output directory.")] = Path("demo-out")) -> None:
+    """Replay the bundled Azure trace on the demo cluster through the policy league."""
+    peaks = [f"{k}={v}" for k, v in DEMO_PEAKS.items()]
+    console.print(
+        f"[bold]heteroscale demo[/]: cluster {settings.DEMO_CONFIG.relative_to(settings.PROJECT_ROOT)}, "
+        f"trace {settings.BUNDLED_TRACE.relative_to(settings.PROJECT_ROOT)} (Azure LLM inference 2023, "
+        f"CC-BY-4.0), peaks {DEMO_PEAKS} req/s",
+        highlight=False,
+    )
+    paths = _user_errors(
+        lambda: _run_replay(settings.DEMO_CONFIG, [str(settings.BUNDLED_TRACE)], [], peaks, [], out)
+    )
+    console.print(f"summary: {paths['summary']}\nplot:    {paths['plot']}\nreport:  {paths['report']}")
+
+
+@app.command()
+def scale(
+    config: Annotated[Path, typer.Option(help="Cluster config YAML.")] = settings.DEMO_CONFIG,
+    backend: Annotated[str, typer.Option(help="twin (embedded default).")] = "twin",
+    mode: Annotated[str, typer.Option(help="apply | dry-run | advisory")] = "apply",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run one scaling run (the scale_cluster flow) now."""
+    from flows.scale_cluster import scale_cluster
+    from models.config import load_config
+
+    _user_errors(lambda: load_config(config))
+    result = scale_cluster(config_path=str(config), backend=backend, mode=mode)
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"run {result['run_id']}: {result['status']}, {result['changes']} change(s)")
+    for name, d in result["decisions"].items():
+        console.print(f"  {name}: {d['num_prefill']}P/{d['num_decode']}D {d['action']} — {d['reason']}", highlight=False)
+
+
+@app.command()
+def runs(
+    cluster: Annotated[str | None, typer.Option(help="Only this cluster.")] = None,
+    limit: Annotated[int, typer.Option(help="How many.")] = 20,
+) -> None:
+    """List recent scaling runs from the store."""
+    from tasks.store import Store
+
+    store = Store(settings.database_url())
+    t = Table(title=f"scaling runs ({store.url})")
+    for col in ("id", "cluster", "status", "mode", "backend", "started", "summary / error"):
+        t.add_column(col)
+    for r in store.runs(cluster, limit):
+        t.add_row(str(r.id), r.cluster, r.status, r.mode, r.backend, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.error or r.summary)
+    console.print(t)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,406 @@
+"""Cluster configuration: YAML parsed once into frozen, validated pydantic models.
+
+Contract: `load_config(path)` returns a fully validated `ClusterConfig` or raises `ConfigError`
+whose message names the file, the field path and what is expected. Nothing is half-loaded: the
+models are frozen and every cross-field check (min <= max, GPU types that exist, ratio > 0, ...)
+runs before the object is returned. Unknown keys are rejected so a typo never silently becomes a
+default.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Names end up in Kubernetes object names, label values and PromQL label matchers: keep them to
+# the DNS-1123 label alphabet so nothing a config says can inject into a selector or a query.
+Name = Annotated[
+    str,
+    StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"),
+]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used, with where and why."""
+
+
+class Role(StrEnum):
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+class AffinityLevel(StrEnum):
+    """Network domain a deployment group's P and D must share."""
+
+    S1 = "S1"
+    S2 = "S2"
+    NONE = "none"
+
+
+class Metric(StrEnum):
+    DECODE_TPS = "decode_tps"
+    PREFILL_TPS = "prefill_tps"  # cache-missed prefill tokens/s
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GpuType(_Frozen):
+    name: Name
+    memory_gib: PositiveFloat
+    cost_per_gpu_hour: Annotated[float, Field(ge=0)]
+
+
+class NodePool(_Frozen):
+    """`nodes` identical nodes under one S1 (leaf) switch inside one S2 (big-pod) domain."""
+
+    name: Name
+    gpu_type: Name
+    nodes: Annotated[int, Field(ge=1)]
+    gpus_per_node: Annotated[int, Field(ge=1, le=64)]
+    s1: Name
+    s2: Name
+
+
+class Topology(_Frozen):
+    node_pools: Annotated[tuple[NodePool, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [p.name for p in self.node_pools]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"node pool names must be unique; repeated: {sorted(dup)}")
+        s2_of_s1: dict[str, str] = {}
+        for pool in self.node_pools:
+            prev = s2_of_s1.setdefault(pool.s1, pool.s2)
+            if prev != pool.s2:
+                raise ValueError(
+                    f"S1 domain {pool.s1!r} is placed under two S2 domains ({prev!r} and "
+                    f"{pool.s2!r}); an S1 switch sits under exactly one S2"
+                )
+        return self
+
+
+class RdmaSubgroup(_Frozen):
+    """A set of network domains and its priority (higher = scarcer, spent last)."""
+
+    name: Name
+    level: AffinityLevel
+    domains: Annotated[tuple[Name, ...], Field(min_length=1)]
+    priority: Annotated[int, Field(ge=0)]
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, v: AffinityLevel) -> AffinityLevel:
+        if v is AffinityLevel.NONE:
+            raise ValueError("an RDMA subgroup is a set of S1 or S2 domains: use 'S1' or 'S2'")
+        return v
+
+
+class RoleSpec(_Frozen):
+    """How one role (prefill or decode) of a service runs.
+
+    `gpu_types` is in preference order; the first is the reference type in whose units the
+    policy counts instances. `capacity_tokens_per_s` is what one instance sustains at the
+    service's SLOs on each GPU type (prefill: cache-missed prompt tokens/s; decode: output
+    tokens/s).
+    """
+
+    gpu_types: Annotated[tuple[Name, ...], Field(min_length=1)]
+    gpus_per_instance: Annotated[int, Field(ge=1, le=64)]
+    capacity_tokens_per_s: dict[Name, PositiveFloat]
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if len(set(self.gpu_types)) != len(self.gpu_types):
+            raise ValueError("gpu_types lists a GPU type twice")
+        missing = [g for g in self.gpu_types if g not in self.capacity_tokens_per_s]
+        if missing:
+            raise ValueError(
+                f"capacity_tokens_per_s has no entry for {missing}: give the tokens/s one "
+                "instance sustains on every GPU type in gpu_types"
+            )
+        return self
+
+    @property
+    def reference_gpu_type(self) -> str:
+        return self.gpu_types[0]
+
+    def weight(self, gpu_type: str) -> float:
+        """Capacity of one instance on `gpu_type` in reference-type instances."""
+        return self.capacity_tokens_per_s[gpu_type] / self.capacity_tokens_per_s[
+            self.reference_gpu_type
+        ]
+
+
+class PdRatio(_Frozen):
+    prefill: PositiveFloat
+    decode: PositiveFloat
+
+    @property
+    def prefill_per_decode(self) -> float:
+        return self.prefill / self.decode
+
+
+class Slo(_Frozen):
+    ttft_p99_s: PositiveFloat
+    tbt_p99_s: PositiveFloat
+
+
+class LatencyTier(_Frozen):
+    """Scale out by `step` (fraction of current) when p99 latency >= `ratio` x its SLO."""
+
+    ratio: PositiveFloat
+    step: Annotated[float, Field(gt=0, le=2)]
+
+
+class PolicyParams(_Frozen):
+    name: str = "heteroscale-paper"
+    metric: Metric = Metric.DECODE_TPS
+    # Metric units one reference-GPU instance of the metric's role serves at the SLO target.
+    target_per_instance: PositiveFloat
+    hysteresis: Annotated[float, Field(ge=0, lt=1)] = 0.10
+    scale_out_cooldown_s: Annotated[float, Field(ge=0)] = 60.0
+    scale_in_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
+    max_step_fraction: Annotated[float, Field(gt=0, le=10)] = 0.5
+    min_instances: Annotated[int, Field(ge=0)] = 2
+    max_instances: Annotated[int, Field(ge=1)] = 1000
+    # The paper's example tiers: +10% on a moderate TBT breach, +20% on a severe one.
+    latency_tiers: tuple[LatencyTier, ...] = (
+        LatencyTier(ratio=1.0, step=0.10),
+        LatencyTier(ratio=1.5, step=0.20),
+    )
+    use_ttft_feedback: bool = False
+    latency_cooldown_s: Annotated[float, Field(ge=0)] = 180.0
+    max_signal_age_s: PositiveFloat = 180.0
+    hpa_target_gpu_util: Annotated[float, Field(gt=0, le=1)] = 0.8
+    hpa_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    hpa_scale_down_stabilization_s: Annotated[float, Field(ge=0)] = 300.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.min_instances > self.max_instances:
+            raise ValueError(
+                f"min_instances ({self.min_instances}) is above max_instances "
+                f"({self.max_instances})"
+            )
+        ratios = [t.ratio for t in self.latency_tiers]
+        if ratios != sorted(ratios) or len(set(ratios)) != len(ratios):
+            raise ValueError("latency_tiers must be listed by strictly increasing ratio")
+        return self
+
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ScheduleWindow(_Frozen):
+    """Fixed instance counts for a time-of-day window on some days (cluster time zone)."""
+
+    days: tuple[str, ...] = _DAYS
+    start: dt.time
+    end: dt.time
+    num_prefill: Annotated[int, Field(ge=0)]
+    num_decode: Annotated[int, Field(ge=0)]
+
+    @field_validator("days")
+    @classmethod
+    def _days(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [d for d in v if d not in _DAYS]
+        if bad:
+            raise ValueError(f"unknown day(s) {bad}; use {list(_DAYS)}")
+        return v
+
+    def covers(self, local: dt.datetime) -> bool:
+        day = _DAYS[local.weekday()]
+        t = local.time()
+        if self.start <= self.end:
+            return day in self.days and self.start <= t < self.end
+        # Window crossing midnight: it belongs to the day it starts on.
+        prev = _DAYS[(local.weekday() - 1) % 7]
+        return (day in self.days and t >= self.start) or (prev in self.days and t < self.end)
+
+
+class Service(_Frozen):
+    name: Name
+    model: str
+    namespace: Name = "default"
+    prefill: RoleSpec
+    decode: RoleSpec
+    pd_ratio: PdRatio
+    slo: Slo
+    policy: PolicyParams
+    affinity: AffinityLevel = AffinityLevel.S2
+    priority: int = 0
+    schedule: tuple[ScheduleWindow, ...] = ()
+    cold_start_s: Annotated[float, Field(ge=0)] = 180.0
+    prefix_cache_hit: Fraction = 0.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        smallest = 1 + max(1, math.ceil(self.pd_ratio.prefill_per_decode - 1e-9))
+        if self.policy.max_instances < smallest:
+            raise ValueError(
+                f"policy.max_instances ({self.policy.max_instances}) cannot hold one decode "
+                f"instance and its prefill at ratio {self.pd_ratio.prefill:g}:"
+                f"{self.pd_ratio.decode:g}; raise it to at least {smallest}"
+            )
+        return self
+
+    def role(self, role: Role) -> RoleSpec:
+        return self.prefill if role is Role.PREFILL else self.decode
+
+
+class ClusterSettings(_Frozen):
+    name: Name
+    control_period_s: Annotated[float, Field(gt=0)] = 60.0
+    timezone: str = "UTC"
+    gpu_budget: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as 'UTC'") from exc
+        return v
+
+
+class ClusterConfig(_Frozen):
+    cluster: ClusterSettings
+    gpu_types: Annotated[tuple[GpuType, ...], Field(min_length=1)]
+    topology: Topology
+    rdma_subgroups: tuple[RdmaSubgroup, ...] = ()
+    services: Annotated[tuple[Service, ...], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Self:
+        known = {g.name for g in self.gpu_types}
+        if len(known) != len(self.gpu_types):
+            raise ValueError("gpu_types lists a name twice")
+        for i, pool in enumerate(self.topology.node_pools):
+            if pool.gpu_type not in known:
+                raise ValueError(
+                    f"topology.node_pools[{i}].gpu_type {pool.gpu_type!r} is not one of the "
+                    f"gpu_types {sorted(known)}"
+                )
+        s1s = {p.s1 for p in self.topology.node_pools}
+        s2s = {p.s2 for p in self.topology.node_pools}
+        for i, sg in enumerate(self.rdma_subgroups):
+            pool = s1s if sg.level is AffinityLevel.S1 else s2s
+            bad = [d for d in sg.domains if d not in pool]
+            if bad:
+                raise ValueError(
+                    f"rdma_subgroups[{i}].domains {bad} are not {sg.level} domains of the "
+                    f"topology ({sorted(pool)})"
+                )
+        names = [s.name for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError("two services share a name")
+        for i, svc in enumerate(self.services):
+            for role in Role:
+                spec = svc.role(role)
+                bad = [g for g in spec.gpu_types if g not in known]
+                if bad:
+                    raise ValueError(
+                        f"services[{i}].{role}.gpu_types {bad} are not among gpu_types "
+                        f"{sorted(known)}"
+                    )
+            if svc.policy.name not in _policy_names():
+                raise ValueError(
+                    f"services[{i}].policy.name {svc.policy.name!r} is unknown; choose one of "
+                    f"{sorted(_policy_names())}"
+                )
+        return self
+
+    def service(self, name: str) -> Service:
+        for svc in self.services:
+            if svc.name == name:
+                return svc
+        raise KeyError(f"no service {name!r} in cluster {self.cluster.name!r}")
+
+    def gpu_type(self, name: str) -> GpuType:
+        for g in self.gpu_types:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+
+def _policy_names() -> set[str]:
+    # Imported late: the policy registry lives with the pure policies, which import this module.
+    from tasks.core.policy import POLICIES
+
+    return set(POLICIES)
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top level>"
+
+
+def parse_config(data: Any, *, source: str = "<config>") -> ClusterConfig:
+    """Validate an already-parsed mapping; errors name `source` and each field path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    try:
+        return ClusterConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: invalid cluster config ({exc.error_count()} problem(s)):"]
+        for err in exc.errors():
+            # Strip pydantic's internal union/function tags from the path.
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            msg = err["msg"].removeprefix("Value error, ")
+            got = err.get("input")
+            hint = ""
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field (typo?); remove it or check docs/configuration.md"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            elif not isinstance(got, dict | list) and got is not None:
+                hint = f" (got {got!r})"
+            lines.append(f"  - {_format_loc(loc)}: {msg}{hint}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load_config(path: str | Path) -> ClusterConfig:
+    """Read and validate a cluster config file (YAML, loaded safely)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
+    return parse_config(data, source=str(p))

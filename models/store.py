@@ -1,0 +1,103 @@
+"""SQLModel tables: the audit record of every scaling run.
+
+One `ScalingRun` per run (held, failed and applied alike) with its inputs; one `DecisionRecord`
+per service; one `PlacementRecord`; one `AppliedChange` per cell changed (or that would change,
+in dry-run and advisory modes); and the policy state each service carries between runs.
+JSON columns hold structured inputs as text so any SQLAlchemy database works (SQLite default,
+PostgreSQL by URL).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlmodel import Field, SQLModel
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class ScalingRun(SQLModel, table=True):
+    __tablename__ = "scaling_run"
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster: str = Field(index=True)
+    now_s: float
+    started_at: dt.datetime = Field(default_factory=_utcnow)
+    finished_at: dt.datetime | None = None
+    # running | held | applied | dry-run | advisory | failed
+    status: str = Field(default="running", index=True)
+    mode: str
+    backend: str
+    flow_run_id: str | None = Field(default=None, index=True)
+    failed_step: str | None = None
+    error: str | None = None
+    signals_json: str = "{}"
+    summary: str = ""
+
+
+class DecisionRecord(SQLModel, table=True):
+    __tablename__ = "decision"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="scaling_run.id", index=True)
+    service: str = Field(index=True)
+    num_prefill_before: int
+    num_decode_before: int
+    num_prefill: int
+    num_decode: int
+    action: str
+    source: str
+    reason: str
+    metric_value: float | None = None
+    forecast_value: float | None = None
+    forecast_method: str | None = None
+
+
+class PlacementRecord(SQLModel, table=True):
+    __tablename__ = "placement"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="scaling_run.id", index=True)
+    method: str
+    reason: str
+    cells_json: str
+    unmet_json: str = "{}"
+    stats_json: str = "{}"
+
+
+class AppliedChange(SQLModel, table=True):
+    __tablename__ = "applied_change"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="scaling_run.id", index=True)
+    service: str = Field(index=True)
+    role: str
+    gpu_type: str
+    s1: str
+    replicas_before: int
+    replicas_after: int
+    mode: str
+    applied: bool
+
+
+class PolicyStateRecord(SQLModel, table=True):
+    __tablename__ = "policy_state"
+
+    cluster: str = Field(primary_key=True)
+    service: str = Field(primary_key=True)
+    state_json: str
+    updated_at: dt.datetime = Field(default_factory=_utcnow)
+
+
+class MetricSample(SQLModel, table=True):
+    """The policy metric each run saw, per service: the forecaster's history."""
+
+    __tablename__ = "metric_sample"
+
+    id: int | None = Field(default=None, primary_key=True)
+    cluster: str = Field(index=True)
+    service: str = Field(index=True)
+    t_s: float = Field(index=True)
+    value: float | None = None

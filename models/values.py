@@ -1,0 +1,174 @@
+"""Value objects passed between the steps of one scaling run.
+
+All frozen. A signal that could not be read is `None`, never 0: the policy holds on `None`.
+Time is plain float seconds (`now_s`, epoch seconds in production, trace seconds in replay) and
+is always passed in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from models.config import Role
+
+
+class Action(StrEnum):
+    SCALE_OUT = "scale_out"
+    SCALE_IN = "scale_in"
+    HOLD = "hold"
+
+
+class ApplyMode(StrEnum):
+    APPLY = "apply"
+    DRY_RUN = "dry-run"
+    ADVISORY = "advisory"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSignals:
+    """What was observed for one service over the last window, ending at `sampled_at_s`.
+
+    Every field is `None` when it could not be read (absent, NaN, stale): never 0.
+    """
+
+    service: str
+    sampled_at_s: float | None
+    decode_tps: float | None = None
+    prefill_tps: float | None = None  # cache-missed prompt tokens/s
+    ttft_p99_s: float | None = None
+    tbt_p99_s: float | None = None
+    gpu_util_prefill: float | None = None
+    gpu_util_decode: float | None = None
+    running_requests: float | None = None
+    waiting_requests: float | None = None
+
+    def get(self, name: str) -> float | None:
+        return getattr(self, name)
+
+    def age_s(self, now_s: float) -> float | None:
+        return None if self.sampled_at_s is None else now_s - self.sampled_at_s
+
+    @staticmethod
+    def missing(service: str) -> ServiceSignals:
+        return ServiceSignals(service=service, sampled_at_s=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """Expected value of the policy metric at `now_s + horizon_s`."""
+
+    service: str
+    metric: str
+    value: float | None
+    horizon_s: float
+    method: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoleCounts:
+    num_prefill: int
+    num_decode: int
+
+    @property
+    def total(self) -> int:
+        return self.num_prefill + self.num_decode
+
+    def of(self, role: Role) -> int:
+        return self.num_prefill if role is Role.PREFILL else self.num_decode
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """The policy's decision for one service: instance counts in reference-GPU units."""
+
+    service: str
+    num_prefill: int
+    num_decode: int
+    action: Action
+    reason: str
+    source: str  # proportional | latency | schedule | bounds | hold | static | hpa
+
+    @property
+    def counts(self) -> RoleCounts:
+        return RoleCounts(self.num_prefill, self.num_decode)
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicyState:
+    """What a policy must remember between runs for one service (persisted by the flow)."""
+
+    last_scale_out_s: float | None = None
+    last_scale_in_s: float | None = None
+    last_latency_action_s: float | None = None
+    # (time, desired prefill, desired decode) recommendations, for HPA stabilisation windows.
+    recommendations: tuple[tuple[float, int, int], ...] = ()
+
+    def with_(self, **changes: object) -> ServicePolicyState:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class CellKey:
+    """One placement cell: instances of a service's role on one GPU type in one S1 domain."""
+
+    service: str
+    role: Role
+    gpu_type: str
+    s1: str
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Instance counts per cell. Cells with zero instances are not stored."""
+
+    cells: Mapping[CellKey, int] = field(default_factory=dict)
+
+    @staticmethod
+    def of(items: Iterable[tuple[CellKey, int]]) -> Placement:
+        cells: dict[CellKey, int] = {}
+        for key, n in items:
+            if n:
+                cells[key] = cells.get(key, 0) + n
+        return Placement(cells)
+
+    def count(self, service: str, role: Role) -> int:
+        return sum(n for k, n in self.cells.items() if k.service == service and k.role is role)
+
+    def for_service(self, service: str) -> dict[CellKey, int]:
+        return {k: n for k, n in self.cells.items() if k.service == service}
+
+    def churn(self, other: Placement) -> int:
+        """Instances started plus instances stopped to go from `self` to `other`."""
+        keys = set(self.cells) | set(other.cells)
+        return sum(abs(other.cells.get(k, 0) - self.cells.get(k, 0)) for k in keys)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementPlan:
+    """Where instances should run after this run, and why."""
+
+    placement: Placement
+    method: str  # greedy | ilp | ...
+    reason: str
+    # Reference-type instances that could not be placed, per (service, role).
+    unmet: Mapping[tuple[str, Role], float] = field(default_factory=dict)
+    stats: Mapping[str, float | int | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One cell's replica change as applied (or as it would be applied)."""
+
+    key: CellKey
+    before: int
+    after: int
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    mode: ApplyMode
+    changes: tuple[Change, ...]
+    applied: bool
+    error: str | None = None

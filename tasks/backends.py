@@ -1,0 +1,31 @@
+"""Backend protocols: where signals come from and what holds the cluster.
+
+The flows and the replay loop only see these protocols. Implementations: the replay twin
+(`sim.twin.Twin`, both roles), Prometheus (signals) and Kubernetes (cluster) in their own modules.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from models.config import ClusterConfig
+from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals
+from tasks.core.topology import ClusterView
+
+
+class SignalsBackend(Protocol):
+    def read_signals(self, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
+        """Signals per service; a value that cannot be read is None, never 0."""
+        ...
+
+
+class ClusterBackend(Protocol):
+    def read_state(self, config: ClusterConfig, now_s: float) -> ClusterView:
+        """Free GPUs per type and domain, and the placement running now."""
+        ...
+
+    def apply(
+        self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float
+    ) -> ApplyResult:
+        """Make the cluster match `plan` (or, in dry-run/advisory, say what would change)."""
+        ...

@@ -1,0 +1,59 @@
+"""Human-readable renderings of a scaling run: the markdown table operators read in the UI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from models.values import (
+    ApplyResult,
+    Forecast,
+    PlacementPlan,
+    RoleCounts,
+    ServiceSignals,
+    Targets,
+)
+
+
+def _fmt(v: float | None, digits: int = 0) -> str:
+    return "—" if v is None else f"{v:,.{digits}f}"
+
+
+def run_markdown(
+    *,
+    cluster: str,
+    status: str,
+    signals: Mapping[str, ServiceSignals],
+    forecasts: Mapping[str, Forecast],
+    current: Mapping[str, RoleCounts],
+    targets: Mapping[str, Targets],
+    plan: PlacementPlan | None,
+    result: ApplyResult | None,
+) -> str:
+    lines = [
+        f"# scale_cluster · {cluster} · {status}",
+        "",
+        "| service | decode TPS | prefill TPS | TTFT p99 s | TBT p99 s | forecast | current P/D | target P/D | action | reason |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for name, t in targets.items():
+        s = signals.get(name) or ServiceSignals.missing(name)
+        fc = forecasts.get(name)
+        cur = current.get(name, RoleCounts(0, 0))
+        lines.append(
+            f"| {name} | {_fmt(s.decode_tps)} | {_fmt(s.prefill_tps)} | {_fmt(s.ttft_p99_s, 2)} | "
+            f"{_fmt(s.tbt_p99_s, 3)} | {_fmt(fc.value if fc else None)} | "
+            f"{cur.num_prefill}/{cur.num_decode} | {t.num_prefill}/{t.num_decode} | "
+            f"{t.action.value} | {t.reason.replace('|', '/')} |"
+        )
+    if plan is not None:
+        lines += ["", f"**Placement** ({plan.method}): {plan.reason}"]
+    if result is not None:
+        verb = "applied" if result.applied else f"not applied ({result.mode.value})"
+        lines += ["", f"**Changes** — {len(result.changes)} cell(s), {verb}:", ""]
+        if result.changes:
+            lines += ["| service | role | GPU | S1 | before | after |", "|---|---|---|---|---:|---:|"]
+            lines += [
+                f"| {c.key.service} | {c.key.role.value} | {c.key.gpu_type} | {c.key.s1} | {c.before} | {c.after} |"
+                for c in result.changes
+            ]
+    return "\n".join(lines)

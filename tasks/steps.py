@@ -1,0 +1,141 @@
+"""The steps of one scaling run, as plain functions.
+
+`flows.scale_cluster` wraps each in a Prefect task (retries, names, observability); the replay
+loop calls the very same functions every control period in simulated time. One decision code
+path, two drivers. Only `collect_signals`, `read_cluster` and `apply_plan` touch a backend; the
+rest are pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from models.config import ClusterConfig, Role
+from models.values import (
+    ApplyMode,
+    ApplyResult,
+    Forecast,
+    PlacementPlan,
+    RoleCounts,
+    ServicePolicyState,
+    ServiceSignals,
+    Targets,
+)
+from tasks.backends import ClusterBackend, SignalsBackend
+from tasks.core.forecast import History, get_forecaster
+from tasks.core.greedy import place_greedy
+from tasks.core.policy import PolicyContext, get_policy
+from tasks.core.topology import ClusterView
+
+
+def collect_signals(
+    backend: SignalsBackend, config: ClusterConfig, now_s: float
+) -> dict[str, ServiceSignals]:
+    signals = backend.read_signals(config, now_s)
+    # A service the backend said nothing about is missing, not idle.
+    return {s.name: signals.get(s.name) or ServiceSignals.missing(s.name) for s in config.services}
+
+
+def read_cluster(backend: ClusterBackend, config: ClusterConfig, now_s: float) -> ClusterView:
+    return backend.read_state(config, now_s)
+
+
+def extend_history(
+    history: Mapping[str, History],
+    signals: Mapping[str, ServiceSignals],
+    config: ClusterConfig,
+    now_s: float,
+    *,
+    keep_s: float = 8 * 86400.0,
+) -> dict[str, list[tuple[float, float | None]]]:
+    """Append this run's policy metric per service (None when missing) and trim old samples."""
+    out: dict[str, list[tuple[float, float | None]]] = {}
+    for svc in config.services:
+        past = [h for h in history.get(svc.name, ()) if h[0] >= now_s - keep_s]
+        sig = signals.get(svc.name)
+        value = sig.get(svc.policy.metric.value) if sig is not None else None
+        out[svc.name] = [*past, (now_s, value)]
+    return out
+
+
+def forecast_load(
+    config: ClusterConfig,
+    history: Mapping[str, History],
+    *,
+    forecaster: str = "last-value",
+) -> dict[str, Forecast]:
+    """Expected policy metric when instances started now become Ready (cold start + period)."""
+    fn = get_forecaster(forecaster)
+    out: dict[str, Forecast] = {}
+    for svc in config.services:
+        horizon = svc.cold_start_s + config.cluster.control_period_s
+        value = fn(history.get(svc.name, ()), horizon)
+        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, forecaster)
+    return out
+
+
+def current_counts(config: ClusterConfig, view: ClusterView) -> dict[str, RoleCounts]:
+    """Instances per service and role in reference-GPU units (rounded), starting ones included."""
+    out: dict[str, RoleCounts] = {}
+    for svc in config.services:
+        counts = []
+        for role in Role:
+            spec = svc.role(role)
+            units = sum(
+                n * spec.weight(k.gpu_type)
+                for k, n in view.placement.cells.items()
+                if k.service == svc.name and k.role is role and k.gpu_type in spec.capacity_tokens_per_s
+            )
+            counts.append(round(units))
+        out[svc.name] = RoleCounts(counts[0], counts[1])
+    return out
+
+
+def compute_targets(
+    config: ClusterConfig,
+    view: ClusterView,
+    signals: Mapping[str, ServiceSignals],
+    forecasts: Mapping[str, Forecast],
+    states: Mapping[str, ServicePolicyState],
+    now_s: float,
+    *,
+    policy: str | None = None,
+    peak_metric: Mapping[str, float] | None = None,
+) -> tuple[dict[str, Targets], dict[str, ServicePolicyState]]:
+    """Each service's policy decision. `policy` overrides the configured one (replay league)."""
+    current = current_counts(config, view)
+    targets: dict[str, Targets] = {}
+    new_states: dict[str, ServicePolicyState] = {}
+    for svc in config.services:
+        decide = get_policy(policy or svc.policy.name)
+        ctx = PolicyContext(
+            service=svc,
+            now_s=now_s,
+            signals=signals.get(svc.name) or ServiceSignals.missing(svc.name),
+            current=current[svc.name],
+            forecast=forecasts.get(svc.name),
+            timezone=config.cluster.timezone,
+            peak_metric=(peak_metric or {}).get(svc.name),
+        )
+        targets[svc.name], new_states[svc.name] = decide(ctx, states.get(svc.name, ServicePolicyState()))
+    return targets, new_states
+
+
+def place(
+    config: ClusterConfig, view: ClusterView, targets: Mapping[str, Targets]
+) -> PlacementPlan:
+    """Placement for the services whose counts change; the others keep their cells."""
+    moving = {name: t.counts for name, t in targets.items() if t.action.value != "hold"}
+    if not moving:
+        return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
+    return place_greedy(config, view, moving)
+
+
+def apply_plan(
+    backend: ClusterBackend,
+    config: ClusterConfig,
+    plan: PlacementPlan,
+    mode: ApplyMode,
+    now_s: float,
+) -> ApplyResult:
+    return backend.apply(config, plan, mode, now_s)

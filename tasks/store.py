@@ -1,0 +1,220 @@
+"""The store: records every scaling run and keeps the state policies carry between runs.
+
+Only this module talks to the database. Every run is recorded: `start_run` writes the run row
+before anything is applied, `finish_run` writes the decisions, the placement and the changes
+with the final status (held, applied, dry-run, advisory or failed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+from collections.abc import Mapping
+
+from sqlalchemy import Engine
+from sqlmodel import Session, SQLModel, col, create_engine, delete, select
+
+from models.store import (
+    AppliedChange,
+    DecisionRecord,
+    MetricSample,
+    PlacementRecord,
+    PolicyStateRecord,
+    ScalingRun,
+)
+from models.values import (
+    ApplyResult,
+    Forecast,
+    PlacementPlan,
+    RoleCounts,
+    ServicePolicyState,
+    ServiceSignals,
+    Targets,
+)
+
+
+def _clean(value: object) -> object:
+    """JSON-safe: NaN and infinities become None (never 0)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def signals_json(signals: Mapping[str, ServiceSignals]) -> str:
+    return json.dumps(
+        {name: {k: _clean(v) for k, v in dataclasses.asdict(s).items()} for name, s in signals.items()},
+        sort_keys=True,
+    )
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        kwargs: dict[str, object] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        SQLModel.metadata.create_all(self.engine)
+
+    # --- runs -------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        *,
+        cluster: str,
+        now_s: float,
+        mode: str,
+        backend: str,
+        flow_run_id: str | None = None,
+    ) -> int:
+        with Session(self.engine) as s:
+            run = ScalingRun(
+                cluster=cluster, now_s=now_s, mode=mode, backend=backend, flow_run_id=flow_run_id
+            )
+            s.add(run)
+            s.commit()
+            s.refresh(run)
+            assert run.id is not None
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        signals: Mapping[str, ServiceSignals] | None = None,
+        current: Mapping[str, RoleCounts] | None = None,
+        targets: Mapping[str, Targets] | None = None,
+        forecasts: Mapping[str, Forecast] | None = None,
+        metric_values: Mapping[str, float | None] | None = None,
+        plan: PlacementPlan | None = None,
+        result: ApplyResult | None = None,
+        failed_step: str | None = None,
+        error: str | None = None,
+        summary: str = "",
+    ) -> None:
+        with Session(self.engine) as s:
+            run = s.get(ScalingRun, run_id)
+            if run is None:
+                raise KeyError(f"no scaling run {run_id}")
+            run.status = status
+            run.finished_at = dt.datetime.now(dt.UTC)
+            run.failed_step = failed_step
+            run.error = error
+            run.summary = summary
+            if signals is not None:
+                run.signals_json = signals_json(signals)
+            s.add(run)
+            for name, t in (targets or {}).items():
+                before = (current or {}).get(name, RoleCounts(0, 0))
+                fc = (forecasts or {}).get(name)
+                s.add(
+                    DecisionRecord(
+                        run_id=run_id,
+                        service=name,
+                        num_prefill_before=before.num_prefill,
+                        num_decode_before=before.num_decode,
+                        num_prefill=t.num_prefill,
+                        num_decode=t.num_decode,
+                        action=t.action.value,
+                        source=t.source,
+                        reason=t.reason,
+                        metric_value=_clean((metric_values or {}).get(name)),  # type: ignore[arg-type]
+                        forecast_value=_clean(fc.value) if fc else None,  # type: ignore[arg-type]
+                        forecast_method=fc.method if fc else None,
+                    )
+                )
+            if plan is not None:
+                s.add(
+                    PlacementRecord(
+                        run_id=run_id,
+                        method=plan.method,
+                        reason=plan.reason,
+                        cells_json=json.dumps(
+                            [[k.service, k.role.value, k.gpu_type, k.s1, n] for k, n in sorted(plan.placement.cells.items())]
+                        ),
+                        unmet_json=json.dumps({f"{sv}/{r.value}": v for (sv, r), v in plan.unmet.items()}),
+                        stats_json=json.dumps(dict(plan.stats)),
+                    )
+                )
+            if result is not None:
+                for ch in result.changes:
+                    s.add(
+                        AppliedChange(
+                            run_id=run_id,
+                            service=ch.key.service,
+                            role=ch.key.role.value,
+                            gpu_type=ch.key.gpu_type,
+                            s1=ch.key.s1,
+                            replicas_before=ch.before,
+                            replicas_after=ch.after,
+                            mode=result.mode.value,
+                            applied=result.applied,
+                        )
+                    )
+            s.commit()
+
+    def runs(self, cluster: str | None = None, limit: int = 20) -> list[ScalingRun]:
+        with Session(self.engine) as s:
+            q = select(ScalingRun).order_by(col(ScalingRun.id).desc()).limit(limit)
+            if cluster:
+                q = q.where(ScalingRun.cluster == cluster)
+            return list(s.exec(q))
+
+    def decisions(self, run_id: int) -> list[DecisionRecord]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(DecisionRecord).where(DecisionRecord.run_id == run_id)))
+
+    def changes(self, run_id: int) -> list[AppliedChange]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(AppliedChange).where(AppliedChange.run_id == run_id)))
+
+    # --- policy state and metric history ------------------------------------------------
+
+    def load_states(self, cluster: str) -> dict[str, ServicePolicyState]:
+        with Session(self.engine) as s:
+            rows = s.exec(select(PolicyStateRecord).where(PolicyStateRecord.cluster == cluster))
+            out = {}
+            for row in rows:
+                data = json.loads(row.state_json)
+                data["recommendations"] = tuple(tuple(r) for r in data.get("recommendations", ()))
+                out[row.service] = ServicePolicyState(**data)
+            return out
+
+    def save_states(self, cluster: str, states: Mapping[str, ServicePolicyState]) -> None:
+        with Session(self.engine) as s:
+            for service, state in states.items():
+                row = s.get(PolicyStateRecord, (cluster, service))
+                text = json.dumps(dataclasses.asdict(state))
+                if row is None:
+                    row = PolicyStateRecord(cluster=cluster, service=service, state_json=text)
+                else:
+                    row.state_json = text
+                    row.updated_at = dt.datetime.now(dt.UTC)
+                s.add(row)
+            s.commit()
+
+    def append_samples(self, cluster: str, now_s: float, values: Mapping[str, float | None]) -> None:
+        with Session(self.engine) as s:
+            for service, v in values.items():
+                s.add(MetricSample(cluster=cluster, service=service, t_s=now_s, value=_clean(v)))  # type: ignore[arg-type]
+            s.commit()
+
+    def history(self, cluster: str, since_s: float) -> dict[str, list[tuple[float, float | None]]]:
+        with Session(self.engine) as s:
+            rows = s.exec(
+                select(MetricSample)
+                .where(MetricSample.cluster == cluster, MetricSample.t_s >= since_s)
+                .order_by(col(MetricSample.t_s))
+            )
+            out: dict[str, list[tuple[float, float | None]]] = {}
+            for r in rows:
+                out.setdefault(r.service, []).append((r.t_s, r.value))
+            return out
+
+    def prune_samples(self, cluster: str, before_s: float) -> None:
+        with Session(self.engine) as s:
+            s.exec(delete(MetricSample).where(MetricSample.cluster == cluster, MetricSample.t_s < before_s))  # type: ignore[call-overload]
+            s.commit()
