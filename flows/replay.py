@@ -76,9 +76,7 @@ def peak_metric(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[
     return out
 
 
-def initial_counts(
-    config: ClusterConfig, curves: Mapping[str, LoadCurve], policy: str
-) -> dict[str, RoleCounts]:
+def initial_counts(config: ClusterConfig, curves: Mapping[str, LoadCurve], policy: str) -> dict[str, RoleCounts]:
     """The fleet running when the replay starts: sized for the first period's load (static-peak:
     for the peak), the same for every adaptive policy."""
     first = {}

@@ -20,38 +20,32 @@ from heteroscale import settings
 from models.config import ClusterConfig, load_config
 from models.values import Action, ApplyMode
 from tasks import steps
+from tasks.backends import make_backend
 from tasks.report import run_markdown
 from tasks.store import Store
 
-collect_task = task(steps.collect_signals, name="collect signals", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, timeout_seconds=60)
-read_cluster_task = task(steps.read_cluster, name="read cluster", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, timeout_seconds=60)
+collect_task = task(
+    steps.collect_signals,
+    name="collect signals",
+    retries=2,
+    retry_delay_seconds=2,
+    cache_policy=NO_CACHE,
+    timeout_seconds=60,
+)
+read_cluster_task = task(
+    steps.read_cluster, name="read cluster", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, timeout_seconds=60
+)
 forecast_task = task(steps.forecast_load, name="forecast load", cache_policy=NO_CACHE)
 targets_task = task(steps.compute_targets, name="compute targets", cache_policy=NO_CACHE)
 place_task = task(steps.place, name="place", cache_policy=NO_CACHE, timeout_seconds=120)
-apply_task = task(steps.apply_plan, name="apply", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300)
+apply_task = task(
+    steps.apply_plan, name="apply", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300
+)
 
 
 @task(name="record run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
 def record_task(store: Store, run_id: int, **kwargs: Any) -> None:
     store.finish_run(run_id, **kwargs)
-
-
-def make_backend(
-    config: ClusterConfig,
-    backend: str,
-    *,
-    twin_trace: str | None,
-    twin_peak_rps: dict[str, float] | None,
-) -> Any:
-    if backend == "twin":
-        from sim.live import TwinBackend, auto_peaks, demo_curves
-        from sim.traces import load_curve
-
-        trace = twin_trace or str(settings.BUNDLED_TRACE)
-        peaks = twin_peak_rps or auto_peaks(config, load_curve(trace))
-        state = settings.data_dir() / "twin" / f"{config.cluster.name}.json"
-        return TwinBackend(config, state_path=state, curves=demo_curves(config, trace, peaks))
-    raise ValueError(f"unknown backend {backend!r}; choose 'twin'")
 
 
 def _flow_run_id() -> str | None:
@@ -92,7 +86,7 @@ def scale_cluster(
         record["signals"] = signals
         step = "read cluster"
         view = read_cluster_task(be, config, now)
-        record["current"] = current = steps.current_counts(config, view)
+        record["current"] = steps.current_counts(config, view)
         step = "forecast load"
         keep_s = 8 * 86400.0
         history = steps.extend_history(store.history(cluster, now - keep_s), signals, config, now)
@@ -111,9 +105,7 @@ def scale_cluster(
             store.save_states(cluster, states)
         moving = any(t.action is not Action.HOLD for t in targets.values())
         status = (apply_mode.value if apply_mode is not ApplyMode.APPLY else "applied") if result.changes else "held"
-        summary = ", ".join(
-            f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items()
-        )
+        summary = ", ".join(f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items())
         record_task(store, run_id, status=status, summary=summary, **record)
         _publish(config, status, record)
         logger.info("run %s %s: %s", run_id, status, summary)
@@ -122,7 +114,15 @@ def scale_cluster(
             "status": status,
             "moving": moving,
             "changes": len(result.changes),
-            "decisions": {n: {"num_prefill": t.num_prefill, "num_decode": t.num_decode, "action": t.action.value, "reason": t.reason} for n, t in targets.items()},
+            "decisions": {
+                n: {
+                    "num_prefill": t.num_prefill,
+                    "num_decode": t.num_decode,
+                    "action": t.action.value,
+                    "reason": t.reason,
+                }
+                for n, t in targets.items()
+            },
         }
     except Exception as exc:
         store.finish_run(
@@ -130,7 +130,11 @@ def scale_cluster(
             status="failed",
             failed_step=step,
             error=f"{type(exc).__name__}: {exc}",
-            **{k: v for k, v in record.items() if k in ("signals", "current", "targets", "forecasts", "metric_values", "plan")},
+            **{
+                k: v
+                for k, v in record.items()
+                if k in ("signals", "current", "targets", "forecasts", "metric_values", "plan")
+            },
         )
         logger.error("run %s failed in step %r: %s", run_id, step, exc)
         raise
@@ -150,7 +154,9 @@ def _publish(config: ClusterConfig, status: str, record: dict[str, Any]) -> None
         plan=record.get("plan"),
         result=record.get("result"),
     )
-    create_markdown_artifact(markdown=md, key=f"scale-{config.cluster.name}", description=f"scale_cluster {config.cluster.name}")
+    create_markdown_artifact(
+        markdown=md, key=f"scale-{config.cluster.name}", description=f"scale_cluster {config.cluster.name}"
+    )
 
 
 if __name__ == "__main__":

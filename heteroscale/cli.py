@@ -85,9 +85,7 @@ def validate(config: Annotated[Path, typer.Argument(help="Cluster config YAML.")
     )
 
 
-def _load_curves(
-    cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[str]
-) -> dict[str, Any]:
+def _load_curves(cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[str]) -> dict[str, Any]:
     from sim.traces import load_curve
 
     names = [s.name for s in cfg.services]
@@ -179,9 +177,7 @@ def demo(out: Annotated[Path, typer.Option(help="Output directory.")] = Path("de
         f"CC-BY-4.0), peaks {DEMO_PEAKS} req/s",
         highlight=False,
     )
-    paths = _user_errors(
-        lambda: _run_replay(settings.DEMO_CONFIG, [str(settings.BUNDLED_TRACE)], [], peaks, [], out)
-    )
+    paths = _user_errors(lambda: _run_replay(settings.DEMO_CONFIG, [str(settings.BUNDLED_TRACE)], [], peaks, [], out))
     console.print(f"summary: {paths['summary']}\nplot:    {paths['plot']}\nreport:  {paths['report']}")
 
 
@@ -203,7 +199,9 @@ def scale(
         return
     console.print(f"run {result['run_id']}: {result['status']}, {result['changes']} change(s)")
     for name, d in result["decisions"].items():
-        console.print(f"  {name}: {d['num_prefill']}P/{d['num_decode']}D {d['action']} — {d['reason']}", highlight=False)
+        console.print(
+            f"  {name}: {d['num_prefill']}P/{d['num_decode']}D {d['action']} — {d['reason']}", highlight=False
+        )
 
 
 @app.command()
@@ -219,13 +217,25 @@ def runs(
     for col in ("id", "cluster", "status", "mode", "backend", "started", "summary / error"):
         t.add_column(col)
     for r in store.runs(cluster, limit):
-        t.add_row(str(r.id), r.cluster, r.status, r.mode, r.backend, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.error or r.summary)
+        t.add_row(
+            str(r.id), r.cluster, r.status, r.mode, r.backend, f"{r.started_at:%Y-%m-%d %H:%M:%S}", r.error or r.summary
+        )
     console.print(t)
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def _register_command_modules() -> None:
+    """Command groups live in `heteroscale.commands.<area>`; each registers on `app`/`bench_app`."""
+    import importlib
+    import pkgutil
+
+    import heteroscale.commands as pkg
+
+    for mod in sorted(m.name for m in pkgutil.iter_modules(pkg.__path__)):
+        importlib.import_module(f"heteroscale.commands.{mod}")
+
+
+_register_command_modules()
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    app()

@@ -51,7 +51,13 @@ def plot(results: Sequence[ReplayResult], config: ClusterConfig, path: Path) -> 
             if ticks0:
                 t0 = ticks0[0].t_s
                 load = ax.twinx()
-                load.plot([(t.t_s - t0) / 3600 for t in ticks0], [t.req_per_s for t in ticks0], color="grey", alpha=0.35, lw=0.8)
+                load.plot(
+                    [(t.t_s - t0) / 3600 for t in ticks0],
+                    [t.req_per_s for t in ticks0],
+                    color="grey",
+                    alpha=0.35,
+                    lw=0.8,
+                )
                 load.set_ylabel("req/s", color="grey")
         if row == 0:
             ax_p.legend(loc="upper left", fontsize=8)
@@ -79,12 +85,18 @@ def write_outputs(
     summary = {
         "results": rows,
         "cluster": config.cluster.name,
-        "traces": {n: {"source": c.name, "scale": c.scale, "peak_req_per_s": c.peak_req_per_s, "duration_s": c.duration_s} for n, c in curves.items()},
+        "traces": {
+            n: {"source": c.name, "scale": c.scale, "peak_req_per_s": c.peak_req_per_s, "duration_s": c.duration_s}
+            for n, c in curves.items()
+        },
     }
     summary_path = out_dir / "summary.json"
     summary_path.write_text(json.dumps(summary, indent=2))
     plot_path = plot(results, config, out_dir / "replay.png")
-    per_service = ["| policy | service | GPU-hours | SLO attainment | worst TTFT p99 s | worst TBT p99 s |", "|---|---|---:|---:|---:|---:|"]
+    per_service = [
+        "| policy | service | GPU-hours | SLO attainment | worst TTFT p99 s | worst TBT p99 s |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in results:
         for name, st in r.twin.stats.items():
             per_service.append(
@@ -114,7 +126,10 @@ def write_outputs(
         "",
         "## Traces",
         "",
-        *[f"- `{n}`: {c.name}, peak {c.peak_req_per_s:.1f} req/s (x{c.scale:.3g} of the source), {c.duration_s / 3600:.2f} h" for n, c in curves.items()],
+        *[
+            f"- `{n}`: {c.name}, peak {c.peak_req_per_s:.1f} req/s (x{c.scale:.3g} of the source), {c.duration_s / 3600:.2f} h"
+            for n, c in curves.items()
+        ],
     ]
     report_path = out_dir / "report.md"
     report_path.write_text("\n".join(report) + "\n")

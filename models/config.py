@@ -146,9 +146,7 @@ class RoleSpec(_Frozen):
 
     def weight(self, gpu_type: str) -> float:
         """Capacity of one instance on `gpu_type` in reference-type instances."""
-        return self.capacity_tokens_per_s[gpu_type] / self.capacity_tokens_per_s[
-            self.reference_gpu_type
-        ]
+        return self.capacity_tokens_per_s[gpu_type] / self.capacity_tokens_per_s[self.reference_gpu_type]
 
 
 class PdRatio(_Frozen):
@@ -198,10 +196,7 @@ class PolicyParams(_Frozen):
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.min_instances > self.max_instances:
-            raise ValueError(
-                f"min_instances ({self.min_instances}) is above max_instances "
-                f"({self.max_instances})"
-            )
+            raise ValueError(f"min_instances ({self.min_instances}) is above max_instances ({self.max_instances})")
         ratios = [t.ratio for t in self.latency_tiers]
         if ratios != sorted(ratios) or len(set(ratios)) != len(ratios):
             raise ValueError("latency_tiers must be listed by strictly increasing ratio")
@@ -301,8 +296,7 @@ class ClusterConfig(_Frozen):
         for i, pool in enumerate(self.topology.node_pools):
             if pool.gpu_type not in known:
                 raise ValueError(
-                    f"topology.node_pools[{i}].gpu_type {pool.gpu_type!r} is not one of the "
-                    f"gpu_types {sorted(known)}"
+                    f"topology.node_pools[{i}].gpu_type {pool.gpu_type!r} is not one of the gpu_types {sorted(known)}"
                 )
         s1s = {p.s1 for p in self.topology.node_pools}
         s2s = {p.s2 for p in self.topology.node_pools}
@@ -311,8 +305,7 @@ class ClusterConfig(_Frozen):
             bad = [d for d in sg.domains if d not in pool]
             if bad:
                 raise ValueError(
-                    f"rdma_subgroups[{i}].domains {bad} are not {sg.level} domains of the "
-                    f"topology ({sorted(pool)})"
+                    f"rdma_subgroups[{i}].domains {bad} are not {sg.level} domains of the topology ({sorted(pool)})"
                 )
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
@@ -322,14 +315,10 @@ class ClusterConfig(_Frozen):
                 spec = svc.role(role)
                 bad = [g for g in spec.gpu_types if g not in known]
                 if bad:
-                    raise ValueError(
-                        f"services[{i}].{role}.gpu_types {bad} are not among gpu_types "
-                        f"{sorted(known)}"
-                    )
+                    raise ValueError(f"services[{i}].{role}.gpu_types {bad} are not among gpu_types {sorted(known)}")
             if svc.policy.name not in _policy_names():
                 raise ValueError(
-                    f"services[{i}].policy.name {svc.policy.name!r} is unknown; choose one of "
-                    f"{sorted(_policy_names())}"
+                    f"services[{i}].policy.name {svc.policy.name!r} is unknown; choose one of {sorted(_policy_names())}"
                 )
         return self
 

@@ -77,9 +77,7 @@ class TwinBackend:
     def read_state(self, config: ClusterConfig, now_s: float) -> ClusterView:
         return self.twin.read_state(config, now_s)
 
-    def apply(
-        self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float
-    ) -> ApplyResult:
+    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
         result = self.twin.apply(config, plan, mode, now_s)
         self.save()
         return result

@@ -88,9 +88,7 @@ def _parse_times(path: Path, col: pd.Series) -> tuple[np.ndarray, float]:
     bad = parsed.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise TraceError(
-            f"{path}: row {row + 2}: timestamp {col.iloc[row]!r} is neither seconds nor an ISO time"
-        )
+        raise TraceError(f"{path}: row {row + 2}: timestamp {col.iloc[row]!r} is neither seconds nor an ISO time")
     epoch = (parsed - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds().to_numpy()
     return epoch - epoch.min(), float(epoch.min())
 

@@ -137,9 +137,7 @@ class Twin:
             gpu_budget=self._view.gpu_budget,
         )
 
-    def apply(
-        self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float
-    ) -> ApplyResult:
+    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
         current = self.placement()
         keys = sorted(set(current.cells) | set(plan.placement.cells))
         changes = tuple(
@@ -226,7 +224,7 @@ class Twin:
         out_tok = float(curve.mean_output_tokens[i])
 
         cap_p, per_p, ready_p, all_p = self._role_capacity(svc, Role.PREFILL)
-        cap_d, per_d, ready_d, all_d = self._role_capacity(svc, Role.DECODE)
+        cap_d, _per_d, ready_d, all_d = self._role_capacity(svc, Role.DECODE)
 
         # Prefill: cache-missed prompt tokens, plus what queued before.
         work_p = rps * in_tok * (1.0 - svc.prefix_cache_hit) * dt + self._backlog_p[svc.name]

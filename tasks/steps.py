@@ -28,9 +28,7 @@ from tasks.core.policy import PolicyContext, get_policy
 from tasks.core.topology import ClusterView
 
 
-def collect_signals(
-    backend: SignalsBackend, config: ClusterConfig, now_s: float
-) -> dict[str, ServiceSignals]:
+def collect_signals(backend: SignalsBackend, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
     signals = backend.read_signals(config, now_s)
     # A service the backend said nothing about is missing, not idle.
     return {s.name: signals.get(s.name) or ServiceSignals.missing(s.name) for s in config.services}
@@ -121,9 +119,7 @@ def compute_targets(
     return targets, new_states
 
 
-def place(
-    config: ClusterConfig, view: ClusterView, targets: Mapping[str, Targets]
-) -> PlacementPlan:
+def place(config: ClusterConfig, view: ClusterView, targets: Mapping[str, Targets]) -> PlacementPlan:
     """Placement for the services whose counts change; the others keep their cells."""
     moving = {name: t.counts for name, t in targets.items() if t.action.value != "hold"}
     if not moving:

@@ -70,9 +70,7 @@ class Store:
         flow_run_id: str | None = None,
     ) -> int:
         with Session(self.engine) as s:
-            run = ScalingRun(
-                cluster=cluster, now_s=now_s, mode=mode, backend=backend, flow_run_id=flow_run_id
-            )
+            run = ScalingRun(cluster=cluster, now_s=now_s, mode=mode, backend=backend, flow_run_id=flow_run_id)
             s.add(run)
             s.commit()
             s.refresh(run)
@@ -133,7 +131,10 @@ class Store:
                         method=plan.method,
                         reason=plan.reason,
                         cells_json=json.dumps(
-                            [[k.service, k.role.value, k.gpu_type, k.s1, n] for k, n in sorted(plan.placement.cells.items())]
+                            [
+                                [k.service, k.role.value, k.gpu_type, k.s1, n]
+                                for k, n in sorted(plan.placement.cells.items())
+                            ]
                         ),
                         unmet_json=json.dumps({f"{sv}/{r.value}": v for (sv, r), v in plan.unmet.items()}),
                         stats_json=json.dumps(dict(plan.stats)),

@@ -37,9 +37,7 @@ def _have(cells: Mapping[CellKey, int], svc: Service, role: Role) -> float:
     )
 
 
-def place_greedy(
-    config: ClusterConfig, view: ClusterView, targets: Mapping[str, RoleCounts]
-) -> PlacementPlan:
+def place_greedy(config: ClusterConfig, view: ClusterView, targets: Mapping[str, RoleCounts]) -> PlacementPlan:
     gpi = gpus_per_instance_map(config)
     cells: dict[CellKey, int] = dict(view.placement.cells)
     free = view.free_gpus(view.placement, gpi)
@@ -98,11 +96,7 @@ def place_greedy(
                 return None
             group_s1 = {k.s1 for k, n in cells.items() if n > 0 and k.service == svc.name}
             for g in spec.gpu_types:
-                options = [
-                    s1
-                    for s1 in doms[dom]
-                    if free.get((g, s1), 0) >= spec.gpus_per_instance
-                ]
+                options = [s1 for s1 in doms[dom] if free.get((g, s1), 0) >= spec.gpus_per_instance]
                 if options:
                     options.sort(key=lambda s1: (s1 not in group_s1, free[(g, s1)], s1))
                     return g, options[0]
@@ -116,9 +110,7 @@ def place_greedy(
                 open_roles,
                 key=lambda r: (deficit[r] / max(targets[svc.name].of(r), 1), r is Role.DECODE),
             )
-            has_group = {
-                domain(svc, k.s1) for k, n in cells.items() if n > 0 and k.service == svc.name
-            }
+            has_group = {domain(svc, k.s1) for k, n in cells.items() if n > 0 and k.service == svc.name}
             spec = svc.role(role)
             other = Role.DECODE if role is Role.PREFILL else Role.PREFILL
             spots = {d: fits(svc, role, d) for d in doms}

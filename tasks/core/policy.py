@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from models.config import Metric, Role, Service
+from models.config import Metric, Service
 from models.values import (
     Action,
     Forecast,
@@ -214,10 +214,7 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
         d_prop = math.ceil(d_float - _EPS)
         if d_cur > 0 and abs(d_float / d_cur - 1) <= p.hysteresis:
             d_new = d_cur
-            reason = (
-                f"{metric_why} asks {d_float:.2f} decode vs {d_cur}: inside "
-                f"±{p.hysteresis:.0%} band"
-            )
+            reason = f"{metric_why} asks {d_float:.2f} decode vs {d_cur}: inside ±{p.hysteresis:.0%} band"
         else:
             d_new = d_prop
             reason = f"{metric_why} / target {p.target_per_instance:g} = {d_float:.2f} decode"
@@ -280,9 +277,7 @@ def static_peak(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     return _finish(ctx, state, new, f"static-peak: sized for peak {ctx.peak_metric:.0f}", "static")
 
 
-def _hpa_role(
-    current: int, util: float | None, target: float, tolerance: float
-) -> int:
+def _hpa_role(current: int, util: float | None, target: float, tolerance: float) -> int:
     """Kubernetes HPA: desired = ceil(current x metric / target), skipped inside the tolerance."""
     if util is None or current == 0:
         return current
@@ -301,9 +296,7 @@ def hpa_gpu_util(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     want_d = _hpa_role(cur.num_decode, util_d, p.hpa_target_gpu_util, p.hpa_tolerance)
     # Scale-down stabilisation: use the highest recommendation of the window.
     window = p.hpa_scale_down_stabilization_s
-    recs = tuple(r for r in state.recommendations if ctx.now_s - r[0] < window) + (
-        (ctx.now_s, want_p, want_d),
-    )
+    recs = (*tuple(r for r in state.recommendations if ctx.now_s - r[0] < window), (ctx.now_s, want_p, want_d))
     state = state.with_(recommendations=recs)
     new_p = max(r[1] for r in recs) if want_p < cur.num_prefill else want_p
     new_d = max(r[2] for r in recs) if want_d < cur.num_decode else want_d

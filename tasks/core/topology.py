@@ -79,7 +79,9 @@ class ClusterView:
                 prio[d] = p
         return prio
 
-    def free_gpus(self, placement: Placement, gpus_per_instance: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    def free_gpus(
+        self, placement: Placement, gpus_per_instance: dict[tuple[str, str], int]
+    ) -> dict[tuple[str, str], int]:
         """Free GPUs per (gpu_type, s1) once `placement` runs; `gpus_per_instance[(service, role)]`."""
         free = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in self.capacities}
         for key, n in placement.cells.items():
@@ -105,9 +107,7 @@ def view_from_config(config: ClusterConfig, placement: Placement | None = None) 
         DomainCapacity(gpu_type=g, s1=s1, s2=str(v[0]), gpus_total=int(v[1]), gpus_per_node=int(v[2]))
         for (g, s1), v in sorted(agg.items())
     )
-    override = tuple(
-        (sg.level.value, d, sg.priority) for sg in config.rdma_subgroups for d in sg.domains
-    )
+    override = tuple((sg.level.value, d, sg.priority) for sg in config.rdma_subgroups for d in sg.domains)
     return ClusterView(
         capacities=caps,
         placement=placement or Placement(),
