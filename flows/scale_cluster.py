@@ -20,7 +20,7 @@ from heteroscale import settings
 from models.config import ClusterConfig, load_config
 from models.values import Action, ApplyMode
 from tasks import steps
-from tasks.backends import make_backend
+from tasks.backends import make_backends
 from tasks.report import run_markdown
 from tasks.store import Store
 
@@ -61,6 +61,7 @@ def _flow_run_id() -> str | None:
 def scale_cluster(
     config_path: str = str(settings.DEMO_CONFIG),
     backend: str = "twin",
+    signals_backend: str | None = None,
     mode: str = "apply",
     twin_trace: str | None = None,
     twin_peak_rps: dict[str, float] | None = None,
@@ -71,10 +72,9 @@ def scale_cluster(
     config = load_config(config_path)
     apply_mode = ApplyMode(mode)
     store = Store(database_url or settings.database_url())
-    be = make_backend(config, backend, twin_trace=twin_trace, twin_peak_rps=twin_peak_rps)
-    if hasattr(be, "serve_period"):
-        be.serve_period()
-    now = float(be.now())
+    be = make_backends(config, backend, signals=signals_backend, twin_trace=twin_trace, twin_peak_rps=twin_peak_rps)
+    be.before_run()
+    now = float(be.clock())
     cluster = config.cluster.name
     run_id = store.start_run(
         cluster=cluster, now_s=now, mode=apply_mode.value, backend=backend, flow_run_id=_flow_run_id()
@@ -82,10 +82,10 @@ def scale_cluster(
     step = "collect signals"
     record: dict[str, Any] = {}
     try:
-        signals = collect_task(be, config, now)
+        signals = collect_task(be.signals, config, now)
         record["signals"] = signals
         step = "read cluster"
-        view = read_cluster_task(be, config, now)
+        view = read_cluster_task(be.cluster, config, now)
         record["current"] = steps.current_counts(config, view)
         step = "forecast load"
         keep_s = 8 * 86400.0
@@ -99,7 +99,7 @@ def scale_cluster(
         step = "place"
         record["plan"] = plan = place_task(config, view, targets)
         step = "apply"
-        record["result"] = result = apply_task(be, config, plan, apply_mode, now)
+        record["result"] = result = apply_task(be.cluster, config, plan, apply_mode, now)
         step = "record run"
         if apply_mode is ApplyMode.APPLY:
             store.save_states(cluster, states)

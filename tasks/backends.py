@@ -6,7 +6,9 @@ The flows and the replay loop only see these protocols. Implementations: the rep
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from models.config import ClusterConfig
 from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals
@@ -29,19 +31,30 @@ class ClusterBackend(Protocol):
         ...
 
 
-def make_backend(
+@dataclass
+class Backends:
+    """What one flow run talks to: a signals source, a cluster, and the clock of that cluster."""
+
+    signals: SignalsBackend
+    cluster: ClusterBackend
+    clock: Callable[[], float]
+    # Called once before collecting (the twin serves one control period; others: nothing).
+    before_run: Callable[[], None] = lambda: None
+
+
+def make_backends(
     config: ClusterConfig,
-    backend: str,
+    cluster: str,
     *,
+    signals: str | None = None,
     twin_trace: str | None = None,
     twin_peak_rps: dict[str, float] | None = None,
-) -> Any:
-    """The backend object a flow run uses, by name. Each branch imports its own dependencies.
+) -> Backends:
+    """Backends by name. `cluster`: twin; `signals`: twin (default: same as the cluster).
 
-    Every backend offers `now()` (its clock) plus the `SignalsBackend` and `ClusterBackend`
-    methods; the twin also offers `serve_period()` (advance one control period).
+    Each branch imports its own dependencies, so an unused backend costs nothing.
     """
-    if backend == "twin":
+    if cluster == "twin":
         from heteroscale import settings
         from sim.live import TwinBackend, auto_peaks, demo_curves
         from sim.traces import load_curve
@@ -49,5 +62,16 @@ def make_backend(
         trace = twin_trace or str(settings.BUNDLED_TRACE)
         peaks = twin_peak_rps or auto_peaks(config, load_curve(trace))
         state = settings.data_dir() / "twin" / f"{config.cluster.name}.json"
-        return TwinBackend(config, state_path=state, curves=demo_curves(config, trace, peaks))
-    raise ValueError(f"unknown backend {backend!r}; choose one of: twin")
+        twin = TwinBackend(config, state_path=state, curves=demo_curves(config, trace, peaks))
+        cluster_backend: ClusterBackend = twin
+        clock: Callable[[], float] = twin.now
+        before: Callable[[], None] = twin.serve_period
+        default_signals: SignalsBackend = twin
+    else:
+        raise ValueError(f"unknown cluster backend {cluster!r}; choose one of: twin")
+
+    if signals is None or signals == cluster:
+        signals_backend = default_signals
+    else:
+        raise ValueError(f"unknown signals backend {signals!r}; choose one of: twin")
+    return Backends(signals=signals_backend, cluster=cluster_backend, clock=clock, before_run=before)
