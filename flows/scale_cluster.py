@@ -72,16 +72,20 @@ def scale_cluster(
     config = load_config(config_path)
     apply_mode = ApplyMode(mode)
     store = Store(database_url or settings.database_url())
-    be = make_backends(config, backend, signals=signals_backend, twin_trace=twin_trace, twin_peak_rps=twin_peak_rps)
-    be.before_run()
-    now = float(be.clock())
     cluster = config.cluster.name
+    # The run is on record before anything else can fail, so even a run that cannot reach its
+    # backends leaves a trace.
     run_id = store.start_run(
-        cluster=cluster, now_s=now, mode=apply_mode.value, backend=backend, flow_run_id=_flow_run_id()
+        cluster=cluster, now_s=None, mode=apply_mode.value, backend=backend, flow_run_id=_flow_run_id()
     )
-    step = "collect signals"
+    step = "connect backends"
     record: dict[str, Any] = {}
     try:
+        be = make_backends(config, backend, signals=signals_backend, twin_trace=twin_trace, twin_peak_rps=twin_peak_rps)
+        be.before_run()
+        now = float(be.clock())
+        record["now_s"] = now
+        step = "collect signals"
         signals = collect_task(be.signals, config, now)
         record["signals"] = signals
         step = "read cluster"

@@ -23,7 +23,7 @@ class ScalingRun(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     cluster: str = Field(index=True)
-    now_s: float
+    now_s: float | None = None  # the backend's clock; None if the run failed before reading it
     started_at: dt.datetime = Field(default_factory=_utcnow)
     finished_at: dt.datetime | None = None
     # running | held | applied | dry-run | advisory | failed

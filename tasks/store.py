@@ -64,7 +64,7 @@ class Store:
         self,
         *,
         cluster: str,
-        now_s: float,
+        now_s: float | None,
         mode: str,
         backend: str,
         flow_run_id: str | None = None,
@@ -92,12 +92,15 @@ class Store:
         failed_step: str | None = None,
         error: str | None = None,
         summary: str = "",
+        now_s: float | None = None,
     ) -> None:
         with Session(self.engine) as s:
             run = s.get(ScalingRun, run_id)
             if run is None:
                 raise KeyError(f"no scaling run {run_id}")
             run.status = status
+            if now_s is not None:
+                run.now_s = now_s
             run.finished_at = dt.datetime.now(dt.UTC)
             run.failed_step = failed_step
             run.error = error

@@ -37,8 +37,16 @@ def service_dict(name: str = "chat", **overrides: Any) -> dict[str, Any]:
     d: dict[str, Any] = {
         "name": name,
         "model": "llama2-70b",
-        "prefill": {"gpu_types": ["h100", "a100"], "gpus_per_instance": 2, "capacity_tokens_per_s": {"h100": 6500, "a100": 2900}},
-        "decode": {"gpu_types": ["a100", "h100"], "gpus_per_instance": 2, "capacity_tokens_per_s": {"a100": 950, "h100": 1500}},
+        "prefill": {
+            "gpu_types": ["h100", "a100"],
+            "gpus_per_instance": 2,
+            "capacity_tokens_per_s": {"h100": 6500, "a100": 2900},
+        },
+        "decode": {
+            "gpu_types": ["a100", "h100"],
+            "gpus_per_instance": 2,
+            "capacity_tokens_per_s": {"a100": 950, "h100": 1500},
+        },
         "pd_ratio": {"prefill": 1, "decode": 2},
         "slo": {"ttft_p99_s": 2.0, "tbt_p99_s": 0.1},
         "policy": {"target_per_instance": 600, "min_instances": 3, "max_instances": 60},

@@ -230,6 +230,11 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
             else:
                 reason += f"; latency breach ({lat_why}) within latency cooldown"
 
+    cur_in_bounds = p.min_instances <= cur.total <= p.max_instances
+    if source == "hold" and cur_in_bounds:
+        # Cannot see the load: keep the fleet exactly as it is (ratio repairs included).
+        return _hold(ctx, state, reason)
+
     # Damping: at most max_step_fraction of the current count per run (at least one instance).
     max_delta = max(1, math.ceil(p.max_step_fraction * d_cur - _EPS))
     if d_cur > 0 and abs(d_new - d_cur) > max_delta:
@@ -244,6 +249,10 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
     new = split_by_ratio(svc, d_bounded)
 
     action = _action(cur, new)
+    if not cur_in_bounds:
+        # The fleet is outside its bounds (config changed, or a human scaled it): bounds are
+        # hard limits and are restored at once, cooldowns notwithstanding.
+        source = "bounds"
     if action is Action.SCALE_OUT and source not in ("latency", "bounds"):
         wait = p.scale_out_cooldown_s - _since(ctx.now_s, state.last_scale_out_s)
         if wait > 0:

@@ -55,7 +55,9 @@ def test_missing_required_field(tmp_path: Path) -> None:
 
 
 def test_min_above_max_is_a_cross_field_error(tmp_path: Path) -> None:
-    d = config_dict(services=[service_dict(policy={"target_per_instance": 600, "min_instances": 9, "max_instances": 4})])
+    d = config_dict(
+        services=[service_dict(policy={"target_per_instance": 600, "min_instances": 9, "max_instances": 4})]
+    )
     msg = _error(tmp_path, d)
     assert "min_instances (9) is above max_instances (4)" in msg
 
@@ -91,7 +93,14 @@ def test_s1_under_two_s2_is_rejected(tmp_path: Path) -> None:
 
 
 def test_max_instances_too_small_for_one_group(tmp_path: Path) -> None:
-    d = config_dict(services=[service_dict(pd_ratio={"prefill": 3, "decode": 1}, policy={"target_per_instance": 600, "min_instances": 0, "max_instances": 3})])
+    d = config_dict(
+        services=[
+            service_dict(
+                pd_ratio={"prefill": 3, "decode": 1},
+                policy={"target_per_instance": 600, "min_instances": 0, "max_instances": 3},
+            )
+        ]
+    )
     msg = _error(tmp_path, d)
     assert "raise it to at least 4" in msg
 
