@@ -233,6 +233,27 @@ class ScheduleWindow(_Frozen):
         return (day in self.days and t >= self.start) or (prev in self.days and t < self.end)
 
 
+class PodTemplateSource(_Frozen):
+    """Where a service's pod template comes from (Kubernetes backend): exactly one of
+
+    * `inline`: a PodSpec mapping (containers, volumes, tolerations, ...) used for both roles; the
+      role reaches the containers as the `HETEROSCALE_ROLE` environment variable;
+    * `from_deployment`: the name of a Deployment in the service's namespace whose pod template is
+      copied; `{role}` in the name is replaced by `prefill` or `decode`.
+    """
+
+    inline: dict[str, Any] | None = None
+    from_deployment: Annotated[str, StringConstraints(pattern=r"^[a-z0-9{}]([a-z0-9{}.-]*[a-z0-9{}])?$")] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> Self:
+        if (self.inline is None) == (self.from_deployment is None):
+            raise ValueError("give exactly one of pod_template.inline (a PodSpec) or pod_template.from_deployment")
+        if self.inline is not None and not isinstance(self.inline.get("containers"), list):
+            raise ValueError("pod_template.inline is a PodSpec: it needs a 'containers' list")
+        return self
+
+
 class Service(_Frozen):
     name: Name
     model: str
@@ -247,6 +268,7 @@ class Service(_Frozen):
     schedule: tuple[ScheduleWindow, ...] = ()
     cold_start_s: Annotated[float, Field(ge=0)] = 180.0
     prefix_cache_hit: Fraction = 0.0
+    pod_template: PodTemplateSource | None = None  # Kubernetes backend only
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -263,11 +285,35 @@ class Service(_Frozen):
         return self.prefill if role is Role.PREFILL else self.decode
 
 
+class PlacementMethod(StrEnum):
+    ILP = "ilp"  # tasks/core/ilp.py, with the greedy as fallback
+    GREEDY = "greedy"  # tasks/core/greedy.py (HeteroScale Algorithm 4)
+
+
+class PlacementSettings(_Frozen):
+    """How `tasks.steps.place` chooses cells; see docs/placement.md for the objective terms."""
+
+    method: PlacementMethod = PlacementMethod.ILP
+    time_limit_s: PositiveFloat = 5.0
+    mip_gap: Annotated[float, Field(ge=0, lt=1)] = 0.005
+    # A group's prefill (reference units) may differ from pd_ratio x its decode by this fraction
+    # plus one reference instance (integer rounding).
+    ratio_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.10
+    # Hours of an instance's GPU cost charged per instance started or stopped. >= 0.5 means a
+    # running instance is never moved just to save cost; < 1 means surplus is still scaled in.
+    churn_weight_h: Annotated[float, Field(ge=0)] = 0.6
+    # $/GPU-hour added per RDMA-subgroup priority level of the cell (keeps premium pools free).
+    priority_weight: Annotated[float, Field(ge=0)] = 0.05
+    # $/GPU-hour charged for GPUs stranded on partly used nodes.
+    fragmentation_weight: Annotated[float, Field(ge=0)] = 0.01
+
+
 class ClusterSettings(_Frozen):
     name: Name
     control_period_s: Annotated[float, Field(gt=0)] = 60.0
     timezone: str = "UTC"
     gpu_budget: Annotated[int, Field(ge=0)] | None = None
+    placement: PlacementSettings = PlacementSettings()
 
     @field_validator("timezone")
     @classmethod
@@ -281,12 +327,41 @@ class ClusterSettings(_Frozen):
         return v
 
 
+class KubernetesSettings(_Frozen):
+    """How the Kubernetes backend reads topology and labels what it manages (docs/kubernetes.md).
+
+    Connection: `api_url` / `context` / `kubeconfig` here are defaults; the CLI options and the
+    HETEROSCALE_KUBE_API_URL / HETEROSCALE_KUBE_CONTEXT / KUBECONFIG variables override them, and
+    with none of them set inside a pod the in-cluster service account is used.
+    """
+
+    api_url: str | None = None
+    context: str | None = None
+    kubeconfig: str | None = None
+    gpu_type_label: str = "nvidia.com/gpu.product"
+    # Config GPU type -> node label values meaning it (default: the type's own name).
+    gpu_type_values: dict[Name, tuple[str, ...]] = {}
+    s1_label: str = "heteroscale.io/s1"
+    s2_label: str = "heteroscale.io/s2"
+    gpu_resource: str = "nvidia.com/gpu"
+    # Taint keys our pods tolerate; a node with any other NoSchedule/NoExecute taint is not used.
+    tolerated_taints: tuple[str, ...] = ("nvidia.com/gpu",)
+    field_manager: Annotated[str, Field(min_length=1, max_length=128)] = "heteroscale"
+    pause_annotation: str = "heteroscale.io/paused"
+    # Pods whose label has any other value than "true" are out of service discovery (soft scale-in).
+    serving_label: str = "heteroscale.io/serving"
+    soft_scale_in_window_s: Annotated[float, Field(ge=0)] = 300.0
+    prune: bool = False
+    default_image: str = "vllm/vllm-openai:latest"
+
+
 class ClusterConfig(_Frozen):
     cluster: ClusterSettings
     gpu_types: Annotated[tuple[GpuType, ...], Field(min_length=1)]
     topology: Topology
     rdma_subgroups: tuple[RdmaSubgroup, ...] = ()
     services: Annotated[tuple[Service, ...], Field(min_length=1)]
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
@@ -307,6 +382,9 @@ class ClusterConfig(_Frozen):
                 raise ValueError(
                     f"rdma_subgroups[{i}].domains {bad} are not {sg.level} domains of the topology ({sorted(pool)})"
                 )
+        bad_types = [g for g in self.kubernetes.gpu_type_values if g not in known]
+        if bad_types:
+            raise ValueError(f"kubernetes.gpu_type_values names {bad_types}, not among gpu_types {sorted(known)}")
         names = [s.name for s in self.services]
         if len(set(names)) != len(names):
             raise ValueError("two services share a name")
