@@ -189,6 +189,8 @@ class PolicyParams(_Frozen):
     use_ttft_feedback: bool = False
     latency_cooldown_s: Annotated[float, Field(ge=0)] = 180.0
     max_signal_age_s: PositiveFloat = 180.0
+    # Near-term load forecaster (tasks/core/forecast.py); "auto" = chosen per run by backtest.
+    forecaster: str = "auto"
     hpa_target_gpu_util: Annotated[float, Field(gt=0, le=1)] = 0.8
     hpa_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.1
     hpa_scale_down_stabilization_s: Annotated[float, Field(ge=0)] = 300.0
@@ -254,6 +256,71 @@ class PodTemplateSource(_Frozen):
         return self
 
 
+class SignalsProfile(StrEnum):
+    """Which serving engine's metric names a service exports (tasks/prometheus.py)."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    DYNAMO = "dynamo"
+
+
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+SIGNAL_QUERY_NAMES = (
+    "decode_tps",
+    "prefill_tps",
+    "ttft_p99_s",
+    "tbt_p99_s",
+    "running_requests",
+    "waiting_requests",
+    "gpu_util",
+    "freshness",
+    "gpu_freshness",
+)
+
+
+class ServiceSignalsSource(_Frozen):
+    """Where a service's metrics live in Prometheus: engine profile, labels, PromQL overrides."""
+
+    profile: SignalsProfile = SignalsProfile.VLLM
+    service_label: LabelName = "service"
+    role_label: LabelName = "role"
+    # Value of `service_label` in Prometheus when it differs from the service name.
+    label_value: str | None = None
+    queries: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("queries")
+    @classmethod
+    def _queries(cls, v: dict[str, str]) -> dict[str, str]:
+        from string import Template
+
+        bad = sorted(set(v) - set(SIGNAL_QUERY_NAMES))
+        if bad:
+            raise ValueError(f"unknown signal(s) {bad} in queries; override one of {list(SIGNAL_QUERY_NAMES)}")
+        allowed = {"services", "prefill", "decode", "window", "by", "by_role"}
+        for name, q in v.items():
+            t = Template(q)
+            if not t.is_valid():
+                raise ValueError(f"queries.{name}: invalid $placeholder; write $$ for a literal $")
+            unknown = sorted(set(t.get_identifiers()) - allowed)
+            if unknown:
+                raise ValueError(f"queries.{name}: unknown placeholder(s) {unknown}; use {sorted(allowed)}")
+        return v
+
+
+class PrometheusSettings(_Frozen):
+    """Cluster-level Prometheus access. The URL may also come from HETEROSCALE_PROMETHEUS_URL;
+    the bearer token only from HETEROSCALE_PROMETHEUS_TOKEN (never from this file)."""
+
+    url: str | None = None
+    timeout_s: PositiveFloat = 10.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    # A role whose latest sample is older than this is stale: its signals are None, flagged.
+    max_staleness_s: PositiveFloat = 120.0
+    # Window of rate() and histogram quantiles; default: the control period.
+    rate_window_s: PositiveFloat | None = None
+    max_parallel_queries: Annotated[int, Field(ge=1, le=64)] = 4
+
+
 class Service(_Frozen):
     name: Name
     model: str
@@ -268,6 +335,7 @@ class Service(_Frozen):
     schedule: tuple[ScheduleWindow, ...] = ()
     cold_start_s: Annotated[float, Field(ge=0)] = 180.0
     prefix_cache_hit: Fraction = 0.0
+    signals: ServiceSignalsSource = ServiceSignalsSource()
     pod_template: PodTemplateSource | None = None  # Kubernetes backend only
 
     @model_validator(mode="after")
@@ -361,6 +429,7 @@ class ClusterConfig(_Frozen):
     topology: Topology
     rdma_subgroups: tuple[RdmaSubgroup, ...] = ()
     services: Annotated[tuple[Service, ...], Field(min_length=1)]
+    prometheus: PrometheusSettings = PrometheusSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
 
     @model_validator(mode="after")
@@ -394,6 +463,11 @@ class ClusterConfig(_Frozen):
                 bad = [g for g in spec.gpu_types if g not in known]
                 if bad:
                     raise ValueError(f"services[{i}].{role}.gpu_types {bad} are not among gpu_types {sorted(known)}")
+            if svc.policy.forecaster not in _forecaster_names():
+                raise ValueError(
+                    f"services[{i}].policy.forecaster {svc.policy.forecaster!r} is unknown; "
+                    f"choose one of {sorted(_forecaster_names())}"
+                )
             if svc.policy.name not in _policy_names():
                 raise ValueError(
                     f"services[{i}].policy.name {svc.policy.name!r} is unknown; choose one of {sorted(_policy_names())}"
@@ -418,6 +492,12 @@ def _policy_names() -> set[str]:
     from tasks.core.policy import POLICIES
 
     return set(POLICIES)
+
+
+def _forecaster_names() -> set[str]:
+    from tasks.core.forecast import FORECASTERS
+
+    return set(FORECASTERS)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

@@ -22,7 +22,7 @@ from models.values import (
     Targets,
 )
 from tasks.backends import ClusterBackend, SignalsBackend
-from tasks.core.forecast import History, get_forecaster
+from tasks.core.forecast import History, forecast_with, get_forecaster
 from tasks.core.greedy import place_greedy
 from tasks.core.policy import PolicyContext, get_policy
 from tasks.core.topology import ClusterView
@@ -60,15 +60,20 @@ def forecast_load(
     config: ClusterConfig,
     history: Mapping[str, History],
     *,
-    forecaster: str = "last-value",
+    forecaster: str | None = None,
 ) -> dict[str, Forecast]:
-    """Expected policy metric when instances started now become Ready (cold start + period)."""
-    fn = get_forecaster(forecaster)
+    """Expected policy metric when instances started now become Ready (cold start + period).
+
+    `forecaster` overrides each service's `policy.forecaster` ("auto" = chosen by a rolling-origin
+    backtest on the service's own history; the method used is recorded as "auto:<name>").
+    """
     out: dict[str, Forecast] = {}
     for svc in config.services:
+        name = forecaster or svc.policy.forecaster
+        get_forecaster(name)  # unknown names fail here with the list of valid ones
         horizon = svc.cold_start_s + config.cluster.control_period_s
-        value = fn(history.get(svc.name, ()), horizon)
-        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, forecaster)
+        value, method = forecast_with(name, history.get(svc.name, ()), horizon)
+        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method)
     return out
 
 

@@ -3,16 +3,276 @@
 Contract: a forecaster maps `(history, horizon_s)` to the expected metric value `horizon_s`
 after the last sample, or `None` when the history cannot support a forecast (empty, all NaN).
 History is a sequence of `(t_s, value)` pairs in time order; NaN or None values are gaps,
-never zeros. Forecasters are chosen by name from `FORECASTERS`.
+never zeros. Forecasters are chosen by name from `FORECASTERS`; `auto` picks one per call by a
+rolling-origin backtest on the same history (`select_forecaster`).
+
+How it works: the history is laid on a regular grid (the median sample spacing); each method is
+written as a *path* function `y -> f` where `f[i]` is the forecast of `y[i + h]` made with
+`y[: i + 1]` only. One vectorised pass therefore yields the forecast from every origin, which is
+both the live forecast (`f[-1]`) and a rolling-origin backtest (`f[:-h]` against `y[h:]`) — cheap
+enough to re-select per service every control period (numpy/scipy, no Python loop over samples).
+
+Methods (parameters tuned once on the ServeGen series, see docs/forecasting.md):
+  * `last-value`: the last valid sample; the baseline.
+  * `ewma`: exponentially weighted mean (alpha 0.7 per sample).
+  * `holt`: Holt's linear trend with damping (alpha 0.8, beta 0.2, phi 0.9), as a linear filter.
+  * `seasonal-blend`: robust recent level (median of the last hour) plus a decaying share of
+    the last sample's excess over it (bursts fade), times the daily shape: the median over the
+    last 7 days of the smoothed log change between time-of-day(now) and time-of-day(now + h).
+    Falls back to no seasonal factor until a day of history exists.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.signal import lfilter, lfilter_zi
 
 History = Sequence[tuple[float, float | None]]
 Forecaster = Callable[[History, float], float | None]
+# path(y, h_steps, step_s) -> forecast of y[i + h] from every origin i (NaN where unknown).
+PathFn = Callable[[np.ndarray, float, float], np.ndarray]
+
+DAY_S = 86400.0
+AUTO = "auto"
+# Selection: score origins whose target lies in the last `SELECT_WINDOW_S`; need this many.
+SELECT_WINDOW_S = 2 * DAY_S
+MIN_SCORED_ORIGINS = 12
+# A grid longer than this is coarsened (samples averaged) so one call stays in milliseconds.
+MAX_GRID_POINTS = 20_000
+
+
+# --- grid --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    """History on a regular grid: `y[i]` is the mean of samples in the slot ending at `t_end_s -
+    (n - 1 - i) * step_s`; NaN = no valid sample."""
+
+    y: np.ndarray
+    step_s: float
+    t_end_s: float
+
+
+def to_grid(history: History, *, max_points: int = MAX_GRID_POINTS) -> Grid | None:
+    """Lay `history` on a regular grid anchored at its last sample. None when no valid sample."""
+    if not history:
+        return None
+    t = np.fromiter((h[0] for h in history), dtype=float, count=len(history))
+    v = np.fromiter((np.nan if h[1] is None else h[1] for h in history), dtype=float, count=len(history))
+    v[~np.isfinite(v)] = np.nan
+    if np.isnan(v).all():
+        return None
+    diffs = np.diff(t)
+    diffs = diffs[diffs > 0]
+    step = float(np.median(diffs)) if len(diffs) else 1.0
+    span = float(t[-1] - t[0])
+    if span / step + 1 > max_points:
+        step = span / (max_points - 1)
+    # Slot k counts back from the last sample: slot 0 is the last one.
+    back = np.rint((t[-1] - t) / step).astype(np.int64)
+    n = int(back.max()) + 1
+    ok = ~np.isnan(v)
+    sums = np.bincount(back[ok], weights=v[ok], minlength=n)
+    counts = np.bincount(back[ok], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)[::-1]
+    return Grid(y=y, step_s=step, t_end_s=float(t[-1]))
+
+
+def _ffill(y: np.ndarray) -> np.ndarray:
+    return pd.Series(y).ffill().to_numpy()
+
+
+def _h_steps(horizon_s: float, step_s: float) -> float:
+    return max(horizon_s / step_s, 0.0)
+
+
+# --- path functions (vectorised: the forecast from every origin) ----------------------------
+
+
+def path_last_value(y: np.ndarray, h: float, step_s: float) -> np.ndarray:
+    return _ffill(y)
+
+
+def path_ewma(y: np.ndarray, h: float, step_s: float, *, alpha: float = 0.7) -> np.ndarray:
+    # ignore_na: a gap does not decay the weights of the samples around it.
+    return pd.Series(y).ewm(alpha=alpha, ignore_na=True).mean().to_numpy()
+
+
+def holt_states(y: np.ndarray, *, alpha: float, beta: float, phi: float) -> tuple[np.ndarray, np.ndarray]:
+    """Level and trend of damped Holt smoothing over a gap-filled series, as two IIR filters.
+
+    Recursion: l_t = a*y_t + (1-a)(l_{t-1} + phi*b_{t-1}); b_t = b*(l_t - l_{t-1}) + (1-b)*phi*b_{t-1}.
+    Eliminating b gives L(z) = a(1 - c z^-1) / (1 - (q + c + q phi b) z^-1 + (q c + q phi b) z^-2) Y(z)
+    with q = 1 - a, c = (1 - b) phi; and B(z) = b(1 - z^-1) / (1 - c z^-1) L(z).
+    Started in steady state at the first value (level = y_0, trend = 0).
+    """
+    x = _ffill(y)
+    first = np.flatnonzero(~np.isnan(x))
+    if len(first) == 0:
+        nan = np.full_like(x, np.nan)
+        return nan, nan
+    i0 = int(first[0])
+    x0 = x[i0:]
+    q, c = 1.0 - alpha, (1.0 - beta) * phi
+    num = [alpha, -alpha * c]
+    den = [1.0, -(q + c + q * phi * beta), q * c + q * phi * beta]
+    level, _ = lfilter(num, den, x0, zi=lfilter_zi(num, den) * x0[0])
+    tnum, tden = [beta, -beta], [1.0, -c]
+    trend, _ = lfilter(tnum, tden, level, zi=lfilter_zi(tnum, tden) * level[0])
+    pad = np.full(i0, np.nan)
+    return np.concatenate([pad, level]), np.concatenate([pad, trend])
+
+
+def path_holt(
+    y: np.ndarray, h: float, step_s: float, *, alpha: float = 0.8, beta: float = 0.2, phi: float = 0.9
+) -> np.ndarray:
+    level, trend = holt_states(y, alpha=alpha, beta=beta, phi=phi)
+    # Damped trend: sum_{j=1..h} phi^j, continuous in h for fractional horizons.
+    damp = phi * (1.0 - phi**h) / (1.0 - phi) if phi < 1.0 else h
+    return level + damp * trend
+
+
+def path_seasonal_blend(
+    y: np.ndarray,
+    h: float,
+    step_s: float,
+    *,
+    level_s: float = 3600.0,
+    decay_per_10min: float = 0.7,
+    days: int = 7,
+    season_s: float = DAY_S,
+) -> np.ndarray:
+    n = len(y)
+    k = max(1, round(level_s / step_s))
+    last = _ffill(y)
+    level = pd.Series(y).rolling(k, min_periods=1).median().ffill().to_numpy()
+    # Bursts above (or dips below) the level fade; the decay is per 10 minutes of horizon.
+    fade = decay_per_10min ** (h * step_s / 600.0)
+    base = level + fade * (last - level)
+    s = round(season_s / step_s)
+    hi = max(1, round(h))
+    if s <= hi or n <= s:
+        return base
+    smooth_w = max(1, round(1800.0 / step_s))
+    logy = np.log(np.maximum(last, 1e-9))
+    sm = pd.Series(logy).rolling(smooth_w, center=True, min_periods=1).median().to_numpy()
+    idx = np.arange(n)
+    deltas = np.full((days, n), np.nan)
+    for j in range(1, days + 1):
+        src, dst = idx - j * s, idx + hi - j * s
+        ok = src >= 0  # dst <= i - s + h < i: only the past is used
+        deltas[j - 1, ok] = sm[dst[ok]] - sm[src[ok]]
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            delta = np.nanmedian(deltas, axis=0)
+    factor = np.where(np.isnan(delta), 1.0, np.exp(delta))
+    return base * factor
+
+
+PATHS: dict[str, PathFn] = {
+    "last-value": path_last_value,
+    "ewma": path_ewma,
+    "holt": path_holt,
+    "seasonal-blend": path_seasonal_blend,
+}
+
+
+# --- backtest and selection --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BacktestScore:
+    """Absolute percentage errors of one method over the scored origins."""
+
+    method: str
+    n: int
+    mape: float | None
+    p90_abs_pct_err: float | None
+
+
+def abs_pct_errors(forecast: np.ndarray, y: np.ndarray, h_steps: int) -> np.ndarray:
+    """|f[i] - y[i+h]| / y[i+h] for every origin i whose target is observed and positive (else NaN)."""
+    n = len(y)
+    err = np.full(n, np.nan)
+    if h_steps >= n:
+        return err
+    actual = y[h_steps:]
+    f = forecast[: n - h_steps]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        e = np.abs(f - actual) / actual
+    e[~(actual > 0) | np.isnan(f)] = np.nan
+    err[: n - h_steps] = e
+    return err
+
+
+def score(method: str, errors: np.ndarray) -> BacktestScore:
+    e = errors[~np.isnan(errors)]
+    if len(e) == 0:
+        return BacktestScore(method, 0, None, None)
+    return BacktestScore(method, len(e), float(np.mean(e)), float(np.percentile(e, 90)))
+
+
+def select_forecaster(
+    grid: Grid,
+    horizon_s: float,
+    *,
+    candidates: Sequence[str] = tuple(PATHS),
+    window_s: float = SELECT_WINDOW_S,
+) -> tuple[str, dict[str, np.ndarray]]:
+    """The candidate with the lowest MAPE over origins whose target falls in the last `window_s`.
+
+    Ties and too little history (fewer than MIN_SCORED_ORIGINS scored origins) go to the first
+    candidate (last-value). Returns the choice and every candidate's forecast path.
+    """
+    h = _h_steps(horizon_s, grid.step_s)
+    hi = max(1, round(h))
+    paths = {m: PATHS[m](grid.y, h, grid.step_s) for m in candidates}
+    first_origin = max(0, len(grid.y) - hi - round(window_s / grid.step_s))
+    best, best_mape = candidates[0], math.inf
+    for m in candidates:
+        err = abs_pct_errors(paths[m], grid.y, hi)[first_origin:]
+        sc = score(m, err)
+        if sc.n < MIN_SCORED_ORIGINS or sc.mape is None:
+            if m == candidates[0]:
+                return best, paths
+            continue
+        if sc.mape < best_mape - 1e-12:
+            best, best_mape = m, sc.mape
+    return best, paths
+
+
+def forecast_with(method: str, history: History, horizon_s: float) -> tuple[float | None, str]:
+    """Forecast `horizon_s` ahead with `method` (or `auto`); returns (value, method used)."""
+    if method == "last-value":
+        return last_value(history, horizon_s), method
+    grid = to_grid(history)
+    if grid is None:
+        return None, method
+    if method == AUTO:
+        chosen, paths = select_forecaster(grid, horizon_s)
+        if chosen == "last-value":
+            return last_value(history, horizon_s), f"{AUTO}:{chosen}"
+        return _finite(paths[chosen][-1]), f"{AUTO}:{chosen}"
+    path = PATHS[method](grid.y, _h_steps(horizon_s, grid.step_s), grid.step_s)
+    return _finite(path[-1]), method
+
+
+def _finite(x: float) -> float | None:
+    # Load is never negative; a trend extrapolated below zero means "about none".
+    return max(float(x), 0.0) if math.isfinite(x) else None
+
+
+# --- the registry ------------------------------------------------------------------------
 
 
 def _valid(history: History) -> list[tuple[float, float]]:
@@ -25,7 +285,21 @@ def last_value(history: History, horizon_s: float) -> float | None:
     return valid[-1][1] if valid else None
 
 
-FORECASTERS: dict[str, Forecaster] = {"last-value": last_value}
+def _named(method: str) -> Forecaster:
+    def fn(history: History, horizon_s: float) -> float | None:
+        return forecast_with(method, history, horizon_s)[0]
+
+    fn.__name__ = method.replace("-", "_")
+    return fn
+
+
+FORECASTERS: dict[str, Forecaster] = {
+    "last-value": last_value,
+    "ewma": _named("ewma"),
+    "holt": _named("holt"),
+    "seasonal-blend": _named("seasonal-blend"),
+    AUTO: _named(AUTO),
+}
 
 
 def get_forecaster(name: str) -> Forecaster:
@@ -33,3 +307,45 @@ def get_forecaster(name: str) -> Forecaster:
         return FORECASTERS[name]
     except KeyError:
         raise ValueError(f"unknown forecaster {name!r}; choose one of {sorted(FORECASTERS)}") from None
+
+
+# --- offline backtest over a whole series (bench) -------------------------------------------
+
+
+def backtest_series(
+    y: np.ndarray,
+    step_s: float,
+    horizon_s: float,
+    *,
+    warmup_s: float = 2 * DAY_S,
+    candidates: Sequence[str] = tuple(PATHS),
+    window_s: float = SELECT_WINDOW_S,
+) -> tuple[dict[str, BacktestScore], dict[str, float]]:
+    """Rolling-origin backtest of every method and of `auto` over a whole series.
+
+    Returns the scores and the share of scored origins at which `auto` chose each method.
+
+    Origins before `warmup_s` are not scored. `auto` at origin i uses the method with the lowest
+    mean error over origins whose targets are known at i (target index <= i) within `window_s`
+    — exactly what the live selection sees — so its score is honest, not a best-in-hindsight.
+    """
+    h = _h_steps(horizon_s, step_s)
+    hi = max(1, round(h))
+    n = len(y)
+    start = min(n, round(warmup_s / step_s))
+    paths = {m: PATHS[m](y, h, step_s) for m in candidates}
+    errs = {m: abs_pct_errors(paths[m], y, hi) for m in candidates}
+    out = {m: score(m, errs[m][start:]) for m in candidates}
+    # Trailing mean error known at origin i: errors of origins <= i - hi, over the window.
+    w = max(1, round(window_s / step_s))
+    known: dict[str, np.ndarray] = {}
+    for m in candidates:
+        s = pd.Series(errs[m]).rolling(w, min_periods=MIN_SCORED_ORIGINS).mean().to_numpy()
+        known[m] = np.concatenate([np.full(hi, np.nan), s[: n - hi]])
+    stack = np.vstack([np.where(np.isnan(known[m]), np.inf, known[m]) for m in candidates])
+    choice = np.argmin(stack, axis=0)  # ties and no data -> first candidate (last-value)
+    auto_err = np.array([errs[candidates[c]][i] for i, c in enumerate(choice)])
+    out[AUTO] = score(AUTO, auto_err[start:])
+    picked = choice[start:]
+    shares = {m: float(np.mean(picked == i)) if len(picked) else 0.0 for i, m in enumerate(candidates)}
+    return out, shares
