@@ -13,6 +13,7 @@ A missing window stays missing: `observed` is False there and the twin reports n
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def _parse_times(path: Path, col: pd.Series) -> tuple[np.ndarray, float]:
         return t - t.min(), 0.0
     # Azure timestamps carry 7 fractional digits; pandas wants at most 6 (ns precision aside).
     text = col.astype(str).str.replace(r"(\.\d{6})\d+", r"\1", regex=True)
-    parsed = pd.to_datetime(text, errors="coerce", utc=True)
+    with warnings.catch_warnings():
+        # Mixed or unusual formats fall back to per-element parsing; failures are reported below.
+        warnings.simplefilter("ignore", UserWarning)
+        parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
     bad = parsed.isna()
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])

@@ -130,6 +130,9 @@ def _fresh(ctx: PolicyContext, name: str) -> tuple[float | None, str]:
         return None, f"{name} missing"
     if not math.isfinite(value):
         return None, f"{name} not finite ({value})"
+    if value < 0:
+        # Rates and latencies are never negative; a negative one is a counter reset or a bug.
+        return None, f"{name} negative ({value:g}); counter reset?"
     if age > ctx.service.policy.max_signal_age_s:
         return None, f"{name} stale ({age:.0f}s old > {ctx.service.policy.max_signal_age_s:.0f}s)"
     return value, ""
