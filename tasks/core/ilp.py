@@ -1,0 +1,466 @@
+"""Placement as an integer program (PuLP): heterogeneous, topology-aware, ratio-keeping.
+
+Contract: `place_ilp(config, view, targets)` returns a `PlacementPlan` with the same meaning as
+`place_greedy`: every service in `targets` gets at least its target (reference-GPU instances per
+role) where the free GPUs allow, the shortfall is reported in `unmet`, and services not in
+`targets` keep their cells. It never raises for a solver problem: on a solver failure, or a time
+limit hit before any feasible solution, it returns the greedy plan with `method="greedy"` and the
+reason in `reason` and `stats["fallback"]`.
+
+The model works on S1 cells, never on nodes or pods (node-level realisation: `realize.py`):
+
+  sets        moving services; cells (service, role, GPU type, S1) for every allowed GPU type
+              present in an S1; groups (service, domain at its affinity level); (GPU type, S1).
+  parameters  GPUs per instance, capacity weight (reference instances), $/GPU-hour, subgroup
+              priority of each S1 (max of its S1 and S2 priority), free GPUs after the GPUs not
+              ours to move, the current placement.
+  variables   x (integer instances per cell), up/down (churn on cells that run now), unmet
+              (continuous slack per service and role), nodes (integer nodes touched per
+              (GPU type, S1), for fragmentation).
+  objective   GPU $/h + priority penalty + churn + stranded GPUs + heavily penalised unmet.
+  constraints capacity per (GPU type, S1); demand per service and role (capacity-weighted);
+              P/D ratio per group within tolerance plus one-instance rounding; a group has both
+              roles or neither; max instances per service; the cluster GPU budget.
+
+`evaluate()` scores any placement (ILP or greedy) with the same objective and counts affinity
+and ratio violations with the same rules the model enforces, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import pulp
+
+from models.config import AffinityLevel, ClusterConfig, PlacementSettings, Role, Service
+from models.values import CellKey, Placement, PlacementPlan, RoleCounts
+from tasks.core.greedy import place_greedy
+from tasks.core.topology import ClusterView, gpus_per_instance_map
+
+_EPS = 1e-6
+# Unmet demand costs this many times the dearest way to serve one reference instance, so the
+# solver leaves demand unmet only when no placement can serve it.
+_UNMET_FACTOR = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Score:
+    """A placement judged by the ILP's objective and rules (lower `cost` is better)."""
+
+    cost: float  # objective value, $/h-equivalent, unmet penalty included
+    gpu_cost_per_h: float
+    unmet: float  # reference instances short, summed over services and roles
+    affinity_violations: int  # groups holding one role without the other
+    ratio_violations: int  # groups whose P/D is outside tolerance plus rounding
+    churn: int  # instances started plus stopped vs the current placement
+
+
+@dataclass(frozen=True, slots=True)
+class _Problem:
+    """Sets and parameters shared by the model and `evaluate`."""
+
+    services: tuple[Service, ...]
+    targets: Mapping[str, RoleCounts]
+    gpi: Mapping[tuple[str, str], int]
+    cost: Mapping[str, float]
+    prio: Mapping[str, int]  # S1 -> subgroup priority of the cell
+    group_of: Mapping[tuple[str, str], str]  # (service, S1) -> group domain
+    free: Mapping[tuple[str, str], int]  # (gpu_type, S1) -> GPUs free for the moving services
+    fixed_used: Mapping[tuple[str, str], int]  # (gpu_type, S1) -> GPUs held by others
+    gpus_per_node: Mapping[tuple[str, str], int]
+    gpus_total: Mapping[tuple[str, str], int]
+    current: Mapping[CellKey, int]  # moving services' cells now
+    unmet_penalty: Mapping[tuple[str, Role], float]
+    budget_left: float | None
+
+
+def _problem(config: ClusterConfig, view: ClusterView, targets: Mapping[str, RoleCounts]) -> _Problem:
+    services = tuple(s for s in config.services if s.name in targets)
+    moving = {s.name for s in services}
+    gpi = gpus_per_instance_map(config)
+    s2_of = view.s2_of()
+    p1, p2 = view.priorities(AffinityLevel.S1), view.priorities(AffinityLevel.S2)
+    prio = {s1: max(p1.get(s1, 0), p2.get(s2, 0)) for s1, s2 in s2_of.items()}
+    group_of = {(s.name, s1): view.domain_of(s1, s.affinity) for s in services for s1 in s2_of}
+    fixed_used: dict[tuple[str, str], int] = defaultdict(int)
+    gpus_total: dict[tuple[str, str], int] = defaultdict(int)
+    per_node: dict[tuple[str, str], int] = {}
+    for c in view.capacities:
+        fixed_used[(c.gpu_type, c.s1)] += c.gpus_other
+        gpus_total[(c.gpu_type, c.s1)] += c.gpus_total
+        per_node[(c.gpu_type, c.s1)] = c.gpus_per_node
+    current: dict[CellKey, int] = {}
+    for k, n in view.placement.cells.items():
+        if k.service in moving:
+            current[k] = n
+        else:
+            fixed_used[(k.gpu_type, k.s1)] += n * gpi[(k.service, k.role.value)]
+    free = {key: gpus_total[key] - fixed_used[key] for key in gpus_total}
+    budget_left: float | None = None
+    if view.gpu_budget is not None:
+        others = sum(
+            n * gpi[(k.service, k.role.value)] for k, n in view.placement.cells.items() if k.service not in moving
+        )
+        budget_left = max(0, view.gpu_budget - others)
+    cost = {g.name: g.cost_per_gpu_hour for g in config.gpu_types}
+    # Services that matter more leave less unmet: the penalty grows with the priority rank.
+    ranks = {p: i for i, p in enumerate(sorted({s.priority for s in services}))}
+    top_prio = max(prio.values(), default=0)
+    unmet_penalty: dict[tuple[str, Role], float] = {}
+    for s in services:
+        for role in Role:
+            spec = s.role(role)
+            dearest = max(spec.gpus_per_instance * (cost[g] + top_prio) / spec.weight(g) for g in spec.gpu_types)
+            unmet_penalty[(s.name, role)] = _UNMET_FACTOR * (1 + ranks[s.priority]) * max(dearest, 1.0)
+    return _Problem(
+        services=services,
+        targets=targets,
+        gpi=gpi,
+        cost=cost,
+        prio=prio,
+        group_of=group_of,
+        free=free,
+        fixed_used=dict(fixed_used),
+        gpus_per_node=per_node,
+        gpus_total=dict(gpus_total),
+        current=current,
+        unmet_penalty=unmet_penalty,
+        budget_left=budget_left,
+    )
+
+
+def _weight(svc: Service, role: Role, gpu_type: str) -> float:
+    spec = svc.role(role)
+    return spec.weight(gpu_type) if gpu_type in spec.capacity_tokens_per_s else 0.0
+
+
+def _ratio_ok(svc: Service, p_units: float, d_units: float, tolerance: float) -> bool:
+    rho = svc.pd_ratio.prefill_per_decode
+    return rho * (1 - tolerance) * d_units - 1 - _EPS <= p_units <= rho * (1 + tolerance) * d_units + 1 + _EPS
+
+
+def _link_factors(svc: Service, tolerance: float) -> tuple[int, int]:
+    """(K_P, K_D) with P_count <= K_P * D_count and D_count <= K_D * P_count.
+
+    Chosen so the links only bite when one side is 0 (no orphan role in a group): any group
+    inside the ratio band already satisfies them.
+    """
+    rho = svc.pd_ratio.prefill_per_decode
+    wp = [svc.prefill.weight(g) for g in svc.prefill.gpu_types]
+    wd = [svc.decode.weight(g) for g in svc.decode.gpu_types]
+    k_p = math.ceil((rho * (1 + tolerance) * max(wd) + 1) / min(wp)) + 1
+    k_d = math.ceil((max(wp) + 1) / (rho * (1 - tolerance) * min(wd))) + 1
+    return k_p, k_d
+
+
+def evaluate(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, RoleCounts],
+    placement: Placement,
+    settings: PlacementSettings | None = None,
+) -> Score:
+    """Score `placement` for the services in `targets` against `view.placement` (pure)."""
+    st = settings or config.cluster.placement
+    pb = _problem(config, view, targets)
+    by_name = {s.name: s for s in pb.services}
+    mine = {k: n for k, n in placement.cells.items() if k.service in by_name}
+    gpu_cost = prio_pen = churn_cost = unmet_cost = unmet_total = 0.0
+    have: dict[tuple[str, Role], float] = defaultdict(float)
+    groups: dict[tuple[str, str], dict[Role, float]] = defaultdict(lambda: {Role.PREFILL: 0.0, Role.DECODE: 0.0})
+    counts: dict[tuple[str, str], dict[Role, int]] = defaultdict(lambda: {Role.PREFILL: 0, Role.DECODE: 0})
+    used: dict[tuple[str, str], int] = defaultdict(int)
+    for k, n in mine.items():
+        svc = by_name[k.service]
+        g = pb.gpi[(k.service, k.role.value)] * n
+        gpu_cost += g * pb.cost[k.gpu_type]
+        prio_pen += g * st.priority_weight * pb.prio.get(k.s1, 0)
+        w = _weight(svc, k.role, k.gpu_type)
+        have[(k.service, k.role)] += n * w
+        dom = pb.group_of[(k.service, k.s1)]
+        groups[(k.service, dom)][k.role] += n * w
+        counts[(k.service, dom)][k.role] += n
+        used[(k.gpu_type, k.s1)] += g
+    churn = 0
+    for k in set(mine) | set(pb.current):
+        delta = abs(mine.get(k, 0) - pb.current.get(k, 0))
+        churn += delta
+        churn_cost += st.churn_weight_h * delta * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
+    frag = 0.0
+    for key, u in used.items():
+        total = u + pb.fixed_used.get(key, 0)
+        gpn = pb.gpus_per_node.get(key, 1)
+        frag += st.fragmentation_weight * (math.ceil(total / gpn) * gpn - total)
+    for s in pb.services:
+        for role in Role:
+            short = max(0.0, targets[s.name].of(role) - have[(s.name, role)])
+            unmet_total += short
+            unmet_cost += short * pb.unmet_penalty[(s.name, role)]
+    affinity = ratio = 0
+    for (name, _dom), units in groups.items():
+        svc = by_name[name]
+        n = counts[(name, _dom)]
+        if (n[Role.PREFILL] > 0) != (n[Role.DECODE] > 0):
+            affinity += 1
+        elif not _ratio_ok(svc, units[Role.PREFILL], units[Role.DECODE], st.ratio_tolerance):
+            ratio += 1
+    return Score(
+        cost=gpu_cost + prio_pen + churn_cost + frag + unmet_cost,
+        gpu_cost_per_h=gpu_cost,
+        unmet=unmet_total,
+        affinity_violations=affinity,
+        ratio_violations=ratio,
+        churn=churn,
+    )
+
+
+@dataclass(slots=True)
+class _Model:
+    prob: pulp.LpProblem
+    x: dict[CellKey, pulp.LpVariable]
+    unmet: dict[tuple[str, Role], pulp.LpVariable]
+
+
+def build_model(pb: _Problem, st: PlacementSettings, *, relax: bool = False) -> _Model:
+    """The PuLP model, built sets -> parameters -> variables -> objective -> constraints."""
+    cat = pulp.LpContinuous if relax else pulp.LpInteger
+    # Sets.
+    types_at: dict[str, list[str]] = defaultdict(list)
+    for g, s1 in pb.free:
+        types_at[g].append(s1)
+    cells: list[CellKey] = []
+    for s in pb.services:
+        for role in Role:
+            for g in s.role(role).gpu_types:
+                cells.extend(CellKey(s.name, role, g, s1) for s1 in sorted(types_at.get(g, ())))
+    known = set(cells)
+    # A running cell on a type the service no longer allows can only go to zero.
+    stale = [k for k in pb.current if k not in known]
+    cells.extend(stale)
+    by_name = {s.name: s for s in pb.services}
+
+    # Variables.
+    x: dict[CellKey, pulp.LpVariable] = {}
+    for i, k in enumerate(cells):
+        gpi = pb.gpi[(k.service, k.role.value)]
+        ub = 0 if k in stale else max(0, pb.free.get((k.gpu_type, k.s1), 0) // gpi)
+        x[k] = pulp.LpVariable(f"x{i}", lowBound=0, upBound=ub, cat=cat)
+        x[k].setInitialValue(pb.current.get(k, 0))
+    up: dict[CellKey, pulp.LpVariable] = {}
+    down: dict[CellKey, pulp.LpVariable] = {}
+    for i, k in enumerate(sorted(pb.current)):
+        up[k] = pulp.LpVariable(f"up{i}", lowBound=0)
+        down[k] = pulp.LpVariable(f"down{i}", lowBound=0)
+    unmet = {
+        (s.name, role): pulp.LpVariable(f"unmet__{s.name}__{role.value}", lowBound=0)
+        for s in pb.services
+        for role in Role
+    }
+    nodes: dict[tuple[str, str], pulp.LpVariable] = {}
+    if st.fragmentation_weight > 0:
+        for g, s1 in sorted(pb.free):
+            gpn = pb.gpus_per_node[(g, s1)]
+            nodes[(g, s1)] = pulp.LpVariable(
+                f"nodes__{g}__{s1}", lowBound=0, upBound=math.ceil(pb.gpus_total[(g, s1)] / gpn), cat=cat
+            )
+
+    prob = pulp.LpProblem("placement", pulp.LpMinimize)
+
+    # Objective.
+    def gpus(k: CellKey) -> int:
+        return pb.gpi[(k.service, k.role.value)]
+
+    terms = [(x[k], gpus(k) * (pb.cost[k.gpu_type] + st.priority_weight * pb.prio.get(k.s1, 0))) for k in cells]
+    for k in cells:
+        if k not in pb.current:
+            terms.append((x[k], st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type]))
+    for k in pb.current:
+        c = st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type]
+        terms += [(up[k], c), (down[k], c)]
+    terms += [(v, pb.unmet_penalty[key]) for key, v in unmet.items()]
+    by_pool: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
+    for k in cells:
+        by_pool[(k.gpu_type, k.s1)].append(k)
+    for key, v in nodes.items():
+        # Stranded GPUs = GPUs on touched nodes - GPUs used; the constant part is dropped.
+        terms.append((v, st.fragmentation_weight * pb.gpus_per_node[key]))
+        terms += [(x[k], -st.fragmentation_weight * gpus(k)) for k in by_pool[key]]
+    # LpAffineExpression keeps the last coefficient of a repeated variable: sum them first.
+    coef: dict[pulp.LpVariable, float] = defaultdict(float)
+    for v, c in terms:
+        coef[v] += c
+    prob += pulp.LpAffineExpression(list(coef.items())), "cost"
+
+    # Constraints.
+    for (g, s1), ks in sorted(by_pool.items()):
+        if (g, s1) not in pb.free:
+            continue
+        usage = pulp.LpAffineExpression([(x[k], gpus(k)) for k in ks])
+        prob += usage <= max(0, pb.free[(g, s1)]), f"cap__{g}__{s1}"
+        if (g, s1) in nodes:
+            fixed = pb.fixed_used.get((g, s1), 0)
+            prob += usage - pb.gpus_per_node[(g, s1)] * nodes[(g, s1)] <= -fixed, f"nodes__{g}__{s1}"
+    for k in pb.current:
+        prob += x[k] - up[k] + down[k] == pb.current[k], f"churn__{k.service}__{k.role.value}__{k.gpu_type}__{k.s1}"
+    for s in pb.services:
+        for role in Role:
+            have = pulp.LpAffineExpression(
+                [(x[k], _weight(s, role, k.gpu_type)) for k in cells if k.service == s.name and k.role is role]
+            )
+            prob += have + unmet[(s.name, role)] >= pb.targets[s.name].of(role), f"demand__{s.name}__{role.value}"
+        total = pulp.lpSum(x[k] for k in cells if k.service == s.name)
+        prob += total <= s.policy.max_instances, f"max_instances__{s.name}"
+    groups: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
+    for k in cells:
+        groups[(k.service, pb.group_of[(k.service, k.s1)])].append(k)
+    tol = st.ratio_tolerance
+    for (name, dom), ks in sorted(groups.items()):
+        s = by_name[name]
+        t = pb.targets[name]
+        p = [k for k in ks if k.role is Role.PREFILL]
+        d = [k for k in ks if k.role is Role.DECODE]
+        if t.num_prefill == 0 or t.num_decode == 0:
+            continue
+        rho = s.pd_ratio.prefill_per_decode
+        p_units = pulp.LpAffineExpression([(x[k], _weight(s, Role.PREFILL, k.gpu_type)) for k in p])
+        d_units = pulp.LpAffineExpression([(x[k], _weight(s, Role.DECODE, k.gpu_type)) for k in d])
+        tag = f"{name}__{'all' if dom == '*' else dom}"
+        prob += p_units - rho * (1 - tol) * d_units >= -1, f"ratio_lo__{tag}"
+        prob += p_units - rho * (1 + tol) * d_units <= 1, f"ratio_hi__{tag}"
+        k_p, k_d = _link_factors(s, tol)
+        p_n, d_n = pulp.lpSum(x[k] for k in p), pulp.lpSum(x[k] for k in d)
+        prob += p_n - k_p * d_n <= 0, f"pair_p__{tag}"
+        prob += d_n - k_d * p_n <= 0, f"pair_d__{tag}"
+    if pb.budget_left is not None:
+        prob += pulp.lpSum(gpus(k) * x[k] for k in cells) <= pb.budget_left, "gpu_budget"
+    return _Model(prob, x, unmet)
+
+
+class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, name-defined]
+    """PuLP's HiGHS API solver plus a MIP start from the variables' initial values.
+
+    PuLP's `HiGHS` class takes no warmStart; highspy accepts a (possibly partial) solution after
+    the model is passed, and HiGHS ignores a start that is infeasible for the new targets.
+    """
+
+    def buildSolverModel(self, lp: pulp.LpProblem) -> None:
+        super().buildSolverModel(lp)
+        import highspy
+
+        cols = lp.variables()
+        sol = highspy.HighsSolution()
+        sol.col_value = [float(v.varValue or 0.0) for v in cols]
+        sol.value_valid = True
+        lp.solverModel.setSolution(sol)
+
+
+def _solvers(st: PlacementSettings, time_limit_s: float) -> list[pulp.LpSolver]:
+    out: list[pulp.LpSolver] = []
+    if pulp.HiGHS().available():
+        out.append(_WarmHiGHS(msg=False, timeLimit=time_limit_s, gapRel=st.mip_gap, threads=1))
+    out.append(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=st.mip_gap, warmStart=True))
+    return out
+
+
+def solve(prob: pulp.LpProblem, solvers: Sequence[pulp.LpSolver]) -> tuple[str, str, list[str]]:
+    """Try each solver in turn; return (solver name, solution status, failures)."""
+    failures: list[str] = []
+    for solver in solvers:
+        name = type(solver).__name__.lstrip("_")
+        try:
+            prob.solve(solver)
+        except (pulp.PulpSolverError, OSError, RuntimeError) as exc:
+            failures.append(f"{name}: {exc}")
+            continue
+        # PuLP reports "Optimal" when a solver stopped at its limit with a feasible point: the
+        # solution status tells them apart.
+        sol = pulp.LpSolution.get(prob.sol_status, str(prob.sol_status))
+        if prob.sol_status in (pulp.LpSolutionOptimal, pulp.LpSolutionIntegerFeasible):
+            return name, sol, failures
+        failures.append(f"{name}: {pulp.LpStatus[prob.status]} / {sol}")
+    return "", "", failures
+
+
+def lp_bound(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, RoleCounts],
+    settings: PlacementSettings | None = None,
+) -> float | None:
+    """Objective of the LP relaxation: no integer placement can cost less."""
+    st = settings or config.cluster.placement
+    model = build_model(_problem(config, view, targets), st, relax=True)
+    model.prob.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
+    if model.prob.status != pulp.LpStatusOptimal:
+        return None
+    return float(pulp.value(model.prob.objective))
+
+
+def place_ilp(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, RoleCounts],
+    *,
+    settings: PlacementSettings | None = None,
+    solvers: Sequence[pulp.LpSolver] | None = None,
+) -> PlacementPlan:
+    """Optimal placement of `targets`; the greedy plan (with the reason) when the solve fails."""
+    st = settings or config.cluster.placement
+    started = time.perf_counter()
+    pb = _problem(config, view, targets)
+    model = build_model(pb, st)
+    built = time.perf_counter()
+    stats: dict[str, float | int | str] = {
+        "variables": model.prob.numVariables(),
+        "constraints": model.prob.numConstraints(),
+        "build_s": round(built - started, 4),
+    }
+    name, sol, failures = solve(model.prob, solvers if solvers is not None else _solvers(st, st.time_limit_s))
+    stats["solve_s"] = round(time.perf_counter() - built, 4)
+    if not name:
+        why = "; ".join(failures) or "no solver available"
+        plan = place_greedy(config, view, targets)
+        stats["fallback"] = why
+        return PlacementPlan(
+            placement=plan.placement,
+            method="greedy",
+            reason=f"ILP failed ({why}); {plan.reason}",
+            unmet=plan.unmet,
+            stats=stats,
+        )
+    stats["solver"] = name
+    stats["status"] = sol
+    stats["objective"] = round(float(pulp.value(model.prob.objective) or 0.0), 4)
+    solver_model = getattr(model.prob, "solverModel", None)
+    if solver_model is not None:
+        info = solver_model.getInfo()
+        stats["gap"] = float(info.mip_gap)
+        stats["bound"] = float(info.mip_dual_bound)
+
+    cells = {k: n for k, n in view.placement.cells.items() if k.service not in targets}
+    for k, v in model.x.items():
+        n = round(v.varValue or 0.0)
+        if n > 0:
+            cells[k] = n
+    placement = Placement.of(cells.items())
+    unmet: dict[tuple[str, Role], float] = {}
+    by_name = {s.name: s for s in pb.services}
+    for s_name, counts in targets.items():
+        svc = by_name[s_name]
+        for role in Role:
+            have = sum(
+                n * _weight(svc, role, k.gpu_type) for k, n in cells.items() if k.service == s_name and k.role is role
+            )
+            if counts.of(role) - have > _EPS:
+                unmet[(s_name, role)] = counts.of(role) - have
+    reason = f"ILP ({name}, {sol}, {stats['variables']} vars, {stats['solve_s']:.2f}s)"
+    if failures:
+        reason += f" after {'; '.join(failures)}"
+    if unmet:
+        short = ", ".join(f"{s}/{r.value} {v:.1f}" for (s, r), v in sorted(unmet.items()))
+        reason += f"; not enough free GPUs for: {short}"
+    return PlacementPlan(placement=placement, method="ilp", reason=reason, unmet=unmet, stats=stats)
