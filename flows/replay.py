@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.config import ClusterConfig, Metric
+from models.config import ClusterConfig, Metric, PlacementMethod
 from models.values import Action, ApplyMode, RoleCounts, ServicePolicyState
 from sim.traces import LoadCurve
 from sim.twin import Twin
@@ -94,6 +94,15 @@ def initial_counts(config: ClusterConfig, curves: Mapping[str, LoadCurve], polic
     return out
 
 
+# Placement per policy: the baselines place as the paper does (greedy, Algorithm 4); our own
+# `heteroscale` policy uses the ILP (greedy as its fallback). Unlisted policies get the greedy.
+PLACEMENT_BY_POLICY: Mapping[str, PlacementMethod] = {"heteroscale": PlacementMethod.ILP}
+
+
+def placement_method(policy: str) -> PlacementMethod:
+    return PLACEMENT_BY_POLICY.get(policy, PlacementMethod.GREEDY)
+
+
 def replay(
     config: ClusterConfig,
     curves: Mapping[str, LoadCurve],
@@ -132,7 +141,7 @@ def replay(
         targets, states = steps.compute_targets(
             config, view, signals, forecasts, states, now, policy=policy, peak_metric=peaks
         )
-        plan = steps.place(config, view, targets)
+        plan = steps.place(config, view, targets, method=placement_method(policy))
         result = steps.apply_plan(twin, config, plan, ApplyMode.APPLY, now)
         changed = {ch.key.service for ch in result.changes}
         actions += sum(1 for t in targets.values() if t.action is not Action.HOLD and t.service in changed)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from models.config import ClusterConfig, Role
+from models.config import ClusterConfig, PlacementMethod, Role
 from models.values import (
     ApplyMode,
     ApplyResult,
@@ -24,6 +24,7 @@ from models.values import (
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.forecast import History, forecast_with, get_forecaster
 from tasks.core.greedy import place_greedy
+from tasks.core.ilp import place_ilp
 from tasks.core.policy import PolicyContext, get_policy
 from tasks.core.topology import ClusterView
 
@@ -124,11 +125,24 @@ def compute_targets(
     return targets, new_states
 
 
-def place(config: ClusterConfig, view: ClusterView, targets: Mapping[str, Targets]) -> PlacementPlan:
-    """Placement for the services whose counts change; the others keep their cells."""
+def place(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, Targets],
+    *,
+    method: PlacementMethod | str | None = None,
+) -> PlacementPlan:
+    """Placement for the services whose counts change; the others keep their cells.
+
+    `method` (ilp | greedy) overrides `cluster.placement.method`; the ILP falls back to the greedy
+    on any solver failure and says why in the plan's reason.
+    """
     moving = {name: t.counts for name, t in targets.items() if t.action.value != "hold"}
     if not moving:
         return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
+    chosen = PlacementMethod(method) if method is not None else config.cluster.placement.method
+    if chosen is PlacementMethod.ILP:
+        return place_ilp(config, view, moving)
     return place_greedy(config, view, moving)
 
 
