@@ -3,17 +3,28 @@
 It is both backends the scaling loop needs: it reports signals computed from what it served
 (`read_signals`) and it holds a placement it changes on request (`read_state`, `apply`).
 
-Model (v0, per service, per tick of `tick_s`):
-  * capacity of a role = sum over its ready instances of the per-instance tokens/s of their GPU
-    type (`capacity_tokens_per_s` in the config: what one instance sustains at the SLOs);
-  * prefill work = req/s x input tokens x (1 - prefix-cache hit rate); decode work = req/s x
-    output tokens; work above capacity queues as backlog and is served later;
-  * latency: p99 TTFT and TBT are flat at low load and rise steeply as utilisation nears 1
-    (M/M/1-style waiting on top of a service-time floor), plus the time to drain any backlog;
-  * GPU utilisation as DCGM reports it: prefill tracks load; decode stays at 85-95% whenever it
-    serves anything (KV-cache memory traffic), as the paper measured;
+Model (per service, per tick of `tick_s`); latencies come from measured GPU data, never from
+the SLO (the twin does not know the targets it is judged against):
+  * every instance runs an engine fitted by `sim.capacity` (aiconfigurator-core's kernel tables,
+    or the user's pressure-test CSV; when neither covers the model/GPU, an engine is derived from
+    the config's `capacity_tokens_per_s`, see `config_engine`);
+  * prefill work = req/s x input tokens x (1 - prefix-cache hit rate); a busy prefill instance
+    processes prompt tokens at its batched rate; work above capacity queues as backlog;
+  * p99 TTFT = prefill of the p99 prompt + M/M/c wait (Sakasegawa) for `ready` prefill
+    instances + draining any prefill backlog + KV transfer of the p99 prompt (slower by
+    `kv_cross_domain_loss` for the share of traffic whose P and D sit in different network
+    domains) + waiting for a decode slot when decode is backlogged. Flat at low load, a cliff
+    as the pool nears saturation;
+  * decode: the mean batch per instance follows from Little's law with the measured step time
+    (step(b) = d0 + d1 b + d2 b L); capacity is the KV-memory batch limit; p99 TBT is the step
+    time of the p99 batch (Poisson fluctuation); past the limit vLLM preempts and recomputes
+    sequences, which puts a recompute (prefill of the context) into the p99 gap: the TBT cliff;
+  * GPU utilisation as DCGM reports it (share of time a kernel runs): prefill tracks load;
+    decode = 0.95 x P(batch non-empty), so it stays at ~95% even at the trough, as the paper
+    measured. SM activity: prefill 0.85 x util (compute-bound); decode util x (0.25 + 0.5 x
+    batch / batch limit) (memory-bound: low and barely moving);
   * a new instance occupies its GPUs at once but serves only after `cold_start_s`.
-Speed: pure Python on small dicts; a simulated hour is milliseconds per service.
+Speed: pure Python on small dicts; a simulated day is tens of milliseconds per service.
 """
 
 from __future__ import annotations
@@ -32,16 +43,73 @@ from models.values import (
     PlacementPlan,
     ServiceSignals,
 )
+from sim import capacity as cap
+from sim.capacity import CapacityError, EngineModel
 from sim.traces import LoadCurve
 from tasks.core.topology import ClusterView, view_from_config
 
-# Decode GPU utilisation band (paper: 85-95% even at the daily trough).
-_DECODE_UTIL_FLOOR = 0.85
-_DECODE_UTIL_SPAN = 0.10
-# p99 prefill time of one request relative to the mean request (Azure conv: p99/mean input ~3.6).
-_P99_SIZE_FACTOR = 3.6
+# DCGM "GPU utilisation" of a decode engine that always has a step in flight: host-side
+# scheduling leaves ~5% of wall time without a kernel.
+_DECODE_UTIL_MAX = 0.95
+_PREFILL_SM_PER_UTIL = 0.85
+_DECODE_SM_BASE = 0.25
+_DECODE_SM_SPAN = 0.50
 # Requests queued longer than this are abandoned by their clients.
 _MAX_QUEUE_S = 120.0
+# Offered decode load this far above the batch limit makes preemption common enough to reach p99.
+_PREEMPT_RHO = 1.01
+
+
+@dataclass(frozen=True)
+class TwinParams:
+    """Knobs of the twin that are properties of the cluster, not of a service's config."""
+
+    perf_csv: str | None = None  # user pressure-test table (sim.capacity layouts)
+    use_aiconfigurator: bool = True
+    kv_bandwidth_gb_per_s: float = 25.0  # per instance RDMA (200 Gb/s NIC)
+    kv_cross_domain_loss: float = 0.2  # paper: ~20% bandwidth lost across switches
+    kv_domain_level: str = "S1"  # P and D under different S1 (leaf) switches pay the loss
+
+
+def config_engine(svc: Service, role: Role, gpu: str) -> EngineModel:
+    """An engine whose throughput matches the config's `capacity_tokens_per_s`, for models and
+    GPUs no measured source covers. Shape constants come from Splitwise's llama2-70b A100 TP2
+    rows: a batch-1 decode step is 0.82 of a batch-64 step; a batch-1 prefill has 30 ms of
+    fixed cost. Its decode batch limit is 64 sequences at any context (no memory model)."""
+    per = svc.role(role).capacity_tokens_per_s[gpu]
+    if role is Role.PREFILL:
+        return EngineModel(gpu, 0, 0.03, 1.0 / per, 0.0, 0.05, 0.0, 0.0, 1.0, 64e12, "config")
+    step64 = 64.0 / per
+    return EngineModel(gpu, 0, 0.0, 0.0, 0.0, 0.82 * step64, 0.18 * step64 / 64, 0.0, 1.0, 64.0, "config")
+
+
+def engines_for(config: ClusterConfig, params: TwinParams) -> dict[tuple[str, Role, str], EngineModel]:
+    """The engine of every (service, role, GPU type) the config can run."""
+    out: dict[tuple[str, Role, str], EngineModel] = {}
+    for svc in config.services:
+        for role in Role:
+            spec = svc.role(role)
+            for gpu in spec.gpu_types:
+                engine = None
+                if params.use_aiconfigurator or params.perf_csv:
+                    try:
+                        if params.use_aiconfigurator:
+                            engine = cap.engine_for(svc.model, gpu, spec.gpus_per_instance, params.perf_csv)
+                        else:
+                            engine = _csv_only(svc.model, gpu, spec.gpus_per_instance, params.perf_csv)
+                    except CapacityError:
+                        engine = None
+                out[(svc.name, role, gpu)] = engine or config_engine(svc, role, gpu)
+    return out
+
+
+def _csv_only(model: str, gpu: str, tp: int, perf_csv: str | None) -> EngineModel | None:
+    if perf_csv is None:
+        return None
+    table = cap.perf_from_csv(perf_csv)
+    if not ((table["gpu"] == gpu) & (table["tp"] == tp)).any():
+        return None
+    return cap.fit_engine(table, gpu=gpu, tp=tp, model=model, source=f"csv:{perf_csv}")
 
 
 @dataclass
@@ -67,10 +135,14 @@ class ServiceStats:
 
     gpu_seconds: float = 0.0
     util_gpu_seconds: float = 0.0
+    sm_gpu_seconds: float = 0.0
     good_s: float = 0.0
     total_s: float = 0.0
     ttft_p99_s_max: float = 0.0
     tbt_p99_s_max: float = 0.0
+    # Per-tick p99 latencies of observed ticks (the replay-wide p99 is taken over these).
+    ttft_samples: list[float] = field(default_factory=list)
+    tbt_samples: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -85,6 +157,9 @@ class TickRecord:
     ttft_p99_s: float
     tbt_p99_s: float
     gpus: int
+    util_prefill: float = 0.0
+    util_decode: float = 0.0
+    decode_tps: float = 0.0
 
 
 @dataclass
@@ -95,11 +170,13 @@ class Twin:
     now_s: float = 0.0  # simulated clock; the load curves start at `t0_s`
     t0_s: float = 0.0
     keep_ticks: bool = True
+    params: TwinParams = field(default_factory=TwinParams)
     # cell -> list of [ready_at_s, count]; a cell's instances are ready once ready_at_s <= now.
     _cells: dict[CellKey, list[list[float]]] = field(default_factory=dict)
     _backlog_p: dict[str, float] = field(default_factory=dict)
     _backlog_d: dict[str, float] = field(default_factory=dict)
     _acc: dict[str, _ServiceTotals] = field(default_factory=dict)
+    _cross: dict[str, float] = field(default_factory=dict)
     stats: dict[str, ServiceStats] = field(default_factory=dict)
     ticks: list[TickRecord] = field(default_factory=list)
 
@@ -108,24 +185,49 @@ class Twin:
         if missing:
             raise ValueError(f"no load curve for service(s) {missing}")
         self._view = view_from_config(self.config)
+        self._s2_of = self._view.s2_of()
+        self.engines = engines_for(self.config, self.params)
         self.now_s = max(self.now_s, self.t0_s)
         for svc in self.config.services:
             self._backlog_p[svc.name] = 0.0
             self._backlog_d[svc.name] = 0.0
             self._acc[svc.name] = _ServiceTotals()
             self.stats[svc.name] = ServiceStats()
+            self._cross[svc.name] = 0.0
 
     # --- state --------------------------------------------------------------------------
 
     def seed(self, placement: Placement) -> None:
         """Start with `placement` already running and ready (the fleet before the replay)."""
         self._cells = {k: [[-math.inf, float(n)]] for k, n in placement.cells.items() if n > 0}
+        self._update_cross()
 
     def placement(self) -> Placement:
         return Placement.of((k, int(sum(b[1] for b in batches))) for k, batches in self._cells.items())
 
     def _ready(self, key: CellKey) -> float:
         return sum(b[1] for b in self._cells.get(key, ()) if b[0] <= self.now_s)
+
+    def _update_cross(self) -> None:
+        """Share of each service's traffic whose prefill and decode sit in different domains
+        (requests are routed to a decode instance in the prefill's domain whenever one exists)."""
+        shares: dict[str, dict[Role, dict[str, float]]] = {}
+        for key, batches in self._cells.items():
+            dom = key.s1 if self.params.kv_domain_level == "S1" else self._s2_of.get(key.s1, key.s1)
+            n = sum(b[1] for b in batches)
+            role_map = shares.setdefault(key.service, {Role.PREFILL: {}, Role.DECODE: {}})[key.role]
+            role_map[dom] = role_map.get(dom, 0.0) + n
+        for svc in self.config.services:
+            roles = shares.get(svc.name)
+            if not roles or not roles[Role.PREFILL] or not roles[Role.DECODE]:
+                self._cross[svc.name] = 0.0
+                continue
+            tp, td = sum(roles[Role.PREFILL].values()), sum(roles[Role.DECODE].values())
+            same = sum(min(n / tp, roles[Role.DECODE].get(d, 0.0) / td) for d, n in roles[Role.PREFILL].items())
+            self._cross[svc.name] = max(0.0, 1.0 - same)
+
+    def cross_domain_share(self, service: str) -> float:
+        return self._cross[service]
 
     # --- ClusterBackend -----------------------------------------------------------------
 
@@ -164,6 +266,8 @@ class Twin:
                         batches.pop()
             if not batches:
                 del self._cells[ch.key]
+        if changes:
+            self._update_cross()
         return ApplyResult(mode=mode, changes=changes, applied=True)
 
     # --- SignalsBackend -----------------------------------------------------------------
@@ -198,21 +302,19 @@ class Twin:
                 self._tick(svc)
             self.now_s += self.tick_s
 
-    def _role_capacity(self, svc: Service, role: Role) -> tuple[float, float, int, int]:
-        """(tokens/s of ready instances, per-instance tokens/s of the reference type,
-        ready instances, all instances) for a role."""
-        spec = svc.role(role)
-        cap, ready_n, all_n = 0.0, 0, 0
+    def _pool(self, svc: Service, role: Role) -> tuple[dict[str, float], int, int]:
+        """(ready instances per GPU type, ready instances, all instances) of a role."""
+        ready: dict[str, float] = {}
+        ready_n = all_n = 0
         for key, batches in self._cells.items():
             if key.service != svc.name or key.role is not role:
                 continue
-            per = spec.capacity_tokens_per_s.get(key.gpu_type, 0.0)
             for ready_at, n in batches:
                 all_n += int(n)
                 if ready_at <= self.now_s:
-                    cap += per * n
+                    ready[key.gpu_type] = ready.get(key.gpu_type, 0.0) + n
                     ready_n += int(n)
-        return cap, spec.capacity_tokens_per_s[spec.reference_gpu_type], ready_n, all_n
+        return ready, ready_n, all_n
 
     def _tick(self, svc: Service) -> None:
         dt = self.tick_s
@@ -222,62 +324,86 @@ class Twin:
         observed = bool(curve.observed[i])
         in_tok = float(curve.mean_input_tokens[i])
         out_tok = float(curve.mean_output_tokens[i])
+        prompt = in_tok * (1.0 - svc.prefix_cache_hit)
+        ctx_len = in_tok + out_tok / 2.0
 
-        cap_p, per_p, ready_p, all_p = self._role_capacity(svc, Role.PREFILL)
-        cap_d, _per_d, ready_d, all_d = self._role_capacity(svc, Role.DECODE)
+        ready_p, n_ready_p, all_p = self._pool(svc, Role.PREFILL)
+        ready_d, n_ready_d, all_d = self._pool(svc, Role.DECODE)
+        eng = self.engines
 
-        # Prefill: cache-missed prompt tokens, plus what queued before.
-        work_p = rps * in_tok * (1.0 - svc.prefix_cache_hit) * dt + self._backlog_p[svc.name]
+        # --- prefill: cache-missed prompt tokens, plus what queued before.
+        cap_p = sum(
+            n * cap.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0)) for g, n in ready_p.items()
+        )
+        backlog_p = self._backlog_p[svc.name]
+        work_p = rps * prompt * dt + backlog_p
         served_p = min(work_p, cap_p * dt)
-        self._backlog_p[svc.name] = work_p - served_p
+        backlog_p = work_p - served_p
+        if cap_p > 0 and backlog_p > cap_p * _MAX_QUEUE_S:
+            backlog_p = cap_p * _MAX_QUEUE_S  # clients gave up (and this window fails)
+        self._backlog_p[svc.name] = backlog_p
         rho_p = work_p / (cap_p * dt) if cap_p > 0 else (math.inf if work_p > 0 else 0.0)
 
-        # Clients give up after _MAX_QUEUE_S: older backlog is dropped (and the window fails).
-        if cap_p > 0 and self._backlog_p[svc.name] > cap_p * _MAX_QUEUE_S:
-            self._backlog_p[svc.name] = cap_p * _MAX_QUEUE_S
-        # Decode only sees the requests prefill finished.
-        prompt_tokens = in_tok * (1.0 - svc.prefix_cache_hit)
-        done_req = served_p / prompt_tokens if prompt_tokens > 0 else rps * dt
-        work_d = done_req * out_tok + self._backlog_d[svc.name]
+        if cap_p > 0:
+            # p99 is set by the slowest GPU type serving prefill.
+            ttft = max(
+                cap.prefill_ttft_p99_s(eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0))
+                for g in ready_p
+            )
+            ttft += backlog_p / cap_p
+        else:
+            ttft = math.inf if work_p > 0 else 0.0
+        # KV transfer of the p99 prompt (the whole prompt's KV, cache hits included).
+        kv_bytes = eng[(svc.name, Role.DECODE, svc.decode.reference_gpu_type)].kv_bytes_per_token
+        bw = self.params.kv_bandwidth_gb_per_s * 1e9 * (1.0 - self.params.kv_cross_domain_loss * self._cross[svc.name])
+        ttft += kv_bytes * in_tok * cap.P99_INPUT_FACTOR / bw
+
+        # --- decode: only the requests prefill finished arrive.
+        done_req = served_p / prompt if prompt > 0 else rps * dt
+        backlog_d = self._backlog_d[svc.name]
+        work_d = done_req * out_tok + backlog_d
+        caps_d = {g: cap.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
+        cap_d = sum(caps_d[g] * n for g, n in ready_d.items())
         served_d = min(work_d, cap_d * dt)
-        self._backlog_d[svc.name] = work_d - served_d
-        if cap_d > 0 and self._backlog_d[svc.name] > cap_d * _MAX_QUEUE_S:
-            self._backlog_d[svc.name] = cap_d * _MAX_QUEUE_S
+        backlog_d = work_d - served_d
+        if cap_d > 0 and backlog_d > cap_d * _MAX_QUEUE_S:
+            backlog_d = cap_d * _MAX_QUEUE_S
+        self._backlog_d[svc.name] = backlog_d
         rho_d = work_d / (cap_d * dt) if cap_d > 0 else (math.inf if work_d > 0 else 0.0)
 
-        # p99 TTFT: service-time floor of a large prompt on one instance, plus queueing for one
-        # of `ready_p` instances (Sakasegawa's M/M/c approximation of the mean wait, x4.6 for
-        # the p99 of an exponential tail), plus draining any backlog ahead of the request.
-        mean_service_s = in_tok * (1.0 - svc.prefix_cache_hit) / per_p
-        floor_ttft = _P99_SIZE_FACTOR * mean_service_s
-        ttft = floor_ttft
-        if cap_p > 0:
-            rho_c = min(rho_p, 0.99)
-            c = max(ready_p, 1)
-            wait = mean_service_s * rho_c ** (math.sqrt(2.0 * (c + 1)) - 1.0) / (c * (1.0 - rho_c))
-            ttft += 4.6 * wait + self._backlog_p[svc.name] / cap_p
-        elif work_p > 0:
-            ttft = math.inf
-        # Decode backlog means requests wait for a decode slot before their first token.
+        tbt = 0.0
+        batch_frac = 0.0
+        mean_batch = 0.0
         if cap_d > 0:
-            ttft += self._backlog_d[svc.name] / cap_d
+            for g, n in ready_d.items():
+                e = eng[(svc.name, Role.DECODE, g)]
+                bmax = e.max_batch(ctx_len)
+                # Each instance gets traffic in proportion to its capacity.
+                r_i = min(rho_d, 1.0) * caps_d[g]
+                b = min(cap.decode_batch(e, r_i, ctx_len), float(bmax))
+                tbt_g = cap.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
+                if rho_d > _PREEMPT_RHO:
+                    tbt_g += e.prefill_s(1, ctx_len)  # a preempted sequence is recomputed
+                tbt = max(tbt, tbt_g)
+                mean_batch += b * n
+                batch_frac += b / bmax * n
+            mean_batch /= n_ready_d
+            batch_frac /= n_ready_d
+            ttft += backlog_d / cap_d  # waiting for a decode slot before the first token
         elif work_d > 0:
-            ttft = math.inf
-        # p99 TBT: flat at light load, steep towards capacity (the SLO is met at rho = 1).
-        slo_tbt = svc.slo.tbt_p99_s
-        rd = min(rho_d, 1.0)
-        tbt = slo_tbt * (0.55 + 0.40 * rd**6)
-        if rho_d > 1.0:
-            tbt = slo_tbt * (0.95 + 0.5 * (min(rho_d, 4.0) - 1.0))
+            ttft = tbt = math.inf
 
         util_p = min(1.0, rho_p) if cap_p > 0 else 0.0
-        util_d = (_DECODE_UTIL_FLOOR + _DECODE_UTIL_SPAN * min(1.0, rho_d)) if served_d > 0 else 0.0
+        util_d = _DECODE_UTIL_MAX * (1.0 - math.exp(-mean_batch)) if cap_d > 0 else 0.0
+        sm_p = _PREFILL_SM_PER_UTIL * util_p
+        sm_d = util_d * (_DECODE_SM_BASE + _DECODE_SM_SPAN * batch_frac)
         gpi_p, gpi_d = svc.prefill.gpus_per_instance, svc.decode.gpus_per_instance
-        gpus_ready_p, gpus_ready_d = ready_p * gpi_p, ready_d * gpi_d
+        gpus_ready_p, gpus_ready_d = n_ready_p * gpi_p, n_ready_d * gpi_d
         gpus_all = all_p * gpi_p + all_d * gpi_d
 
         acc = self._acc[svc.name]
         acc.window_s += dt
+        st = self.stats[svc.name]
         if observed:
             acc.observed_s += dt
             acc.decode_tokens += served_d
@@ -289,10 +415,12 @@ class Twin:
             acc.gpus_p_s += gpus_ready_p * dt
             acc.gpus_d_s += gpus_ready_d * dt
             acc.last_observed_s = self.now_s + dt
+            st.ttft_samples.append(ttft)
+            st.tbt_samples.append(tbt)
 
-        st = self.stats[svc.name]
         st.gpu_seconds += gpus_all * dt
         st.util_gpu_seconds += (util_p * gpus_ready_p + util_d * gpus_ready_d) * dt
+        st.sm_gpu_seconds += (sm_p * gpus_ready_p + sm_d * gpus_ready_d) * dt
         st.total_s += dt
         if ttft <= svc.slo.ttft_p99_s and tbt <= svc.slo.tbt_p99_s:
             st.good_s += dt
@@ -306,10 +434,13 @@ class Twin:
                     req_per_s=rps,
                     num_prefill=all_p,
                     num_decode=all_d,
-                    ready_prefill=ready_p,
-                    ready_decode=ready_d,
+                    ready_prefill=n_ready_p,
+                    ready_decode=n_ready_d,
                     ttft_p99_s=ttft,
                     tbt_p99_s=tbt,
                     gpus=gpus_all,
+                    util_prefill=util_p,
+                    util_decode=util_d,
+                    decode_tps=served_d / dt,
                 )
             )
