@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export DO_NOT_TRACK := 1
 
-.PHONY: setup demo test test-fast lint fmt clean
+.PHONY: setup demo serve test test-fast lint fmt clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -23,6 +23,10 @@ setup: $(VENV)/.synced
 ## The main job on the embedded default: replay the bundled real trace on the twin.
 demo: setup
 	$(VENV)/bin/heteroscale demo --out demo-out
+
+## Prefect UI on 127.0.0.1:4200 (SQLite), a worker, one scheduled deployment per cluster config.
+serve: setup
+	bash scripts/serve.sh
 
 ## All tests (unit, flows under Prefect, integration against real servers).
 test: setup

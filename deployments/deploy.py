@@ -176,7 +176,7 @@ def register(
         module, _, attr = entrypoint.partition(":")
         return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
 
-    extra: dict[str, Any] = {"print_next_steps": False}
+    extra: dict[str, Any] = {"print_next_steps": False, "ignore_warnings": True}
     if target == "kubernetes":
         extra |= {"image": image, "build": False, "push": False, "job_variables": {"working_dir": K8S_CODE_DIR}}
     ids: dict[str, str] = {}

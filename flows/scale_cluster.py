@@ -161,6 +161,10 @@ def _publish(config: ClusterConfig, status: str, record: dict[str, Any]) -> None
     create_markdown_artifact(
         markdown=md, key=f"scale-{config.cluster.name}", description=f"scale_cluster {config.cluster.name}"
     )
+    from flows.artifacts import publish_scale_run
+
+    run_dir = settings.data_dir() / "runs" / config.cluster.name / (_flow_run_id() or "local")
+    publish_scale_run(config.cluster.name, status, record, run_dir)
 
 
 if __name__ == "__main__":
