@@ -46,7 +46,7 @@ def make_backends(
     config: ClusterConfig,
     cluster: str,
     *,
-    signals: str | None = None,
+    signals: str | SignalsBackend | None = None,
     twin_trace: str | None = None,
     twin_peak_rps: dict[str, float] | None = None,
 ) -> Backends:
@@ -67,11 +67,25 @@ def make_backends(
         clock: Callable[[], float] = twin.now
         before: Callable[[], None] = twin.serve_period
         default_signals: SignalsBackend = twin
-    else:
-        raise ValueError(f"unknown cluster backend {cluster!r}; choose one of: twin")
+    elif cluster == "kube":
+        import time
 
-    if signals is None or signals == cluster:
+        from tasks.kube.backend import KubeBackend
+
+        # Connection from the config's `kubernetes` section, overridden by the CLI/env (tasks.kube.client).
+        kube = KubeBackend.connect(config)
+        cluster_backend, clock, before = kube, time.time, lambda: None
+        default_signals = None  # type: ignore[assignment]
+        signals = signals or "prometheus"
+    else:
+        raise ValueError(f"unknown cluster backend {cluster!r}; choose one of: twin, kube")
+
+    if signals is not None and not isinstance(signals, str):
+        signals_backend = signals  # an object (tests, embedding): used as given
+    elif signals is None or signals == cluster:
         signals_backend = default_signals
     else:
         raise ValueError(f"unknown signals backend {signals!r}; choose one of: twin")
+    if cluster == "kube":
+        kube.signals = signals_backend  # read again only to judge SLOs while instances drain
     return Backends(signals=signals_backend, cluster=cluster_backend, clock=clock, before_run=before)

@@ -1,0 +1,362 @@
+"""`KubeBackend`: the `ClusterBackend` for a real cluster (read state, apply a plan).
+
+Contract:
+* `read_state` discovers the cluster (tasks.kube.discovery) and returns its `ClusterView`.
+* `apply(config, plan, mode, now_s)` discovers again (fresh resource versions), renders every
+  cell's Deployment, asks `actuation.decide_actions` what to do, and:
+  - `apply`: performs the actions in order: server-side apply (field manager
+    `kubernetes.field_manager`, force only over our own template fields) for templates, the scale
+    subresource with a resourceVersion precondition for replicas, pod label/annotation patches
+    for soft scale-in, deletes only for opted-in prunes;
+  - `dry-run`: sends the same writes with `dryRun=All` (the server validates, nothing persists);
+  - `advisory`: writes nothing to the cluster; exports the desired Deployments (with replicas)
+    as YAML under the data dir and records the changes.
+  Warnings (pause, manual overrides, orphans, unreadable SLOs) go to `ApplyResult.error` and the
+  log; the run still succeeds.
+* Errors: 409 on a scale is retried with a fresh read (and skipped with a warning if a human
+  changed the replicas meanwhile); transient errors (429/5xx/timeouts) and permanent ones (403
+  naming the RBAC verb and resource) propagate with the list of actions already applied, so a
+  failed run's record says what changed. Every action is idempotent against fresh state: re-running
+  a failed run converges instead of repeating work.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+
+from models.config import ClusterConfig, Role
+from models.values import ApplyMode, ApplyResult, PlacementPlan
+from tasks.core.topology import ClusterView
+from tasks.kube import render as r
+from tasks.kube.actuation import (
+    ActionPlan,
+    ApplyTemplate,
+    Drain,
+    KubeAction,
+    Prune,
+    Restore,
+    Scale,
+    SyncDrained,
+    decide_actions,
+    slo_ok,
+)
+from tasks.kube.client import REQUEST_TIMEOUT_S, KubeConflict, KubeError, KubePermanentError, api_error, connect
+from tasks.kube.discovery import Discovered, build_discovered, read_cluster_objects
+
+log = logging.getLogger(__name__)
+APPLY_PATCH = "application/apply-patch+yaml"
+MERGE_PATCH = "application/merge-patch+json"
+CONFLICT_RETRIES = 3
+
+
+class KubeBackend:
+    def __init__(
+        self,
+        api: k8s.ApiClient,
+        *,
+        signals: Any | None = None,
+        export_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.api = api
+        self.apps = k8s.AppsV1Api(api)
+        self.core = k8s.CoreV1Api(api)
+        self.signals = signals  # SignalsBackend, read only to judge SLOs while instances drain
+        self.export_dir = export_dir
+        self.clock = clock
+
+    @classmethod
+    def connect(cls, config: ClusterConfig, **kw: Any) -> KubeBackend:
+        return cls(connect(config), **kw)
+
+    def now(self) -> float:
+        return float(self.clock())
+
+    # ------------------------------------------------------------------------------ discovery
+
+    def discover(self, config: ClusterConfig) -> Discovered:
+        nodes, pods, deployments = read_cluster_objects(self.api, config)
+        found = build_discovered(config, nodes, pods, deployments)
+        for w in found.warnings:
+            log.warning("discovery: %s", w)
+        return found
+
+    def read_state(self, config: ClusterConfig, now_s: float) -> ClusterView:
+        return self.discover(config).view
+
+    # ------------------------------------------------------------------------------- actuation
+
+    def decide(self, config: ClusterConfig, plan: PlacementPlan, now_s: float) -> tuple[Discovered, ActionPlan]:
+        found = self.discover(config)
+        keys = set(found.cells) | {k for k in plan.placement.cells if k.service in {s.name for s in config.services}}
+        templates = self._templates(config, {(k.service, k.role) for k in keys})
+        manifests = {
+            k: r.render_deployment(config, k, s2=found.s2_of(k.s1), **templates.get((k.service, k.role), {}))
+            for k in keys
+        }
+        slo: dict[str, bool | None] = {}
+        if any(c.draining for c in found.cells.values()) and self.signals is not None:
+            slo = slo_ok(config, self.signals.read_signals(config, now_s))
+        return found, decide_actions(config, found, plan, manifests, slo, now_s)
+
+    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
+        found, actions = self.decide(config, plan, now_s)
+        warnings = list(actions.warnings)
+        if mode is ApplyMode.ADVISORY:
+            path = self.export_desired(config, found, actions)
+            warnings.append(f"advisory: desired state written to {path}")
+            return ApplyResult(mode, actions.changes, applied=False, error="; ".join(warnings) or None)
+        dry = mode is ApplyMode.DRY_RUN
+        fm = config.kubernetes.field_manager
+        done: list[str] = []
+        for action in actions.actions:
+            try:
+                note = self._perform(config, action, dry=dry, field_manager=fm)
+            except KubeError as exc:
+                applied = "; ".join(done) if done else "nothing"
+                # Same class, so Prefect retries transient ones; the message keeps the record.
+                raise type(exc)(f"{exc} [applied before failing: {applied}]") from exc
+            if note.startswith("skipped"):
+                warnings.append(note)
+            done.append(note)
+            log.info("%s%s", "dry-run: " if dry else "", note)
+        return ApplyResult(mode, actions.changes, applied=not dry, error="; ".join(warnings) or None)
+
+    def export_desired(self, config: ClusterConfig, found: Discovered, actions: ActionPlan) -> Path:
+        from heteroscale import settings
+
+        out = self.export_dir or settings.data_dir() / "kube"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"{config.cluster.name}-desired.yaml"
+        templates = self._templates(config, {(k.service, k.role) for k in actions.desired})
+        docs = []
+        for key, n in sorted(actions.desired.items()):
+            body = r.render_deployment(
+                config, key, s2=found.s2_of(key.s1), **templates.get((key.service, key.role), {})
+            )
+            body["spec"]["replicas"] = n
+            docs.append(body)
+        path.write_text(yaml.safe_dump_all(docs, sort_keys=False), encoding="utf-8")
+        return path
+
+    # ---------------------------------------------------------------------------------- writes
+
+    def _templates(self, config: ClusterConfig, roles: set[tuple[str, Role]]) -> dict[tuple[str, Role], dict[str, Any]]:
+        """Pod templates read from template Deployments, with the labels that must not be copied."""
+        out: dict[tuple[str, Role], dict[str, Any]] = {}
+        for service, role in sorted(roles):
+            svc = config.service(service)
+            if svc.pod_template is None or svc.pod_template.from_deployment is None:
+                continue
+            name = svc.pod_template.from_deployment.replace("{role}", role.value)
+            try:
+                dep = self.apps.read_namespaced_deployment(name, svc.namespace, _request_timeout=REQUEST_TIMEOUT_S)
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    raise KubePermanentError(
+                        f"service {service}: template Deployment {svc.namespace}/{name} (pod_template.from_deployment) "
+                        "does not exist; create it (0 replicas is fine) or fix the name"
+                    ) from None
+                raise api_error(exc, verb="get", resource="deployments", namespace=svc.namespace) from exc
+            except Exception as exc:
+                raise api_error(exc, verb="get", resource="deployments", namespace=svc.namespace) from exc
+            raw = self.api.sanitize_for_serialization(dep)
+            out[(service, role)] = {
+                "pod_template": raw["spec"]["template"],
+                "drop_labels": tuple((raw["spec"].get("selector") or {}).get("matchLabels") or {}),
+            }
+        return out
+
+    def _perform(self, config: ClusterConfig, action: KubeAction, *, dry: bool, field_manager: str) -> str:
+        dry_run = "All" if dry else None
+        if isinstance(action, ApplyTemplate):
+            body = copy.deepcopy(dict(action.manifest))
+            if action.create:
+                body["spec"]["replicas"] = 0
+            ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            self._call(
+                "patch",
+                "deployments",
+                ns,
+                lambda: self.apps.patch_namespaced_deployment(
+                    name,
+                    ns,
+                    body,
+                    field_manager=field_manager,
+                    force=True,
+                    dry_run=dry_run,
+                    _content_type=APPLY_PATCH,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                ),
+            )
+            return f"{'created' if action.create else 'updated template of'} {ns}/{name}"
+        if isinstance(action, Scale):
+            return self._scale(action, dry_run=dry_run, field_manager=field_manager)
+        if isinstance(action, Drain):
+            self._annotate(action.namespace, action.name, action.draining_after, action.since_s, dry_run, field_manager)
+            marked = self._sync_drained(config, action.namespace, action.name, action.draining_after, dry_run)
+            return (
+                f"draining {action.count} of {action.namespace}/{action.name} (out of service discovery, "
+                f"{marked} pod(s) marked; removal after {config.kubernetes.soft_scale_in_window_s:g}s)"
+            )
+        if isinstance(action, Restore):
+            self._annotate(
+                action.namespace, action.name, action.draining_after, action.drain_since_s, dry_run, field_manager
+            )
+            self._sync_drained(config, action.namespace, action.name, action.draining_after, dry_run)
+            return f"restored {action.count} drained instance(s) of {action.namespace}/{action.name}: {action.reason}"
+        if isinstance(action, SyncDrained):
+            self._sync_drained(config, action.namespace, action.name, action.target, dry_run)
+            return f"re-synced drained pods of {action.namespace}/{action.name} to {action.target}"
+        if isinstance(action, Prune):
+            self._call(
+                "delete",
+                "deployments",
+                action.namespace,
+                lambda: self.apps.delete_namespaced_deployment(
+                    action.name, action.namespace, dry_run=dry_run, _request_timeout=REQUEST_TIMEOUT_S
+                ),
+            )
+            return f"pruned {action.namespace}/{action.name}"
+        raise TypeError(f"unknown action {action!r}")
+
+    def _scale(self, a: Scale, *, dry_run: str | None, field_manager: str) -> str:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                current = self.apps.read_namespaced_deployment_scale(
+                    a.name, a.namespace, _request_timeout=REQUEST_TIMEOUT_S
+                )
+            except k8s.ApiException as exc:
+                if exc.status == 404 and dry_run:
+                    return f"would scale new {a.namespace}/{a.name} to {a.after}"
+                raise api_error(exc, verb="get", resource="deployments/scale", namespace=a.namespace) from exc
+            except Exception as exc:
+                raise api_error(exc, verb="get", resource="deployments/scale", namespace=a.namespace) from exc
+            replicas = current.spec.replicas if current.spec and current.spec.replicas is not None else 0
+            if replicas != a.before and replicas != a.after:
+                return (
+                    f"skipped {a.namespace}/{a.name}: replicas changed to {replicas} by someone else since it was "
+                    f"read (expected {a.before}); left alone"
+                )
+            body = {"metadata": {"resourceVersion": current.metadata.resource_version}, "spec": {"replicas": a.after}}
+            try:
+                if replicas != a.after:
+                    self._call(
+                        "patch",
+                        "deployments/scale",
+                        a.namespace,
+                        lambda b=body: self.apps.patch_namespaced_deployment_scale(  # type: ignore[misc]
+                            a.name,
+                            a.namespace,
+                            b,
+                            field_manager=field_manager,
+                            dry_run=dry_run,
+                            _content_type=MERGE_PATCH,
+                            _request_timeout=REQUEST_TIMEOUT_S,
+                        ),
+                    )
+            except KubeConflict:
+                continue  # stale resourceVersion: read again and decide again
+            self._annotate(a.namespace, a.name, a.draining_after, a.drain_since_s, dry_run, field_manager, a.after)
+            return f"scaled {a.namespace}/{a.name} {a.before} -> {a.after} ({a.reason})"
+        raise KubeConflict(f"scale {a.namespace}/{a.name}: still conflicting after {CONFLICT_RETRIES} fresh reads")
+
+    def _annotate(
+        self,
+        namespace: str,
+        name: str,
+        draining: int,
+        since_s: float | None,
+        dry_run: str | None,
+        field_manager: str,
+        applied_replicas: int | None = None,
+    ) -> None:
+        ann: dict[str, str | None] = {
+            r.A_DRAINING: str(draining) if draining else None,
+            r.A_DRAIN_SINCE: f"{since_s:.3f}" if draining and since_s is not None else None,
+        }
+        if applied_replicas is not None:
+            ann[r.A_APPLIED_REPLICAS] = str(applied_replicas)
+        self._call(
+            "patch",
+            "deployments",
+            namespace,
+            lambda: self.apps.patch_namespaced_deployment(
+                name,
+                namespace,
+                {"metadata": {"annotations": ann}},
+                field_manager=field_manager,
+                dry_run=dry_run,
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            ),
+        )
+
+    def _sync_drained(self, config: ClusterConfig, namespace: str, name: str, target: int, dry_run: str | None) -> int:
+        """Mark or unmark pods so exactly `target` are out of service discovery; returns how many are."""
+        label = config.kubernetes.serving_label
+        pods = self._call(
+            "list",
+            "pods",
+            namespace,
+            lambda: self.core.list_namespaced_pod(
+                namespace, label_selector=f"{r.L_INSTANCE}={name}", _request_timeout=REQUEST_TIMEOUT_S
+            ),
+        ).items
+        live = [p for p in pods if (p.status is None or p.status.phase not in ("Succeeded", "Failed"))]
+        drained = [p for p in live if (p.metadata.labels or {}).get(label) != "true"]
+        serving = [p for p in live if (p.metadata.labels or {}).get(label) == "true"]
+        if len(drained) < target:
+            # Drain the pods that serve least: not yet Ready first, then the newest (coldest caches).
+            serving.sort(key=lambda p: (_ready(p), -_created_s(p)))
+            for pod in serving[: target - len(drained)]:
+                self._patch_pod(pod, {label: "false"}, {r.A_DELETION_COST: r.DRAINED_DELETION_COST}, dry_run)
+            return min(target, len(drained) + len(serving))
+        for pod in drained[: len(drained) - target]:
+            self._patch_pod(pod, {label: "true"}, {r.A_DELETION_COST: None}, dry_run)
+        return target
+
+    def _patch_pod(
+        self, pod: Any, labels: Mapping[str, str], annotations: Mapping[str, str | None], dry_run: str | None
+    ) -> None:
+        ns, name = pod.metadata.namespace, pod.metadata.name
+        self._call(
+            "patch",
+            "pods",
+            ns,
+            lambda: self.core.patch_namespaced_pod(
+                name,
+                ns,
+                {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}},
+                dry_run=dry_run,
+                _content_type=MERGE_PATCH,
+                _request_timeout=REQUEST_TIMEOUT_S,
+            ),
+        )
+
+    @staticmethod
+    def _call(verb: str, resource: str, namespace: str | None, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # classified into transient / conflict / permanent
+            raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from exc
+
+
+def _ready(pod: Any) -> bool:
+    for cond in (pod.status.conditions if pod.status else None) or ():
+        if cond.type == "Ready":
+            return cond.status == "True"
+    return False
+
+
+def _created_s(pod: Any) -> float:
+    ts = pod.metadata.creation_timestamp
+    return ts.timestamp() if ts is not None else 0.0
