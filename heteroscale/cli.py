@@ -187,12 +187,31 @@ def scale(
     backend: Annotated[str, typer.Option(help="twin (embedded default).")] = "twin",
     mode: Annotated[str, typer.Option(help="apply | dry-run | advisory")] = "apply",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    kube: Annotated[bool, typer.Option("--kube", help="Run against a Kubernetes cluster (backend kube).")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Send every write with dryRun=All.")] = False,
+    advisory: Annotated[bool, typer.Option("--advisory", help="Change nothing; export the desired state.")] = False,
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file (default: KUBECONFIG).")] = None,
+    context: Annotated[str | None, typer.Option(help="Kubeconfig context.")] = None,
+    api_url: Annotated[str | None, typer.Option(help="API server URL (overrides the kubeconfig's).")] = None,
 ) -> None:
     """Run one scaling run (the scale_cluster flow) now."""
+    import os
+
     from flows.scale_cluster import scale_cluster
     from models.config import load_config
 
     _user_errors(lambda: load_config(config))
+    if dry_run and advisory:
+        err.print("[bold red]error:[/] choose one of --dry-run and --advisory")
+        raise typer.Exit(2)
+    mode = "dry-run" if dry_run else "advisory" if advisory else mode
+    backend = "kube" if kube else backend
+    # The flow runs in this process; tasks.kube.client reads these (they override the config).
+    for var, value in (("KUBECONFIG", kubeconfig), ("HETEROSCALE_KUBE_CONTEXT", context)):
+        if value:
+            os.environ[var] = value
+    if api_url:
+        os.environ["HETEROSCALE_KUBE_API_URL"] = api_url
     result = scale_cluster(config_path=str(config), backend=backend, mode=mode)
     if json_out:
         print(json.dumps(result, indent=2))
