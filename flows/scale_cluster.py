@@ -110,6 +110,8 @@ def scale_cluster(
         moving = any(t.action is not Action.HOLD for t in targets.values())
         status = (apply_mode.value if apply_mode is not ApplyMode.APPLY else "applied") if result.changes else "held"
         summary = ", ".join(f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items())
+        if result.error:  # backend warnings (paused service, manual override, drains): kept in the record
+            summary += f" | warnings: {result.error}"
         record_task(store, run_id, status=status, summary=summary, **record)
         _publish(config, status, record)
         logger.info("run %s %s: %s", run_id, status, summary)
