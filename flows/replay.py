@@ -20,13 +20,19 @@ import numpy as np
 from models.config import ClusterConfig, Metric, PlacementMethod
 from models.values import Action, ApplyMode, RoleCounts, ServicePolicyState
 from sim.traces import LoadCurve
-from sim.twin import Twin
+from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.core.greedy import place_greedy
 from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
 from tasks.core.topology import view_from_config
 
 DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
+# Every policy, in the order the league tables list them.
+ALL_POLICIES = ("static-peak", "hpa-gpu-util", "hpa-tps", "heteroscale-paper", "dynamo-sla", "heteroscale", "oracle")
+# Forecasters look back this far in a replay. extend_history/forecast_load copy and scan the
+# whole history every period (O(n) each), which makes a 14-day replay quadratic; six hours
+# keep a 14-day x 10-service replay under a minute (the trend and level forecasters need less).
+HISTORY_KEEP_S = 6 * 3600.0
 
 
 @dataclass
@@ -42,6 +48,8 @@ class ReplayResult:
         gpu_s = sum(s.gpu_seconds for s in stats)
         total_s = sum(s.total_s for s in stats)
         simulated_s = max((s.total_s for s in stats), default=0.0)
+        ttft = [x for s in stats for x in s.ttft_samples]
+        tbt = [x for s in stats for x in s.tbt_samples]
         return {
             "policy": self.policy,
             "gpu_hours": round(gpu_s / 3600.0, 3),
@@ -50,7 +58,34 @@ class ReplayResult:
             "scale_actions": self.scale_actions,
             "simulated_s": simulated_s,
             "wall_s": round(self.wall_s, 3),
+            "avg_sm_activity": round(sum(s.sm_gpu_seconds for s in stats) / gpu_s, 4) if gpu_s else 0.0,
+            # p99 over observed ticks of each tick's p99 (inf = a pool with no capacity).
+            "ttft_p99_s": _p99(ttft),
+            "tbt_p99_s": _p99(tbt),
         }
+
+
+def _p99(samples: Sequence[float]) -> float | None:
+    """Nearest-rank p99 (an infinite sample, a pool with no capacity, stays infinite)."""
+    if not samples:
+        return None
+    v = sorted(samples)[max(0, math.ceil(0.99 * len(samples)) - 1)]
+    return round(v, 4) if math.isfinite(v) else v
+
+
+def future_peak(
+    config: ClusterConfig, curves: Mapping[str, LoadCurve], metric: Mapping[str, np.ndarray], now_s: float, t0_s: float
+) -> dict[str, float]:
+    """The oracle's foresight: each service's true peak metric (control-period averages) from
+    `now` until instances started now would be Ready and have served one period."""
+    out = {}
+    for svc in config.services:
+        c = curves[svc.name]
+        series = metric[svc.name]
+        lo = c.at(now_s - t0_s)
+        hi = c.at(now_s - t0_s + svc.cold_start_s + 2 * config.cluster.control_period_s)
+        out[svc.name] = float(np.max(series[lo : hi + 1]))
+    return out
 
 
 def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
@@ -111,7 +146,12 @@ def replay(
     tick_s: float | None = None,
     keep_ticks: bool = True,
     progress: Callable[[float], None] | None = None,
+    twin_params: TwinParams | None = None,
+    history_keep_s: float = HISTORY_KEEP_S,
+    placement: PlacementMethod | str | None = None,
 ) -> ReplayResult:
+    """Replay one policy. `placement` overrides `placement_method(policy)` (e.g. the greedy for
+    a long replay: the ILP takes tens of milliseconds a period)."""
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
     started = time.perf_counter()
@@ -121,11 +161,14 @@ def replay(
         dt = period / math.ceil(period / dt)
     t0 = next(iter(curves.values())).start_epoch_s
     duration = max(c.duration_s for c in curves.values())
-    twin = Twin(config=config, load=curves, tick_s=dt, t0_s=t0, keep_ticks=keep_ticks)
+    twin = Twin(
+        config=config, load=curves, tick_s=dt, t0_s=t0, keep_ticks=keep_ticks, params=twin_params or TwinParams()
+    )
     seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, policy))
     twin.seed(seed.placement)
 
     peaks = peak_metric(config, curves)
+    truth = metric_series(config, curves) if policy == "oracle" else {}
     history: dict[str, list[tuple[float, float | None]]] = {}
     states: dict[str, ServicePolicyState] = {}
     actions = unmet_periods = 0
@@ -135,13 +178,15 @@ def replay(
         now += period
         twin.advance(now)
         signals = steps.collect_signals(twin, config, now)
-        history = steps.extend_history(history, signals, config, now)
+        history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
+        if policy == "oracle":
+            peaks = future_peak(config, curves, truth, now, t0)
         forecasts = steps.forecast_load(config, history)
         view = steps.read_cluster(twin, config, now)
         targets, states = steps.compute_targets(
             config, view, signals, forecasts, states, now, policy=policy, peak_metric=peaks
         )
-        plan = steps.place(config, view, targets, method=placement_method(policy))
+        plan = steps.place(config, view, targets, method=placement or placement_method(policy))
         result = steps.apply_plan(twin, config, plan, ApplyMode.APPLY, now)
         changed = {ch.key.service for ch in result.changes}
         actions += sum(1 for t in targets.values() if t.action is not Action.HOLD and t.service in changed)
@@ -158,9 +203,15 @@ def run_league(
     *,
     keep_ticks: bool = True,
     progress: Callable[[str, float], None] | None = None,
+    twin_params: TwinParams | None = None,
+    placement: PlacementMethod | str | None = None,
 ) -> list[ReplayResult]:
     results = []
     for name in policies:
         cb = (lambda f, n=name: progress(n, f)) if progress else None
-        results.append(replay(config, curves, name, keep_ticks=keep_ticks, progress=cb))
+        results.append(
+            replay(
+                config, curves, name, keep_ticks=keep_ticks, progress=cb, twin_params=twin_params, placement=placement
+            )
+        )
     return results

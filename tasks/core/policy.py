@@ -12,6 +12,16 @@ Counts are in reference-GPU instances (the first GPU type of each role, see `Rol
   4. tiered negative feedback on p99 TBT (TTFT optional) that only ever adds capacity;
   5. bounds; and a hold whenever the driving signal is missing or stale (never read as zero).
 `hpa-gpu-util` is the Kubernetes HPA algorithm on GPU utilisation, each role on its own;
+`hpa-tps` is the same algorithm on per-instance tokens/s (decode TPS for decode, cache-missed
+prefill TPS for prefill), each role on its own;
+`dynamo-sla` follows NVIDIA Dynamo's SLA planner (public docs): predicted load / per-engine
+capacity at the TTFT and ITL targets, prefill and decode sized separately on the same tick;
+`heteroscale` is ours: forecast-ahead of cold start, coordinated P and D targets (each from its
+own linear metric, the pair kept near the curated ratio), a guard for the served-metric ceiling
+(decode TPS cannot exceed capacity, so a saturated pool reads as "enough"), fast scale-out and
+slow, stepped scale-in;
+`oracle` sizes for the true peak load of the next cold start + period (`ctx.peak_metric`,
+supplied by the replay from the trace): the floor no online policy beats;
 `static-peak` provisions the peak once and never moves.
 """
 
@@ -323,10 +333,209 @@ def hpa_gpu_util(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     return _finish(ctx, state, new, reason, "hpa")
 
 
+def _prefill_target(svc: Service) -> float:
+    """Cache-missed prefill tokens/s per reference prefill instance at the same share of its
+    capacity as the decode target is of decode capacity (the config holds one target)."""
+    share = svc.policy.target_per_instance / svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+    if svc.policy.metric is Metric.PREFILL_TPS:
+        share = svc.policy.target_per_instance / svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
+    return share * svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
+
+
+def _decode_target(svc: Service) -> float:
+    if svc.policy.metric is Metric.DECODE_TPS:
+        return svc.policy.target_per_instance
+    share = svc.policy.target_per_instance / svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
+    return share * svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+
+
+def _stabilised(
+    ctx: PolicyContext, state: ServicePolicyState, want: RoleCounts
+) -> tuple[RoleCounts, ServicePolicyState]:
+    """HPA's scale-down stabilisation: a role only shrinks to the highest ask of the window."""
+    p, cur = ctx.service.policy, ctx.current
+    window = p.hpa_scale_down_stabilization_s
+    recs = (
+        *tuple(r for r in state.recommendations if ctx.now_s - r[0] < window),
+        (ctx.now_s, want.num_prefill, want.num_decode),
+    )
+    state = state.with_(recommendations=recs)
+    new_p = max(r[1] for r in recs) if want.num_prefill < cur.num_prefill else want.num_prefill
+    new_d = max(r[2] for r in recs) if want.num_decode < cur.num_decode else want.num_decode
+    cap = max(1, p.max_instances)
+    return RoleCounts(min(max(1, new_p), cap), min(max(1, new_d), cap)), state
+
+
+def hpa_tps(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
+    """HPA per role on per-instance tokens/s; prefill and decode scale independently (no ratio)."""
+    svc, p, cur = ctx.service, ctx.service.policy, ctx.current
+    tps_p, why_p = _fresh(ctx, "prefill_tps")
+    tps_d, why_d = _fresh(ctx, "decode_tps")
+    per_p = tps_p / cur.num_prefill if tps_p is not None and cur.num_prefill else None
+    per_d = tps_d / cur.num_decode if tps_d is not None and cur.num_decode else None
+    want = RoleCounts(
+        _hpa_role(cur.num_prefill, per_p, _prefill_target(svc), p.hpa_tolerance),
+        _hpa_role(cur.num_decode, per_d, _decode_target(svc), p.hpa_tolerance),
+    )
+    new, state = _stabilised(ctx, state, want)
+    reason = (
+        f"hpa-tps: prefill {per_p if per_p is not None else why_p} tok/s/inst "
+        f"(target {_prefill_target(svc):.0f}), decode {per_d if per_d is not None else why_d} tok/s/inst "
+        f"(target {_decode_target(svc):.0f})"
+    )
+    if new == cur:
+        return _hold(ctx, state, reason, "hpa")
+    return _finish(ctx, state, new, reason, "hpa")
+
+
+def _demand(ctx: PolicyContext) -> tuple[float, float, str] | None:
+    """(decode tok/s, cache-missed prefill tok/s) expected when new instances are Ready.
+
+    The forecast is of the policy metric; the other role's load is scaled by the same factor."""
+    dec, _ = _fresh(ctx, "decode_tps")
+    pre, _ = _fresh(ctx, "prefill_tps")
+    if dec is None or pre is None:
+        return None
+    factor, how = 1.0, "observed"
+    fc = ctx.forecast
+    observed_metric = dec if ctx.service.policy.metric is Metric.DECODE_TPS else pre
+    if fc is not None and fc.value is not None and math.isfinite(fc.value) and observed_metric > 0:
+        factor, how = max(fc.value, 0.0) / observed_metric, f"forecast x{fc.value / observed_metric:.2f} ({fc.method})"
+    return dec * factor, pre * factor, how
+
+
+def dynamo_sla(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
+    """NVIDIA Dynamo's SLA planner: replicas = predicted load / per-engine capacity at the SLOs
+    (`capacity_tokens_per_s`: what one instance sustains within TTFT / ITL), prefill and decode
+    sized separately each adjustment interval, no fixed ratio and no cooldown."""
+    svc = ctx.service
+    dem = _demand(ctx)
+    if dem is None:
+        return _hold(ctx, state, "dynamo-sla: decode_tps or prefill_tps missing/stale", "hold")
+    dec, pre, how = dem
+    cap_p = svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
+    cap_d = svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+    cap = max(2, svc.policy.max_instances)
+    n_p = min(max(1, math.ceil(pre / cap_p - _EPS)), cap - 1)
+    n_d = min(max(1, math.ceil(dec / cap_d - _EPS)), cap - n_p)
+    new = RoleCounts(n_p, n_d)
+    reason = f"dynamo-sla ({how}): prefill {pre:.0f}/{cap_p:g} -> {n_p}, decode {dec:.0f}/{cap_d:g} -> {n_d}"
+    if new == ctx.current:
+        return _hold(ctx, state, reason, "proportional")
+    return _finish(ctx, state, new, reason, "proportional")
+
+
+# Served decode TPS above this share of the pool's capacity may be censored by saturation.
+_SATURATION_SHARE = 0.9
+# Prefill may deviate this far from the curated ratio x decode before coordination pulls it back.
+_RATIO_BAND = 0.25
+
+
+def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
+    """Ours. Forecast-ahead, coordinated P/D targets, saturation guard, slow stepped scale-in."""
+    svc, p, cur = ctx.service, ctx.service.policy, ctx.current
+    fixed = schedule_counts(ctx)
+    if fixed is not None:
+        if fixed == cur:
+            return _hold(ctx, state, "periodic schedule window: counts already as scheduled", "schedule")
+        return _finish(ctx, state, fixed, "periodic schedule window", "schedule")
+    dem = _demand(ctx)
+    if dem is None:
+        return _hold(ctx, state, "hold: decode_tps or prefill_tps missing/stale")
+    dec, pre, how = dem
+    d_want = dec / _decode_target(svc)
+    p_want = pre / _prefill_target(svc)
+    reason = f"heteroscale ({how}): decode {dec:.0f} -> {d_want:.2f}, prefill {pre:.0f} -> {p_want:.2f}"
+    source = "proportional"
+
+    # A saturated pool serves at most its capacity: the served metric then understates demand.
+    served_d, _ = _fresh(ctx, "decode_tps")
+    cap_d_now = cur.num_decode * svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+    step, lat_why = _latency_step(ctx)
+    ttft, _ = _fresh(ctx, "ttft_p99_s")
+    ttft_breach = ttft is not None and ttft >= svc.slo.ttft_p99_s
+    if served_d is not None and cap_d_now > 0 and served_d >= _SATURATION_SHARE * cap_d_now:
+        d_want = max(d_want, cur.num_decode * (1 + max(step, p.latency_tiers[0].step if p.latency_tiers else 0.1)))
+        reason += "; decode near capacity (served metric censored)"
+        source = "latency"
+    if step > 0:
+        d_want = max(d_want, cur.num_decode * (1 + step))
+        reason += f"; {lat_why}"
+        source = "latency"
+    if ttft_breach:
+        p_want = max(p_want, cur.num_prefill * 1.2)
+        reason += f"; TTFT {ttft:.2f}s >= SLO: prefill +20%"
+        source = "latency"
+
+    # Coordination: prefill stays within a band around the curated ratio x decode.
+    ratio = svc.pd_ratio.prefill_per_decode
+    p_want = min(max(p_want, d_want * ratio * (1 - _RATIO_BAND)), d_want * ratio * (1 + _RATIO_BAND))
+    want = RoleCounts(max(1, math.ceil(p_want - _EPS)), max(1, math.ceil(d_want - _EPS)))
+
+    # Scale-in: only outside the hysteresis band, after the cooldown, one damped step at a time.
+    new_p, new_d = want.num_prefill, want.num_decode
+    since_change = _since(
+        ctx.now_s, max((t for t in (state.last_scale_in_s, state.last_scale_out_s) if t), default=None)
+    )
+    for role_cur, role_new, role_float, label in (
+        (cur.num_prefill, new_p, p_want, "p"),
+        (cur.num_decode, new_d, d_want, "d"),
+    ):
+        if role_new < role_cur:
+            keep = (
+                role_float >= role_cur * (1 - p.hysteresis)
+                or since_change < p.scale_in_cooldown_s
+                or _latency_breached(ctx)
+                or ttft_breach
+            )
+            target = (
+                role_cur if keep else max(role_new, role_cur - max(1, math.ceil(p.max_step_fraction * role_cur / 2)))
+            )
+            if label == "p":
+                new_p = target
+            else:
+                new_d = target
+    total_cap = max(2, p.max_instances)
+    new_d = min(new_d, total_cap - 1)
+    new_p = min(new_p, total_cap - new_d)
+    new_d = max(new_d, 1)
+    while new_p + new_d < p.min_instances:
+        new_d += 1
+    new = RoleCounts(max(1, new_p), new_d)
+    if new == cur:
+        return _hold(ctx, state, reason, source if source != "proportional" else "hold")
+    return _finish(ctx, state, new, reason, source)
+
+
+def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
+    """Perfect foresight: sized for the true peak metric until new instances could be Ready
+    (`ctx.peak_metric` from the replay), at 100% of the per-instance capacity at the SLOs."""
+    svc = ctx.service
+    if ctx.peak_metric is None:
+        return _hold(ctx, state, "oracle: no future load given; holding", "static")
+    cap_ref = (
+        svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+        if svc.policy.metric is Metric.DECODE_TPS
+        else svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
+        * svc.pd_ratio.decode
+        / svc.pd_ratio.prefill
+    )
+    d = bound_decode(svc, math.ceil(ctx.peak_metric / cap_ref - _EPS))
+    new = split_by_ratio(svc, d)
+    reason = f"oracle: next-horizon peak {ctx.peak_metric:.0f} at {cap_ref:g}/instance"
+    if new == ctx.current:
+        return _hold(ctx, state, reason, "static")
+    return _finish(ctx, state, new, reason, "static")
+
+
 POLICIES: dict[str, Policy] = {
     "heteroscale-paper": heteroscale_paper,
     "hpa-gpu-util": hpa_gpu_util,
     "static-peak": static_peak,
+    "hpa-tps": hpa_tps,
+    "dynamo-sla": dynamo_sla,
+    "heteroscale": heteroscale,
+    "oracle": oracle,
 }
 
 

@@ -1,0 +1,269 @@
+"""The twin as a Prometheus exporter: serve a trace in (accelerated) real time, export vLLM metrics.
+
+What it does: a `Twin` advances `tick_s` simulated seconds every `tick_s / speed` wall seconds and
+exports what it served under the names a vLLM deployment exports, labelled `service`, `role`
+(prefill | decode) and `model_name`, plus DCGM's `DCGM_FI_DEV_GPU_UTIL` (percent). A real
+Prometheus scrapes it, so the whole loop (collector, forecast, policy) runs with no GPUs.
+
+Contract:
+  * counters are exported in simulated units per *wall* second: each tick adds
+    `tokens / speed`, so `rate()` in Prometheus reads the twin's simulated tokens/s at any speed;
+  * TTFT (prefill role) and inter-token latency (decode role) histograms are filled so that
+    `histogram_quantile(0.99, ...)` over one tick returns the twin's p99 exactly (linear
+    interpolation inside the bucket holding it); over a window it is the mix of the ticks;
+  * windows the trace marks missing export nothing new (counters flat, gauges unchanged), like a
+    scrape target that went quiet;
+  * `truth` keeps each tick's ground truth (wall time at the tick's end, the twin's signals), so a
+    test can compare what Prometheus answers with what the twin served;
+  * running / waiting request counts are not modelled by the twin and are not exported.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from models.config import ClusterConfig, Role
+from models.values import ServiceSignals
+from sim.traces import LoadCurve
+from sim.twin import Twin
+
+TTFT_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS_S = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+# Observations booked per tick and histogram (only the quantile shape matters).
+_OBS_PER_TICK = 100.0
+
+
+def p99_bucket_counts(value: float, bounds: tuple[float, ...], n: float = _OBS_PER_TICK) -> list[float]:
+    """Per-bucket counts (len(bounds) + 1, the last is +Inf) of `n` observations whose
+    histogram_quantile(0.99) is exactly `value` when it lies inside the bucket range.
+
+    histogram_quantile interpolates linearly inside the bucket (lo, hi] that holds rank 0.99 n:
+    lo + (hi - lo) * (0.99 n - below) / inside. Put `below` observations in the first bucket and
+    the rest in (lo, hi] with below = n (0.99 - f) / (1 - f), f = (value - lo) / (hi - lo).
+    """
+    counts = [0.0] * (len(bounds) + 1)
+    i = bisect.bisect_left(bounds, value)
+    if i >= len(bounds):
+        counts[-1] = n  # above the top bucket: Prometheus answers the top bound
+        return counts
+    lo = bounds[i - 1] if i > 0 else 0.0
+    hi = bounds[i]
+    if i == 0:
+        # Inside the first bucket the answer is interpolated from 0 and cannot go below
+        # 0.99 x its bound: book everything there (resolution of the first bound).
+        counts[0] = n
+        return counts
+    f = (value - lo) / (hi - lo)
+    f = min(max(f, 0.0), 0.98)
+    below = n * (0.99 - f) / (1.0 - f)
+    counts[0] += below
+    counts[i] += n - below
+    return counts
+
+
+@dataclass
+class _RoleState:
+    generation_tokens: float = 0.0
+    prompt_tokens: float = 0.0
+    prefix_cache_hits: float = 0.0
+    prefix_cache_queries: float = 0.0
+    hist_counts: list[float] = field(default_factory=list)
+    hist_sum: float = 0.0
+    gpu_util_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class TruthRecord:
+    wall_s: float
+    sim_s: float
+    signals: Mapping[str, ServiceSignals]
+
+
+class TwinExporter(Collector):
+    """A twin serving in accelerated real time, exported as vLLM + DCGM metrics."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        curves: Mapping[str, LoadCurve],
+        *,
+        speed: float = 1.0,
+        tick_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+        keep_truth_s: float = 3600.0,
+    ) -> None:
+        from flows.replay import initial_counts
+        from tasks.core.greedy import place_greedy
+        from tasks.core.topology import view_from_config
+
+        if speed <= 0:
+            raise ValueError(f"--speed must be positive, got {speed}")
+        self.config = config
+        self.speed = speed
+        self.tick_s = tick_s or min(10.0, config.cluster.control_period_s, *(c.dt_s for c in curves.values()))
+        self.clock = clock
+        self.duration_s = max(c.duration_s for c in curves.values())
+        self.twin = Twin(config=config, load=curves, tick_s=self.tick_s, keep_ticks=False)
+        seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, "heteroscale-paper"))
+        self.twin.seed(seed.placement)
+        self.keep_truth_s = keep_truth_s
+        self.truth: list[TruthRecord] = []
+        self._lock = threading.Lock()
+        self._state = {
+            (s.name, r): _RoleState(hist_counts=[0.0] * (len(self._bounds(r)) + 1))
+            for s in config.services
+            for r in Role
+        }
+        self.registry = CollectorRegistry()
+        self.registry.register(self)
+
+    @staticmethod
+    def _bounds(role: Role) -> tuple[float, ...]:
+        return TTFT_BUCKETS_S if role is Role.PREFILL else ITL_BUCKETS_S
+
+    # --- simulation ---------------------------------------------------------------------
+
+    def step(self) -> TruthRecord:
+        """Serve one tick and book it into the exported metrics."""
+        if self.twin.now_s + self.tick_s > self.duration_s + 1e-9:
+            self.twin.now_s = 0.0  # loop over the trace, as the twin backend does
+        self.twin.advance(self.twin.now_s + self.tick_s)
+        signals = self.twin.read_signals(self.config, self.twin.now_s)
+        with self._lock:
+            for svc in self.config.services:
+                sig = signals[svc.name]
+                if sig.sampled_at_s is None:
+                    continue  # a missing window: nothing new to export
+                dt_wall = self.tick_s / self.speed
+                p, d = self._state[(svc.name, Role.PREFILL)], self._state[(svc.name, Role.DECODE)]
+                d.generation_tokens += (sig.decode_tps or 0.0) * dt_wall
+                missed = (sig.prefill_tps or 0.0) * dt_wall
+                prompt = missed / (1.0 - svc.prefix_cache_hit) if svc.prefix_cache_hit < 1 else missed
+                p.prompt_tokens += prompt
+                p.prefix_cache_queries += prompt
+                p.prefix_cache_hits += prompt - missed
+                for st, role, value in ((p, Role.PREFILL, sig.ttft_p99_s), (d, Role.DECODE, sig.tbt_p99_s)):
+                    if value is not None and math.isfinite(value):
+                        for i, c in enumerate(p99_bucket_counts(value, self._bounds(role))):
+                            st.hist_counts[i] += c
+                        st.hist_sum += value * _OBS_PER_TICK
+                p.gpu_util_pct = None if sig.gpu_util_prefill is None else 100.0 * sig.gpu_util_prefill
+                d.gpu_util_pct = None if sig.gpu_util_decode is None else 100.0 * sig.gpu_util_decode
+            rec = TruthRecord(wall_s=self.clock(), sim_s=self.twin.now_s, signals=signals)
+            self.truth.append(rec)
+            cutoff = rec.wall_s - self.keep_truth_s
+            while self.truth and self.truth[0].wall_s < cutoff:
+                self.truth.pop(0)
+        return rec
+
+    def run(self, stop: threading.Event, *, max_wall_s: float | None = None) -> None:
+        """Step in accelerated real time until `stop` is set (or `max_wall_s` passed)."""
+        start = time.monotonic()
+        ticks = 0
+        while not stop.is_set():
+            self.step()
+            ticks += 1
+            due = start + ticks * self.tick_s / self.speed
+            if max_wall_s is not None and time.monotonic() - start >= max_wall_s:
+                return
+            stop.wait(max(0.0, due - time.monotonic()))
+
+    def serve(self, port: int, addr: str = "127.0.0.1") -> ThreadingHTTPServer:
+        """Serve /metrics in the classic text format in a daemon thread.
+
+        Always text 0.0.4, never OpenMetrics: prometheus-client's OpenMetrics output rewrites
+        `vllm:` names to `vllm_` for scrapers that do not ask for UTF-8 names (Prometheus 2.x),
+        which is not what a vLLM deployment's series are called.
+        """
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # one line per scrape is noise
+
+        server = ThreadingHTTPServer((addr, port), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="twin-exporter", daemon=True).start()
+        return server
+
+    # --- exposition ---------------------------------------------------------------------
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        labels = ["service", "role", "model_name"]
+        gen = CounterMetricFamily("vllm:generation_tokens", "Generation tokens (simulated per wall s).", labels=labels)
+        prompt = CounterMetricFamily("vllm:prompt_tokens", "Prompt tokens (simulated per wall s).", labels=labels)
+        hits = CounterMetricFamily("vllm:prefix_cache_hits", "Prefix-cache hit tokens.", labels=labels)
+        queries = CounterMetricFamily("vllm:prefix_cache_queries", "Prefix-cache queried tokens.", labels=labels)
+        ttft = HistogramMetricFamily("vllm:time_to_first_token_seconds", "TTFT (twin p99 shape).", labels=labels)
+        itl = HistogramMetricFamily("vllm:inter_token_latency_seconds", "Inter-token latency.", labels=labels)
+        util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation, percent.", labels=[*labels, "gpu"])
+        with self._lock:
+            for svc in self.config.services:
+                for role in Role:
+                    st = self._state[(svc.name, role)]
+                    lv = [svc.name, role.value, svc.model]
+                    gen.add_metric(lv, st.generation_tokens)
+                    prompt.add_metric(lv, st.prompt_tokens)
+                    hits.add_metric(lv, st.prefix_cache_hits)
+                    queries.add_metric(lv, st.prefix_cache_queries)
+                    bounds = self._bounds(role)
+                    cum, buckets = 0.0, []
+                    for b, c in zip((*bounds, math.inf), st.hist_counts, strict=True):
+                        cum += c
+                        buckets.append(("+Inf" if math.isinf(b) else repr(b), cum))
+                    (ttft if role is Role.PREFILL else itl).add_metric(lv, buckets, st.hist_sum)
+                    if st.gpu_util_pct is not None:
+                        util.add_metric([*lv, "0"], st.gpu_util_pct)
+        yield from (gen, prompt, hits, queries, ttft, itl, util)
+
+    # --- ground truth -------------------------------------------------------------------
+
+    def truth_between(self, start_wall_s: float, end_wall_s: float) -> dict[str, ServiceSignals]:
+        """Mean of each service's per-tick signals over ticks ending in (start, end]: what a
+        rate() over that window should read. Latencies: the max of the ticks' p99s."""
+        with self._lock:
+            recs = [r for r in self.truth if start_wall_s < r.wall_s <= end_wall_s]
+        out: dict[str, ServiceSignals] = {}
+        for svc in self.config.services:
+            sigs = [r.signals[svc.name] for r in recs if r.signals[svc.name].sampled_at_s is not None]
+            if not sigs:
+                out[svc.name] = ServiceSignals.missing(svc.name)
+                continue
+
+            def mean(name: str, sigs: list[ServiceSignals] = sigs) -> float | None:
+                vals = [v for s in sigs if (v := s.get(name)) is not None]
+                return sum(vals) / len(vals) if vals else None
+
+            def top(name: str, sigs: list[ServiceSignals] = sigs) -> float | None:
+                vals = [v for s in sigs if (v := s.get(name)) is not None]
+                return max(vals) if vals else None
+
+            out[svc.name] = ServiceSignals(
+                service=svc.name,
+                sampled_at_s=sigs[-1].sampled_at_s,
+                decode_tps=mean("decode_tps"),
+                prefill_tps=mean("prefill_tps"),
+                ttft_p99_s=top("ttft_p99_s"),
+                tbt_p99_s=top("tbt_p99_s"),
+                gpu_util_prefill=mean("gpu_util_prefill"),
+                gpu_util_decode=mean("gpu_util_decode"),
+            )
+        return out
