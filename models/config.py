@@ -373,7 +373,11 @@ class PlacementSettings(_Frozen):
     # $/GPU-hour added per RDMA-subgroup priority level of the cell (keeps premium pools free).
     priority_weight: Annotated[float, Field(ge=0)] = 0.05
     # $/GPU-hour charged for GPUs stranded on partly used nodes.
-    fragmentation_weight: Annotated[float, Field(ge=0)] = 0.01
+    # Off by default: its integer node counts slowed HiGHS ~5x on 20k-GPU cases (docs/placement.md).
+    fragmentation_weight: Annotated[float, Field(ge=0)] = 0.0
+    # Above this many cell variables, solve the LP relaxation first and the MIP only on the cells
+    # it uses plus the running ones (docs/placement.md: cost of this decomposition).
+    restrict_above_cells: Annotated[int, Field(ge=0)] = 3000
 
 
 class ClusterSettings(_Frozen):

@@ -85,7 +85,11 @@ def _problem(config: ClusterConfig, view: ClusterView, targets: Mapping[str, Rol
     s2_of = view.s2_of()
     p1, p2 = view.priorities(AffinityLevel.S1), view.priorities(AffinityLevel.S2)
     prio = {s1: max(p1.get(s1, 0), p2.get(s2, 0)) for s1, s2 in s2_of.items()}
-    group_of = {(s.name, s1): view.domain_of(s1, s.affinity) for s in services for s1 in s2_of}
+
+    def dom(s1: str, level: AffinityLevel) -> str:
+        return s1 if level is AffinityLevel.S1 else s2_of[s1] if level is AffinityLevel.S2 else "*"
+
+    group_of = {(s.name, s1): dom(s1, s.affinity) for s in services for s1 in s2_of}
     fixed_used: dict[tuple[str, str], int] = defaultdict(int)
     gpus_total: dict[tuple[str, str], int] = defaultdict(int)
     per_node: dict[tuple[str, str], int] = {}
@@ -225,8 +229,14 @@ class _Model:
     unmet: dict[tuple[str, Role], pulp.LpVariable]
 
 
-def build_model(pb: _Problem, st: PlacementSettings, *, relax: bool = False) -> _Model:
-    """The PuLP model, built sets -> parameters -> variables -> objective -> constraints."""
+def build_model(
+    pb: _Problem, st: PlacementSettings, *, relax: bool = False, only: set[CellKey] | None = None
+) -> _Model:
+    """The PuLP model, built sets -> parameters -> variables -> objective -> constraints.
+
+    `relax` makes every integer continuous (the LP bound); `only` restricts the cells to that set
+    (plus the running ones), for the second phase of `place_ilp` on large clusters.
+    """
     cat = pulp.LpContinuous if relax else pulp.LpInteger
     # Sets.
     types_at: dict[str, list[str]] = defaultdict(list)
@@ -234,9 +244,23 @@ def build_model(pb: _Problem, st: PlacementSettings, *, relax: bool = False) -> 
         types_at[g].append(s1)
     cells: list[CellKey] = []
     for s in pb.services:
+        both = pb.targets[s.name].num_prefill > 0 and pb.targets[s.name].num_decode > 0
+        # A group domain where one role has no allowed GPU type can hold no group: its cells
+        # would be forced to 0 by the pair constraints anyway, so they are not built at all.
+        hosts: dict[str, set[Role]] = defaultdict(set)
         for role in Role:
             for g in s.role(role).gpu_types:
-                cells.extend(CellKey(s.name, role, g, s1) for s1 in sorted(types_at.get(g, ())))
+                for s1 in types_at.get(g, ()):
+                    hosts[pb.group_of[(s.name, s1)]].add(role)
+        for role in Role:
+            for g in s.role(role).gpu_types:
+                cells.extend(
+                    CellKey(s.name, role, g, s1)
+                    for s1 in sorted(types_at.get(g, ()))
+                    if not both or len(hosts[pb.group_of[(s.name, s1)]]) == 2
+                )
+    if only is not None:
+        cells = [k for k in cells if k in only or k in pb.current]
     known = set(cells)
     # A running cell on a type the service no longer allows can only go to zero.
     stale = [k for k in pb.current if k not in known]
@@ -306,13 +330,14 @@ def build_model(pb: _Problem, st: PlacementSettings, *, relax: bool = False) -> 
             prob += usage - pb.gpus_per_node[(g, s1)] * nodes[(g, s1)] <= -fixed, f"nodes__{g}__{s1}"
     for k in pb.current:
         prob += x[k] - up[k] + down[k] == pb.current[k], f"churn__{k.service}__{k.role.value}__{k.gpu_type}__{k.s1}"
+    of_role: dict[tuple[str, Role], list[CellKey]] = defaultdict(list)
+    for k in cells:
+        of_role[(k.service, k.role)].append(k)
     for s in pb.services:
         for role in Role:
-            have = pulp.LpAffineExpression(
-                [(x[k], _weight(s, role, k.gpu_type)) for k in cells if k.service == s.name and k.role is role]
-            )
+            have = pulp.LpAffineExpression([(x[k], _weight(s, role, k.gpu_type)) for k in of_role[(s.name, role)]])
             prob += have + unmet[(s.name, role)] >= pb.targets[s.name].of(role), f"demand__{s.name}__{role.value}"
-        total = pulp.lpSum(x[k] for k in cells if k.service == s.name)
+        total = pulp.lpSum(x[k] for role in Role for k in of_role[(s.name, role)])
         prob += total <= s.policy.max_instances, f"max_instances__{s.name}"
     groups: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
     for k in cells:
@@ -418,8 +443,28 @@ def place_ilp(
         "variables": model.prob.numVariables(),
         "constraints": model.prob.numConstraints(),
         "build_s": round(built - started, 4),
+        "phases": 1,
     }
-    name, sol, failures = solve(model.prob, solvers if solvers is not None else _solvers(st, st.time_limit_s))
+    if len(model.x) > st.restrict_above_cells:
+        # Large cluster: the full MIP is hard for the solver's primal heuristics (see
+        # docs/placement.md), but its LP relaxation is solved in about a second and places
+        # instances in few cells. Solve the LP, then the MIP on the cells the LP uses plus the
+        # running ones. The loss against the full model is bounded by the LP bound we report.
+        lp_solver = pulp.HiGHS(msg=False, mip=False) if pulp.HiGHS().available() else None
+        if lp_solver is not None:
+            try:
+                model.prob.solve(lp_solver)
+            except (pulp.PulpSolverError, OSError, RuntimeError):
+                pass
+            if model.prob.status == pulp.LpStatusOptimal:
+                stats["lp_bound"] = round(float(pulp.value(model.prob.objective) or 0.0), 4)
+                support = {k for k, v in model.x.items() if (v.varValue or 0.0) > _EPS}
+                model = build_model(pb, st, only=support)
+                stats["phases"] = 2
+                stats["phase2_variables"] = model.prob.numVariables()
+                stats["phase2_constraints"] = model.prob.numConstraints()
+    time_left = max(0.1, st.time_limit_s - (time.perf_counter() - started))
+    name, sol, failures = solve(model.prob, solvers if solvers is not None else _solvers(st, time_left))
     stats["solve_s"] = round(time.perf_counter() - built, 4)
     if not name:
         why = "; ".join(failures) or "no solver available"

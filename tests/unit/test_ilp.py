@@ -115,7 +115,7 @@ class _BrokenSolver(pulp.LpSolver):
     def available(self) -> bool:
         return True
 
-    def actualSolve(self, lp: pulp.LpProblem) -> int:  # noqa: N802 - PuLP's method name
+    def actualSolve(self, lp: pulp.LpProblem) -> int:
         raise pulp.PulpSolverError("solver crashed (test)")
 
 
