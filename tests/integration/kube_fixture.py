@@ -103,6 +103,11 @@ class ApiServer(kmock.KubernetesEmulator):
     faults: list[Fault] = attrs.field(factory=list)
     _rv: Iterator[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
 
+    @property
+    def requests(self) -> list[rendering.Request]:
+        """Every request served so far, in order (kmock records them all)."""
+        return list(self._requests)
+
     def fail(self, method: str, path: str, status: int, times: int = 1) -> None:
         self.faults.append(Fault(method.upper(), re.compile(path), status, times))
 

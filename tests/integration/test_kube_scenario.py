@@ -26,7 +26,9 @@ CONFIG = {
         {"name": "a100", "memory_gib": 80, "cost_per_gpu_hour": 2.0},
     ],
     # Required by the schema; the Kubernetes backend discovers the real topology instead.
-    "topology": {"node_pools": [{"name": "p", "gpu_type": "h100", "nodes": 1, "gpus_per_node": 8, "s1": "x", "s2": "y"}]},
+    "topology": {
+        "node_pools": [{"name": "p", "gpu_type": "h100", "nodes": 1, "gpus_per_node": 8, "s1": "x", "s2": "y"}]
+    },
     "kubernetes": {
         "gpu_type_values": {"h100": ["NVIDIA-H100-80GB-HBM3"], "a100": ["NVIDIA-A100-SXM4-80GB"]},
         "soft_scale_in_window_s": 2,
