@@ -1,0 +1,473 @@
+"""Signals from Prometheus: metric profiles (vLLM, SGLang, Dynamo), PromQL templates, collector.
+
+What it decides: which PromQL to send, and what each answer means for each (service, role).
+Contract:
+  * one instant query per signal per *profile group* (services sharing engine profile, label
+    names and window), never one per service: 100 vLLM services cost 9 queries;
+  * service names are regex- and string-escaped into one `service=~"a|b"` matcher, so a name can
+    never inject PromQL (names are DNS-1123 already; this is defence in depth);
+  * a transient error (timeout, connection refused, HTTP 429/5xx) is retried `retries` times
+    with back-off; a permanent one (HTTP 4xx: a bad query) is not. A query that still fails
+    leaves its signals `None` and the error in `Collection.errors`: the policy holds, it never
+    reads a failure as zero load;
+  * a value that is absent, NaN or infinite is `None` (missing); a role whose newest scraped
+    sample is older than `max_staleness_s` has every signal `None` and `stale=True`.
+The PromQL text of every signal can be overridden per service (`signals.queries` in the config);
+placeholders: `$services` (service matcher), `$prefill` / `$decode` (plus the role matcher),
+`$window` (rate window), `$by` (service label), `$by_role` (service and role labels).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from string import Template
+from typing import Any
+
+from models.config import ClusterConfig, Role, SignalsProfile
+from models.values import ServiceSignals
+
+ENV_URL = "HETEROSCALE_PROMETHEUS_URL"
+ENV_TOKEN = "HETEROSCALE_PROMETHEUS_TOKEN"
+
+# Raw query result: Prometheus `data.result` of an instant vector query.
+QueryFn = Callable[[str, float | None, float], list[dict[str, Any]]]
+
+
+class TransientQueryError(RuntimeError):
+    """Worth retrying: timeout, connection failure, overload (HTTP 429 / 5xx)."""
+
+
+class PermanentQueryError(RuntimeError):
+    """Not worth retrying: the query itself is wrong (HTTP 4xx) or the answer is malformed."""
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    """One signal: which role(s) it belongs to and whether its query groups by role."""
+
+    name: str
+    roles: tuple[Role, ...]
+    by_role: bool
+    freshness: str = "freshness"  # which freshness query decides staleness
+
+
+SIGNALS: tuple[SignalSpec, ...] = (
+    SignalSpec("decode_tps", (Role.DECODE,), by_role=False),
+    SignalSpec("prefill_tps", (Role.PREFILL,), by_role=False),
+    SignalSpec("ttft_p99_s", (Role.PREFILL,), by_role=False),
+    SignalSpec("tbt_p99_s", (Role.DECODE,), by_role=False),
+    SignalSpec("running_requests", (Role.PREFILL, Role.DECODE), by_role=True),
+    SignalSpec("waiting_requests", (Role.PREFILL, Role.DECODE), by_role=True),
+    SignalSpec("gpu_util", (Role.PREFILL, Role.DECODE), by_role=True, freshness="gpu_freshness"),
+)
+FRESHNESS = ("freshness", "gpu_freshness")
+
+_DCGM = {
+    "gpu_util": "avg by ($by_role) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{$services}[$window])) / 100",
+    "gpu_freshness": "max by ($by_role) (timestamp(DCGM_FI_DEV_GPU_UTIL{$services}))",
+}
+
+# PromQL per engine. TTFT is read on the prefill role (queueing + prefill: what the SLO is about
+# in P/D serving), TBT on the decode role. Cache-missed prefill = prompt tokens minus prefix-cache
+# hits; `or ... * 0` keeps the signal when the engine runs without a prefix cache.
+PROFILES: dict[SignalsProfile, dict[str, str]] = {
+    SignalsProfile.VLLM: {
+        "decode_tps": "sum by ($by) (rate(vllm:generation_tokens_total{$decode}[$window]))",
+        "prefill_tps": (
+            "sum by ($by) (rate(vllm:prompt_tokens_total{$prefill}[$window]))"
+            " - (sum by ($by) (rate(vllm:prefix_cache_hits_total{$prefill}[$window]))"
+            " or sum by ($by) (rate(vllm:prompt_tokens_total{$prefill}[$window])) * 0)"
+        ),
+        "ttft_p99_s": (
+            "histogram_quantile(0.99, sum by ($by, le) (rate(vllm:time_to_first_token_seconds_bucket{$prefill}[$window])))"
+        ),
+        "tbt_p99_s": (
+            "histogram_quantile(0.99, sum by ($by, le) (rate(vllm:inter_token_latency_seconds_bucket{$decode}[$window])))"
+        ),
+        "running_requests": "sum by ($by_role) (vllm:num_requests_running{$services})",
+        "waiting_requests": "sum by ($by_role) (vllm:num_requests_waiting{$services})",
+        "freshness": "max by ($by_role) (timestamp(vllm:generation_tokens_total{$services}))",
+        **_DCGM,
+    },
+    SignalsProfile.SGLANG: {
+        "decode_tps": "sum by ($by) (rate(sglang:generation_tokens_total{$decode}[$window]))",
+        "prefill_tps": (
+            "sum by ($by) (rate(sglang:prompt_tokens_total{$prefill}[$window]))"
+            " - (sum by ($by) (rate(sglang:cached_tokens_total{$prefill}[$window]))"
+            " or sum by ($by) (rate(sglang:prompt_tokens_total{$prefill}[$window])) * 0)"
+        ),
+        "ttft_p99_s": (
+            "histogram_quantile(0.99, sum by ($by, le) (rate(sglang:time_to_first_token_seconds_bucket{$prefill}[$window])))"
+        ),
+        "tbt_p99_s": (
+            "histogram_quantile(0.99, sum by ($by, le) (rate(sglang:inter_token_latency_seconds_bucket{$decode}[$window])))"
+        ),
+        "running_requests": "sum by ($by_role) (sglang:num_running_reqs{$services})",
+        "waiting_requests": "sum by ($by_role) (sglang:num_queue_reqs{$services})",
+        "freshness": "max by ($by_role) (timestamp(sglang:num_running_reqs{$services}))",
+        **_DCGM,
+    },
+    # Dynamo: token and latency metrics come from the frontend (one per service, no role), queue
+    # depth from the frontend too; worker GPU utilisation from DCGM as for the others.
+    SignalsProfile.DYNAMO: {
+        "decode_tps": "sum by ($by) (rate(dynamo_frontend_output_sequence_tokens_sum{$services}[$window]))",
+        "prefill_tps": (
+            "sum by ($by) (rate(dynamo_frontend_input_sequence_tokens_sum{$services}[$window]))"
+            " * (1 - (avg by ($by) (dynamo_component_kvstats_gpu_prefix_cache_hit_rate{$prefill})"
+            " or avg by ($by) (dynamo_frontend_inflight_requests{$services}) * 0))"
+        ),
+        "ttft_p99_s": (
+            "histogram_quantile(0.99, sum by ($by, le) (rate(dynamo_frontend_time_to_first_token_seconds_bucket{$services}[$window])))"
+        ),
+        "tbt_p99_s": (
+            "histogram_quantile(0.99, sum by ($by, le) (rate(dynamo_frontend_inter_token_latency_seconds_bucket{$services}[$window])))"
+        ),
+        "running_requests": "sum by ($by) (dynamo_frontend_inflight_requests{$services})",
+        "waiting_requests": "sum by ($by) (dynamo_frontend_queued_requests{$services})",
+        "freshness": "max by ($by) (timestamp(dynamo_frontend_inflight_requests{$services}))",
+        **_DCGM,
+    },
+}
+
+# Dynamo's frontend series carry no role: those answers hold for both roles of the service.
+_ROLELESS = {SignalsProfile.DYNAMO: {"running_requests", "waiting_requests", "freshness"}}
+
+
+# --- PromQL building ---------------------------------------------------------------------
+
+_RE2_META = set("\\.+*?()|[]{}^$")
+
+
+def escape_label_value(value: str) -> str:
+    """A PromQL double-quoted string literal body for `value` (backslash, quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def regex_alternation(values: Iterable[str]) -> str:
+    """`a|b|c` matching exactly these values: RE2 metacharacters escaped, then string-escaped."""
+    parts = ["".join("\\" + ch if ch in _RE2_META else ch for ch in v) for v in sorted(set(values))]
+    return escape_label_value("|".join(parts))
+
+
+def _duration(seconds: float) -> str:
+    return f"{max(1, round(seconds))}s"
+
+
+@dataclass(frozen=True)
+class ProfileGroup:
+    """Services whose signals one set of queries answers."""
+
+    profile: SignalsProfile
+    service_label: str
+    role_label: str
+    window_s: float
+    overrides: tuple[tuple[str, str], ...]
+    # label value in Prometheus -> service name in the config
+    services: tuple[tuple[str, str], ...]
+
+    def queries(self) -> dict[str, str]:
+        """Signal name -> rendered PromQL for every service of the group."""
+        names = [v for v, _ in self.services]
+        svc = f'{self.service_label}=~"{regex_alternation(names)}"'
+        subst = {
+            "services": svc,
+            "prefill": f'{svc},{self.role_label}="{Role.PREFILL.value}"',
+            "decode": f'{svc},{self.role_label}="{Role.DECODE.value}"',
+            "window": _duration(self.window_s),
+            "by": self.service_label,
+            "by_role": f"{self.service_label},{self.role_label}",
+        }
+        templates = {**PROFILES[self.profile], **dict(self.overrides)}
+        return {name: Template(t).substitute(subst) for name, t in templates.items()}
+
+
+def profile_groups(config: ClusterConfig) -> list[ProfileGroup]:
+    window = config.prometheus.rate_window_s or config.cluster.control_period_s
+    groups: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
+    for svc in config.services:
+        src = svc.signals
+        key = (src.profile, src.service_label, src.role_label, tuple(sorted(src.queries.items())))
+        groups.setdefault(key, []).append((src.label_value or svc.name, svc.name))
+    return [
+        ProfileGroup(
+            profile=k[0], service_label=k[1], role_label=k[2], window_s=window, overrides=k[3], services=tuple(v)
+        )
+        for k, v in groups.items()
+    ]
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One signal of one (service, role): a value, or None with the reason."""
+
+    value: float | None
+    stale: bool = False
+    reason: str | None = None  # absent | nan | stale (age) | error: ...
+    sampled_at_s: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"value": self.value, "stale": self.stale, "reason": self.reason}
+
+
+@dataclass
+class Collection:
+    """What one collect saw: readings[service][role][signal], and how it went."""
+
+    query_time_s: float
+    readings: dict[str, dict[str, dict[str, Reading]]]
+    queries: int = 0
+    attempts: int = 0
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def to_service_signals(self, *, now_s: float | None = None) -> dict[str, ServiceSignals]:
+        """ServiceSignals per service. Times move into the caller's time base (`now_s`): the
+        age of a sample stays what Prometheus says it is."""
+        shift = 0.0 if now_s is None else now_s - self.query_time_s
+        out: dict[str, ServiceSignals] = {}
+        for name, roles in self.readings.items():
+            p, d = roles[Role.PREFILL.value], roles[Role.DECODE.value]
+            times = [r.sampled_at_s for role in (p, d) for r in role.values() if r.sampled_at_s is not None]
+            out[name] = ServiceSignals(
+                service=name,
+                sampled_at_s=(min(times) + shift) if times else None,
+                decode_tps=d["decode_tps"].value,
+                prefill_tps=p["prefill_tps"].value,
+                ttft_p99_s=p["ttft_p99_s"].value,
+                tbt_p99_s=d["tbt_p99_s"].value,
+                gpu_util_prefill=p["gpu_util"].value,
+                gpu_util_decode=d["gpu_util"].value,
+                running_requests=_sum_or_none(p["running_requests"].value, d["running_requests"].value),
+                waiting_requests=_sum_or_none(p["waiting_requests"].value, d["waiting_requests"].value),
+            )
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "query_time_s": self.query_time_s,
+            "queries": self.queries,
+            "attempts": self.attempts,
+            "wall_s": round(self.wall_s, 4),
+            "errors": self.errors,
+            "services": {
+                svc: {role: {sig: r.as_json() for sig, r in sigs.items()} for role, sigs in roles.items()}
+                for svc, roles in self.readings.items()
+            },
+        }
+
+
+def _sum_or_none(*values: float | None) -> float | None:
+    # A total with a missing part is unknown, not the sum of the known parts.
+    return None if any(v is None for v in values) else float(sum(v for v in values if v is not None))
+
+
+def _sample(item: Mapping[str, Any]) -> tuple[float, float | None]:
+    ts, raw = item["value"]
+    try:
+        v = float(raw)
+    except (TypeError, ValueError):
+        return float(ts), None
+    return float(ts), v if math.isfinite(v) else None
+
+
+def interpret(
+    group: ProfileGroup,
+    answers: Mapping[str, list[dict[str, Any]] | Exception],
+    *,
+    query_time_s: float,
+    max_staleness_s: float,
+) -> dict[str, dict[str, dict[str, Reading]]]:
+    """Readings per service, role and signal from the raw answers of one group's queries.
+
+    Pure: no I/O, no clock. An Exception in `answers` means that query failed for good.
+    """
+    by_value = dict(group.services)
+    roleless = _ROLELESS.get(group.profile, set())
+
+    def index(name: str, by_role: bool) -> dict[tuple[str, str | None], float | None] | Exception | None:
+        ans = answers.get(name)
+        if ans is None or isinstance(ans, Exception):
+            return ans
+        out: dict[tuple[str, str | None], float | None] = {}
+        for item in ans:
+            labels = item.get("metric", {})
+            svc = by_value.get(labels.get(group.service_label, ""))
+            if svc is None:
+                continue
+            role = labels.get(group.role_label) if by_role and name not in roleless else None
+            out[(svc, role)] = _sample(item)[1]
+        return out
+
+    fresh = {f: index(f, True) for f in FRESHNESS}
+    readings: dict[str, dict[str, dict[str, Reading]]] = {}
+    for svc in by_value.values():
+        readings[svc] = {r.value: {} for r in Role}
+        for spec in SIGNALS:
+            values = index(spec.name, spec.by_role)
+            for role in spec.roles:
+                readings[svc][role.value][spec.name] = _reading(
+                    values, fresh[spec.freshness], svc, role, spec.by_role and spec.name not in roleless,
+                    query_time_s, max_staleness_s, roleless_fresh=spec.freshness in roleless,
+                )  # fmt: skip
+    return readings
+
+
+def _reading(
+    values: dict[tuple[str, str | None], float | None] | Exception | None,
+    fresh: dict[tuple[str, str | None], float | None] | Exception | None,
+    svc: str,
+    role: Role,
+    by_role: bool,
+    query_time_s: float,
+    max_staleness_s: float,
+    *,
+    roleless_fresh: bool,
+) -> Reading:
+    if isinstance(values, Exception) or values is None:
+        return Reading(None, reason=f"error: {values}" if values is not None else "not queried")
+    sampled_at: float | None = None
+    if isinstance(fresh, dict):
+        sampled_at = fresh.get((svc, None if roleless_fresh else role.value))
+        if sampled_at is None:
+            # No series of this role at all within Prometheus' lookback: nothing scraped.
+            return Reading(None, reason="absent")
+        age = query_time_s - sampled_at
+        if age > max_staleness_s:
+            return Reading(None, stale=True, reason=f"stale ({age:.0f}s old)", sampled_at_s=sampled_at)
+    key = (svc, role.value if by_role else None)
+    if key not in values:
+        return Reading(None, reason="absent", sampled_at_s=sampled_at)
+    v = values[key]
+    if v is None:
+        return Reading(None, reason="nan", sampled_at_s=sampled_at)
+    # Unknown freshness (its query failed) is not proof of staleness; keep the value, say so.
+    reason = None if isinstance(fresh, dict) else "freshness unknown"
+    return Reading(v, reason=reason, sampled_at_s=sampled_at)
+
+
+# --- I/O ---------------------------------------------------------------------------------
+
+
+def run_query(
+    query: QueryFn,
+    promql: str,
+    at_s: float | None,
+    *,
+    timeout_s: float,
+    retries: int,
+    sleep: Callable[[float], None] = time.sleep,
+    backoff_s: float = 0.2,
+) -> tuple[list[dict[str, Any]] | Exception, int]:
+    """Run one query with retries on transient errors. Returns (result or final error, attempts)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return query(promql, at_s, timeout_s), attempt
+        except TransientQueryError as exc:
+            if attempt > retries:
+                return exc, attempt
+            sleep(backoff_s * 2 ** (attempt - 1))
+        except PermanentQueryError as exc:
+            return exc, attempt
+
+
+def collect(
+    config: ClusterConfig,
+    query: QueryFn,
+    *,
+    at_s: float | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Collection:
+    """Query every signal of every service (one query per signal per profile group).
+
+    `at_s`: evaluation time (Prometheus' own "now" when None; staleness is then judged against
+    `clock()`). Queries run in parallel, at most `prometheus.max_parallel_queries` at a time.
+    """
+    settings = config.prometheus
+    started = time.perf_counter()
+    query_time = at_s if at_s is not None else clock()
+    groups = profile_groups(config)
+    jobs = [(g, name, q) for g in groups for name, q in g.queries().items()]
+
+    def run(job: tuple[ProfileGroup, str, str]) -> tuple[list[dict[str, Any]] | Exception, int]:
+        return run_query(query, job[2], at_s, timeout_s=settings.timeout_s, retries=settings.retries, sleep=sleep)
+
+    with ThreadPoolExecutor(max_workers=settings.max_parallel_queries) as pool:
+        results = list(pool.map(run, jobs))
+    coll = Collection(query_time_s=query_time, readings={}, queries=len(jobs))
+    for g in groups:
+        answers: dict[str, list[dict[str, Any]] | Exception] = {}
+        for (jg, name, _q), (res, attempts) in zip(jobs, results, strict=True):
+            if jg is not g:
+                continue
+            answers[name] = res
+            coll.attempts += attempts
+            if isinstance(res, Exception):
+                coll.errors.append(f"{g.profile.value}/{name}: {res}")
+        coll.readings.update(interpret(g, answers, query_time_s=query_time, max_staleness_s=settings.max_staleness_s))
+    coll.wall_s = time.perf_counter() - started
+    return coll
+
+
+def http_query(url: str, *, token: str | None = None) -> QueryFn:
+    """A QueryFn over HTTP with prometheus-api-client (POST: long service matchers fit)."""
+    import requests
+    from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = PrometheusConnect(url=url, headers=headers, disable_ssl=False, method="POST")
+
+    def query(promql: str, at_s: float | None, timeout_s: float) -> list[dict[str, Any]]:
+        params = {} if at_s is None else {"time": f"{at_s:.3f}"}
+        try:
+            return client.custom_query(promql, params=params, timeout=timeout_s)
+        except (requests.Timeout, requests.ConnectionError) as exc:
+            raise TransientQueryError(f"{type(exc).__name__}: {exc}") from None
+        except PrometheusApiClientException as exc:
+            text = str(exc)
+            transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
+            raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
+        except (ValueError, KeyError) as exc:  # a non-JSON or malformed body
+            raise PermanentQueryError(f"malformed answer: {exc}") from None
+
+    return query
+
+
+def resolve_url(config: ClusterConfig, url: str | None = None) -> str:
+    """The Prometheus URL: explicit > HETEROSCALE_PROMETHEUS_URL > config `prometheus.url`."""
+    found = url or os.environ.get(ENV_URL) or config.prometheus.url
+    if not found:
+        raise ValueError(
+            f"no Prometheus URL: pass --prometheus-url, set {ENV_URL}, or set prometheus.url in the cluster config"
+        )
+    return found.rstrip("/")
+
+
+class PrometheusSignals:
+    """SignalsBackend over Prometheus. Queries at wall-clock now; sampled times are moved into
+    the flow's time base so signal ages are preserved whatever clock the cluster runs on."""
+
+    name = "prometheus"
+
+    def __init__(self, config: ClusterConfig, *, url: str | None = None, query: QueryFn | None = None) -> None:
+        self.url = resolve_url(config, url) if query is None else (url or "")
+        # The token is read from the environment only and never logged or stored elsewhere.
+        self._query = query or http_query(self.url, token=os.environ.get(ENV_TOKEN) or None)
+        self.last: Collection | None = None
+
+    def collect(self, config: ClusterConfig) -> Collection:
+        self.last = collect(config, self._query)
+        return self.last
+
+    def read_signals(self, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
+        return self.collect(config).to_service_signals(now_s=now_s)
