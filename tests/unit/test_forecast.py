@@ -1,0 +1,81 @@
+"""Forecasters: the filter form of Holt equals its recursion, gaps are gaps, selection is honest."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tasks.core.forecast import (
+    FORECASTERS,
+    backtest_series,
+    forecast_with,
+    holt_states,
+    select_forecaster,
+    to_grid,
+)
+
+
+def _holt_loop(y: list[float], alpha: float, beta: float, phi: float) -> tuple[list[float], list[float]]:
+    level, trend = [y[0]], [0.0]
+    for v in y[1:]:
+        lp, bp = level[-1], trend[-1]
+        l_new = alpha * v + (1 - alpha) * (lp + phi * bp)
+        trend.append(beta * (l_new - lp) + (1 - beta) * phi * bp)
+        level.append(l_new)
+    return level, trend
+
+
+@given(st.lists(st.floats(0, 1e4), min_size=2, max_size=200), st.floats(0.05, 0.95), st.floats(0.05, 0.9))
+@settings(max_examples=50, deadline=None)
+def test_holt_filter_equals_recursion(y: list[float], alpha: float, beta: float) -> None:
+    level, trend = holt_states(np.array(y), alpha=alpha, beta=beta, phi=0.9)
+    want_l, want_b = _holt_loop(y, alpha, beta, 0.9)
+    np.testing.assert_allclose(level, want_l, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(trend, want_b, rtol=1e-6, atol=1e-6)
+
+
+def test_missing_history_forecasts_none_never_zero() -> None:
+    for name, fn in FORECASTERS.items():
+        assert fn([], 300.0) is None, name
+        assert fn([(0.0, None), (60.0, math.nan)], 300.0) is None, name
+
+
+def test_gap_is_not_zero_load() -> None:
+    history = [(i * 60.0, 1000.0) for i in range(100)] + [(6000.0 + i * 60, None) for i in range(5)]
+    for name in FORECASTERS:
+        value = FORECASTERS[name](history, 240.0)
+        assert value is not None and abs(value - 1000.0) < 1.0, (name, value)
+
+
+def test_grid_keeps_gaps_as_nan() -> None:
+    grid = to_grid([(0.0, 1.0), (60.0, None), (120.0, 3.0)])
+    assert grid is not None and grid.step_s == 60.0
+    assert grid.y[0] == 1.0 and math.isnan(grid.y[1]) and grid.y[2] == 3.0
+
+
+def _diurnal(days: int, step_s: float, noise: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(days * 86400 / step_s)) * step_s
+    rng = np.random.default_rng(seed)
+    return 1000 + 600 * np.sin(2 * np.pi * t / 86400) + rng.normal(0, noise, len(t))
+
+
+def test_trend_and_season_beat_last_value_on_a_smooth_diurnal_series() -> None:
+    y = _diurnal(6, 600.0, noise=5.0)
+    scores, _ = backtest_series(y, 600.0, 1800.0)
+    assert scores["auto"].mape is not None and scores["last-value"].mape is not None
+    assert scores["auto"].mape < 0.5 * scores["last-value"].mape
+
+
+def test_selection_keeps_last_value_without_enough_history() -> None:
+    grid = to_grid([(i * 60.0, 100.0 + i) for i in range(5)])
+    assert grid is not None
+    assert select_forecaster(grid, 240.0)[0] == "last-value"
+
+
+def test_auto_reports_its_choice() -> None:
+    y = _diurnal(3, 600.0, noise=5.0)
+    value, method = forecast_with("auto", [(i * 600.0, float(v)) for i, v in enumerate(y)], 1800.0)
+    assert value is not None and method.startswith("auto:") and method != "auto:last-value"
