@@ -34,7 +34,7 @@ def _vec(rows: list[tuple[dict[str, str], float | str]], ts: float = NOW) -> lis
     return [{"metric": labels, "value": [ts, str(v)]} for labels, v in rows]
 
 
-def fake(age_s: float = 5.0, **override: Any):  # noqa: ANN201
+def fake(age_s: float = 5.0, **override: Any):
     """Answers like Prometheus for chat/code/summarize; `override[name]` replaces one answer."""
     calls: list[str] = []
 
@@ -148,14 +148,14 @@ def test_slow_prometheus_times_out_and_is_retried() -> None:
     hits = {"n": 0}
 
     class Slow(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             hits["n"] += 1
             time.sleep(0.6)
             self.send_response(200)
             self.end_headers()
             self.wfile.write(b'{"status":"success","data":{"resultType":"vector","result":[]}}')
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
