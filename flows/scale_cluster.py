@@ -9,6 +9,7 @@ store with its status: held, applied, dry-run, advisory or failed (with the step
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from models.config import ClusterConfig, load_config
 from models.values import Action, ApplyMode
 from tasks import steps
 from tasks.backends import make_backends
+from tasks.core.invariants import InvariantViolation, group_warnings, plan_violations
+from tasks.errors import retry_transient
 from tasks.report import run_markdown
 from tasks.store import Store
 
@@ -29,17 +32,30 @@ collect_task = task(
     name="collect signals",
     retries=2,
     retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
     cache_policy=NO_CACHE,
     timeout_seconds=60,
 )
 read_cluster_task = task(
-    steps.read_cluster, name="read cluster", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE, timeout_seconds=60
+    steps.read_cluster,
+    name="read cluster",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=60,
 )
 forecast_task = task(steps.forecast_load, name="forecast load", cache_policy=NO_CACHE)
 targets_task = task(steps.compute_targets, name="compute targets", cache_policy=NO_CACHE)
 place_task = task(steps.place, name="place", cache_policy=NO_CACHE, timeout_seconds=120)
 apply_task = task(
-    steps.apply_plan, name="apply", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE, timeout_seconds=300
+    steps.apply_plan,
+    name="apply",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=300,
 )
 
 
@@ -66,10 +82,15 @@ def scale_cluster(
     twin_trace: str | None = None,
     twin_peak_rps: dict[str, float] | None = None,
     database_url: str | None = None,
+    faults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One scaling run. Returns the run id, status and the decision per service."""
     logger = get_run_logger()
     config = load_config(config_path)
+    delay = settings.task_retry_delay_s()
+    collect = collect_task.with_options(retry_delay_seconds=delay)
+    read_cluster = read_cluster_task.with_options(retry_delay_seconds=delay)
+    apply = apply_task.with_options(retry_delay_seconds=2 * delay)
     apply_mode = ApplyMode(mode)
     store = Store(database_url or settings.database_url())
     cluster = config.cluster.name
@@ -78,18 +99,35 @@ def scale_cluster(
     run_id = store.start_run(
         cluster=cluster, now_s=None, mode=apply_mode.value, backend=backend, flow_run_id=_flow_run_id()
     )
+    # One run per cluster at a time, even if two deployments or a manual run race Prefect's
+    # concurrency limit. The lock expires so a crashed run cannot block the cluster for ever.
+    holder = store.try_lock(
+        cluster, run_id, now_wall_s=time.time(), ttl_s=max(600.0, 5 * config.cluster.control_period_s)
+    )
+    if holder is not None:
+        msg = f"another run (id {holder}) holds the lock of cluster {cluster!r}; this run changed nothing"
+        store.finish_run(run_id, status="skipped", error=msg)
+        logger.warning("run %s skipped: %s", run_id, msg)
+        return {"run_id": run_id, "status": "skipped", "moving": False, "changes": 0, "decisions": {}}
     step = "connect backends"
     record: dict[str, Any] = {}
     try:
-        be = make_backends(config, backend, signals=signals_backend, twin_trace=twin_trace, twin_peak_rps=twin_peak_rps)
+        be = make_backends(
+            config,
+            backend,
+            signals=signals_backend,
+            twin_trace=twin_trace,
+            twin_peak_rps=twin_peak_rps,
+            faults=faults,
+        )
         be.before_run()
         now = float(be.clock())
         record["now_s"] = now
         step = "collect signals"
-        signals = collect_task(be.signals, config, now)
+        signals = collect(be.signals, config, now)
         record["signals"] = signals
         step = "read cluster"
-        view = read_cluster_task(be.cluster, config, now)
+        view = read_cluster(be.cluster, config, now)
         record["current"] = steps.current_counts(config, view)
         step = "forecast load"
         keep_s = 8 * 86400.0
@@ -102,8 +140,13 @@ def scale_cluster(
         record["targets"] = targets
         step = "place"
         record["plan"] = plan = place_task(config, view, targets)
+        step = "check invariants"
+        broken = plan_violations(config, view, signals, targets, plan, now)
+        if broken:
+            raise InvariantViolation("; ".join(broken))
+        warnings = group_warnings(config, view, plan)
         step = "apply"
-        record["result"] = result = apply_task(be.cluster, config, plan, apply_mode, now)
+        record["result"] = result = apply(be.cluster, config, plan, apply_mode, now)
         step = "record run"
         if apply_mode is ApplyMode.APPLY:
             store.save_states(cluster, states)
@@ -112,6 +155,10 @@ def scale_cluster(
         summary = ", ".join(f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items())
         if result.error:  # backend warnings (paused service, manual override, drains): kept in the record
             summary += f" | warnings: {result.error}"
+        if result.error:
+            warnings.append(result.error)
+        if warnings:
+            summary += " | warnings: " + "; ".join(warnings)
         record_task(store, run_id, status=status, summary=summary, **record)
         _publish(config, status, record)
         logger.info("run %s %s: %s", run_id, status, summary)
@@ -144,6 +191,8 @@ def scale_cluster(
         )
         logger.error("run %s failed in step %r: %s", run_id, step, exc)
         raise
+    finally:
+        store.unlock(cluster, run_id)
 
 
 def _publish(config: ClusterConfig, status: str, record: dict[str, Any]) -> None:

@@ -23,3 +23,8 @@ def database_url() -> str:
     d = data_dir()
     d.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{d / 'heteroscale.db'}"
+
+
+def task_retry_delay_s() -> float:
+    """Seconds between retries of the I/O tasks (`HETEROSCALE_TASK_RETRY_DELAY_S`, default 2)."""
+    return float(os.environ.get("HETEROSCALE_TASK_RETRY_DELAY_S", "2"))

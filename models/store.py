@@ -101,3 +101,13 @@ class MetricSample(SQLModel, table=True):
     service: str = Field(index=True)
     t_s: float = Field(index=True)
     value: float | None = None
+
+
+class ClusterLock(SQLModel, table=True):
+    """At most one scaling run per cluster at a time (beside Prefect's concurrency limit)."""
+
+    __tablename__ = "cluster_lock"
+
+    cluster: str = Field(primary_key=True)
+    run_id: int
+    expires_at_s: float  # wall-clock epoch seconds; an expired lock may be taken over

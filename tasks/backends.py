@@ -6,9 +6,9 @@ The flows and the replay loop only see these protocols. Implementations: the rep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from models.config import ClusterConfig
 from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals
@@ -49,11 +49,16 @@ def make_backends(
     signals: str | SignalsBackend | None = None,
     twin_trace: str | None = None,
     twin_peak_rps: dict[str, float] | None = None,
+    faults: Mapping[str, Any] | None = None,
 ) -> Backends:
     """Backends by name. `cluster`: twin; `signals`: twin (default: same as the cluster).
 
-    Each branch imports its own dependencies, so an unused backend costs nothing.
+    Each branch imports its own dependencies, so an unused backend costs nothing. `faults`
+    (see `sim.faults.FaultPlan`) wraps both in fault injectors, for tests, soaks and game days.
     """
+    from sim.faults import FaultPlan
+    from sim.faults import wrap as wrap_faults
+
     if cluster == "twin":
         from heteroscale import settings
         from sim.live import TwinBackend, auto_peaks, demo_curves
@@ -91,6 +96,9 @@ def make_backends(
         signals_backend = PrometheusSignals(config)
     else:
         raise ValueError(f"unknown signals backend {signals!r}; choose one of: twin, prometheus")
+    plan = FaultPlan.parse(faults)
+    if plan is not None:
+        signals_backend, cluster_backend = wrap_faults(signals_backend, cluster_backend, plan)
     if cluster == "kube":
         kube.signals = signals_backend  # read again only to judge SLOs while instances drain
     return Backends(signals=signals_backend, cluster=cluster_backend, clock=clock, before_run=before)

@@ -13,11 +13,13 @@ import json
 import math
 from collections.abc import Mapping
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, create_engine, delete, select
 
 from models.store import (
     AppliedChange,
+    ClusterLock,
     DecisionRecord,
     MetricSample,
     PlacementRecord,
@@ -221,4 +223,34 @@ class Store:
     def prune_samples(self, cluster: str, before_s: float) -> None:
         with Session(self.engine) as s:
             s.exec(delete(MetricSample).where(MetricSample.cluster == cluster, MetricSample.t_s < before_s))  # type: ignore[call-overload]
+            s.commit()
+
+    # --- one run per cluster at a time ----------------------------------------------------
+
+    def try_lock(self, cluster: str, run_id: int, *, now_wall_s: float, ttl_s: float) -> int | None:
+        """Take the cluster's lock for `run_id`. Returns None on success, else the holder's run id.
+
+        Atomic on any SQL database: an insert, or a conditional update of an expired lock.
+        """
+        with Session(self.engine) as s:
+            s.add(ClusterLock(cluster=cluster, run_id=run_id, expires_at_s=now_wall_s + ttl_s))
+            try:
+                s.commit()
+                return None
+            except IntegrityError:
+                s.rollback()
+            taken = s.execute(
+                update(ClusterLock)
+                .where(col(ClusterLock.cluster) == cluster, col(ClusterLock.expires_at_s) < now_wall_s)
+                .values(run_id=run_id, expires_at_s=now_wall_s + ttl_s)
+            )
+            s.commit()
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
+                return None
+            holder = s.get(ClusterLock, cluster)
+            return holder.run_id if holder is not None else -1
+
+    def unlock(self, cluster: str, run_id: int) -> None:
+        with Session(self.engine) as s:
+            s.exec(delete(ClusterLock).where(ClusterLock.cluster == cluster, ClusterLock.run_id == run_id))  # type: ignore[call-overload]
             s.commit()

@@ -12,6 +12,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+# Task retries still happen in tests, without the production back-off.
+os.environ.setdefault("HETEROSCALE_TASK_RETRY_DELAY_S", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "deployments" / "clusters" / "demo.yaml"
