@@ -274,7 +274,7 @@ def capacity_cmd(
 
     def run() -> None:
         if validate:
-            console.print(validate_against_splitwise(validate).to_markdown(index=False, floatfmt=".3f"))
+            console.print(validate_against_splitwise(validate).to_string(index=False, float_format="{:.3f}".format))
             return
         cfg = load_config(config)
         req = load_requests(trace or settings.BUNDLED_TRACE)
