@@ -26,7 +26,11 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
 )
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 def _paths(d: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -98,7 +102,12 @@ def test_services_of_junk(cfg: dict[str, Any]) -> None:
         pass
 
 
-cells = st.one_of(st.integers(-5, 10**6).map(str), st.floats(allow_nan=True).map(str), st.text(alphabet="ab,-.:9 \"", max_size=12), st.just(""))
+cells = st.one_of(
+    st.integers(-5, 10**6).map(str),
+    st.floats(allow_nan=True).map(str),
+    st.text(alphabet='ab,-.:9 "', max_size=12),
+    st.just(""),
+)
 
 
 @settings(max_examples=200, deadline=None)
