@@ -30,6 +30,7 @@ from typing import Any
 
 from models.config import ClusterConfig, Role, SignalsProfile
 from models.values import ServiceSignals
+from tasks.errors import PermanentError
 
 ENV_URL = "HETEROSCALE_PROMETHEUS_URL"
 ENV_TOKEN = "HETEROSCALE_PROMETHEUS_TOKEN"
@@ -42,7 +43,7 @@ class TransientQueryError(RuntimeError):
     """Worth retrying: timeout, connection failure, overload (HTTP 429 / 5xx)."""
 
 
-class PermanentQueryError(RuntimeError):
+class PermanentQueryError(PermanentError):
     """Not worth retrying: the query itself is wrong (HTTP 4xx) or the answer is malformed."""
 
 

@@ -21,6 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from models.config import ClusterConfig
+from tasks.errors import PermanentError
 
 ENV_API_URL = "HETEROSCALE_KUBE_API_URL"
 ENV_CONTEXT = "HETEROSCALE_KUBE_CONTEXT"
@@ -36,7 +37,7 @@ class KubeTransientError(KubeError):
     """Worth retrying as is: throttling, server errors, timeouts, connection resets."""
 
 
-class KubePermanentError(KubeError):
+class KubePermanentError(KubeError, PermanentError):
     """Retrying will not help; the message says what an operator must change."""
 
     permanent = True
