@@ -8,11 +8,14 @@ interval and tags and drift from them; this script reads the configs (validated 
 one deployment per file. `--print-yaml` renders the equivalent `prefect.yaml` for review.
 
 Contract:
-- one deployment `scale_cluster/<cluster>` per `*.yaml` in the clusters directory, with an
+- one deployment `scale_cluster/<file stem>` per `*.yaml` in the clusters directory, with an
   interval schedule (the config's `control_period_s`, default 60 s, or `--interval`),
   concurrency limit 1 with CANCEL_NEW (a run that would overlap the previous one is dropped, not
   queued: a stale scaling decision is worse than none), tags `heteroscale`, `scale`,
   `cluster:<name>`;
+- one controller per cluster: when several files declare the same cluster (a curated variant
+  next to the original), the file named `<cluster>.yaml` (else the first by name) gets the active
+  schedule and the others are registered with their schedule paused, to switch over in the UI;
 - the manual flows `plan_capacity/manual`, `replay/manual` and `bench_policies/manual`
   (no schedule) so operators can run them from the UI with parameters;
 - target `process` (local): a process work pool, code loaded from this checkout;
@@ -28,7 +31,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +55,13 @@ SCALE_ENTRYPOINT = "flows/scale_cluster.py:scale_cluster"
 class ClusterDeployment:
     """What one cluster's scheduled deployment says (pure data; registering is separate)."""
 
+    name: str  # the config file's stem
     cluster: str
     config_path: str  # relative to the project root, so the same value works in the image
     interval_s: float
     tags: tuple[str, ...]
     parameters: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.cluster
+    paused: bool = False  # another config of the same cluster holds the active schedule
 
 
 def cluster_deployments(
@@ -85,6 +86,7 @@ def cluster_deployments(
             rel = str(path.resolve())
         out.append(
             ClusterDeployment(
+                name=path.stem,
                 cluster=name,
                 config_path=rel,
                 interval_s=float(interval_s or cfg.cluster.control_period_s or 60.0),
@@ -92,11 +94,10 @@ def cluster_deployments(
                 parameters={"config_path": rel, "backend": backend, "mode": "apply"},
             )
         )
-    names = [d.cluster for d in out]
-    dup = {n for n in names if names.count(n) > 1}
-    if dup:
-        raise ValueError(f"two cluster configs declare the same cluster name: {sorted(dup)}")
-    return out
+    active: dict[str, str] = {}
+    for d in sorted(out, key=lambda d: (d.name != d.cluster, d.name)):
+        active.setdefault(d.cluster, d.name)
+    return [replace(d, paused=active[d.cluster] != d.name) for d in out]
 
 
 def prefect_yaml(deployments: Sequence[ClusterDeployment], *, pool: str = PROCESS_POOL) -> dict[str, Any]:
@@ -111,7 +112,7 @@ def prefect_yaml(deployments: Sequence[ClusterDeployment], *, pool: str = PROCES
                 "entrypoint": SCALE_ENTRYPOINT,
                 "tags": list(d.tags),
                 "parameters": d.parameters,
-                "schedules": [{"interval": d.interval_s, "active": True}],
+                "schedules": [{"interval": d.interval_s, "active": not d.paused}],
                 "concurrency_limit": {"limit": 1, "collision_strategy": "CANCEL_NEW"},
                 "work_pool": {"name": pool},
             }
@@ -186,11 +187,12 @@ def register(
             name=d.name,
             work_pool_name=pool,
             interval=d.interval_s,
-            paused=paused,
+            paused=paused or d.paused,
             concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
             parameters=d.parameters,
             tags=list(d.tags),
-            description=f"Scale cluster {d.cluster} every {d.interval_s:g} s ({d.config_path}).",
+            description=f"Scale cluster {d.cluster} every {d.interval_s:g} s ({d.config_path})."
+            + (" Paused: another config of this cluster holds the active schedule." if d.paused else ""),
             **extra,
         )
         ids[f"scale_cluster/{d.name}"] = str(dep_id)

@@ -3,7 +3,11 @@
 # Chromium). Idempotent: does nothing when they are present. Needs root or sudo for apt-get.
 set -euo pipefail
 want=()
-need() { command -v "$1" >/dev/null 2>&1 || want+=("$2"); }
+# A name with a slash is a path glob (PostgreSQL's server binaries are not on PATH).
+need() {
+  if [[ "$1" == */* ]]; then compgen -G "$1" >/dev/null || want+=("$2")
+  else command -v "$1" >/dev/null 2>&1 || want+=("$2"); fi
+}
 # (filled in as integration tests need real servers)
 [ -f scripts/system-deps.list ] && while read -r bin pkg; do
   [[ -z "$bin" || "$bin" == \#* ]] && continue
