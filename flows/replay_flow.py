@@ -67,7 +67,7 @@ def load_curves_task(
     return load_curves(config, traces, peak_rps, lengths)
 
 
-@task(name="replay policy", cache_policy=NO_CACHE, timeout_seconds=3600, persist_result=False)
+@task(name="replay policy", cache_policy=NO_CACHE, persist_result=False)
 def replay_policy_task(config: ClusterConfig, curves: dict[str, LoadCurve], policy: str) -> Any:
     from flows.replay import run_league
 

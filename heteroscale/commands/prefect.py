@@ -21,7 +21,11 @@ import typer
 from rich.table import Table
 
 from heteroscale import settings
-from heteroscale.cli import DEMO_PEAKS, _per_service, _user_errors, app, console
+from heteroscale.cli import _per_service, _user_errors, app, console
+
+# The demo cluster's planning load: the bundled Azure trace scaled to these peak req/s per
+# service (docs/capacity-planning.md records the answer for exactly this load).
+DEMO_PEAK_RPS = {"chat": 60.0, "code": 30.0, "summarize": 20.0}
 
 
 def _floats(values: list[str], names: list[str], what: str) -> dict[str, float]:
@@ -71,7 +75,7 @@ def _plan(
         return plan(cfg, peak_metrics=json.loads(peak_metrics.read_text()), **kwargs)
     peaks = _floats(peak_rps, names, "--peak-rps") if peak_rps else None
     if peaks is None and config.resolve() == settings.DEMO_CONFIG.resolve():
-        peaks = dict(DEMO_PEAKS)  # the demo's load, as `heteroscale demo` replays it
+        peaks = dict(DEMO_PEAK_RPS)
     curves = load_curves(cfg, trace or str(settings.BUNDLED_TRACE), peaks)
     return plan(cfg, curves=curves, **kwargs)
 
