@@ -20,7 +20,7 @@ Contract:
   (no schedule) so operators can run them from the UI with parameters;
 - target `process` (local): a process work pool, code loaded from this checkout;
   target `kubernetes`: a kubernetes work pool whose base job template is
-  `deployments/k8s/work-pool-template.json` (owned by the Kubernetes work), code baked in the image;
+  `deployments/k8s/work-pool-job-template.json` (owned by the Kubernetes work), code baked in the image;
 - parameters carry paths and names only. Secrets (Prometheus token, kubeconfig) are never
   parameters: the backends read them from Prefect Secret blocks or the worker's environment.
 """
@@ -37,7 +37,7 @@ from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLUSTERS_DIR = PROJECT_ROOT / "deployments" / "clusters"
-K8S_TEMPLATE = PROJECT_ROOT / "deployments" / "k8s" / "work-pool-template.json"
+K8S_TEMPLATE = PROJECT_ROOT / "deployments" / "k8s" / "work-pool-job-template.json"
 PROCESS_POOL = "heteroscale-process"
 K8S_POOL = "heteroscale-k8s"
 K8S_CODE_DIR = "/opt/heteroscale"  # where the image keeps this repository

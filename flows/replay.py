@@ -27,6 +27,8 @@ from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
 from tasks.core.topology import view_from_config
 
 DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
+# What `heteroscale demo` replays: the baselines, the paper's policy and ours.
+DEMO_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper", "heteroscale")
 # Every policy, in the order the league tables list them.
 ALL_POLICIES = ("static-peak", "hpa-gpu-util", "hpa-tps", "heteroscale-paper", "dynamo-sla", "heteroscale", "oracle")
 # Forecasters look back this far in a replay. extend_history/forecast_load copy and scan the
@@ -215,3 +217,36 @@ def run_league(
             )
         )
     return results
+
+
+# `--peak-rps auto`: the share of the cluster's GPUs static-peak should need at the trace's peak.
+AUTO_GPU_SHARE = 0.8
+
+
+def static_peak_gpus(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> int:
+    """GPUs the static-peak fleet holds for these curves."""
+    counts = initial_counts(config, curves, "static-peak")
+    return sum(
+        c.num_prefill * config.service(n).prefill.gpus_per_instance
+        + c.num_decode * config.service(n).decode.gpus_per_instance
+        for n, c in counts.items()
+    )
+
+
+def fit_to_cluster(
+    config: ClusterConfig, curves: Mapping[str, LoadCurve], share: float = AUTO_GPU_SHARE
+) -> tuple[dict[str, LoadCurve], float]:
+    """Scale every curve by one factor so static-peak needs about `share` of the cluster's GPUs
+    ("this load shape, on my cluster"). Returns the scaled curves and the factor."""
+    total = sum(p.nodes * p.gpus_per_node for p in config.topology.node_pools)
+    goal = share * total
+    lo, hi = 1e-6, 1.0
+    while static_peak_gpus(config, {n: c.scaled(hi) for n, c in curves.items()}) < goal and hi < 1e9:
+        hi *= 2
+    for _ in range(50):
+        mid = math.sqrt(lo * hi)
+        if static_peak_gpus(config, {n: c.scaled(mid) for n, c in curves.items()}) <= goal:
+            lo = mid
+        else:
+            hi = mid
+    return {n: c.scaled(lo) for n, c in curves.items()}, lo

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -35,6 +36,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 T = TypeVar("T")
 
+# A fixed demo load (req/s at the trace's peak) for commands that need one, e.g. `plan`.
 DEMO_PEAKS = {"chat": 60.0, "code": 30.0, "summarize": 20.0}
 
 
@@ -85,13 +87,18 @@ def validate(config: Annotated[Path, typer.Argument(help="Cluster config YAML.")
     )
 
 
-def _load_curves(cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[str]) -> dict[str, Any]:
+def _load_curves(
+    cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[str]
+) -> tuple[dict[str, Any], float | None]:
+    """Curves per service; `--peak-rps auto` fits the load to the cluster (returns the factor)."""
+    from flows.replay import fit_to_cluster
     from sim.traces import load_curve
 
     names = [s.name for s in cfg.services]
+    auto = "auto" in peak_rps
     traces = _per_service(trace, names, "--trace")
     lens = _per_service(lengths, names, "--lengths") if lengths else {}
-    peaks = _per_service(peak_rps, names, "--peak-rps") if peak_rps else {}
+    peaks = _per_service([p for p in peak_rps if p != "auto"], names, "--peak-rps") if not auto else {}
     dt = min(10.0, cfg.cluster.control_period_s)
     cache: dict[tuple[str, str | None], Any] = {}
     curves = {}
@@ -104,15 +111,26 @@ def _load_curves(cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[
             try:
                 peak = float(peaks[name])
             except ValueError:
-                raise ValueError(f"--peak-rps for {name}: {peaks[name]!r} is not a number") from None
+                raise ValueError(f"--peak-rps for {name}: {peaks[name]!r} is not a number or 'auto'") from None
             curve = curve.scaled_to_peak(peak)
         curves[name] = curve
-    return curves
+    if auto:
+        return fit_to_cluster(cfg, curves)
+    return curves, None
 
 
 def _print_league(rows: list[dict[str, Any]]) -> None:
     t = Table(title="policy league (same load, same starting fleet)")
-    for col in ("policy", "GPU-hours", "avg GPU util", "SLO attainment", "scale actions", "wall s"):
+    for col in (
+        "policy",
+        "GPU-hours",
+        "avg GPU util",
+        "SLO attainment",
+        "TTFT p99 s",
+        "TBT p99 s",
+        "scale actions",
+        "wall s",
+    ):
         t.add_column(col, justify="left" if col == "policy" else "right")
     for r in rows:
         t.add_row(
@@ -120,6 +138,8 @@ def _print_league(rows: list[dict[str, Any]]) -> None:
             f"{r['gpu_hours']:.1f}",
             f"{r['avg_gpu_util']:.1%}",
             f"{r['slo_attainment']:.1%}",
+            "—" if r.get("ttft_p99_s") is None else f"{r['ttft_p99_s']:.3g}",
+            "—" if r.get("tbt_p99_s") is None else f"{r['tbt_p99_s']:.3g}",
             str(r["scale_actions"]),
             f"{r['wall_s']:.2f}",
         )
@@ -127,58 +147,118 @@ def _print_league(rows: list[dict[str, Any]]) -> None:
 
 
 def _run_replay(
-    config: Path, trace: list[str], lengths: list[str], peak_rps: list[str], policy: list[str], out: Path
+    config: Path,
+    trace: list[str],
+    lengths: list[str],
+    peak_rps: list[str],
+    policies: list[str],
+    out: Path,
+    *,
+    placement: str | None = None,
+    skip: float = 0.0,
 ) -> dict[str, Path]:
-    from flows.replay import DEFAULT_LEAGUE, run_league
+    from flows.replay import run_league
     from heteroscale.league import write_outputs
     from models.config import load_config
     from tasks.core.policy import POLICIES
 
     cfg = load_config(config)
-    policies = policy or list(DEFAULT_LEAGUE)
     bad = [p for p in policies if p not in POLICIES]
     if bad:
         raise ValueError(f"unknown policy {bad}; choose from {sorted(POLICIES)}")
-    curves = _load_curves(cfg, trace, lengths, peak_rps)
+    if not 0 <= skip < 1:
+        raise ValueError(f"--skip must be a share in [0, 1), got {skip}")
+    curves, factor = _load_curves(cfg, trace, lengths, peak_rps)
+    if skip:
+        curves = {n: c.split(skip)[1] for n, c in curves.items()}
+    started = time.perf_counter()
     with console.status("replaying") as status:
         results = run_league(
             cfg,
             curves,
             policies,
+            placement=placement,
             progress=lambda name, f: status.update(f"replaying {name}: {f:.0%}"),
         )
+    wall = time.perf_counter() - started
     cmd = "heteroscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = write_outputs(results, cfg, curves, out, command=cmd)
+    extra = {"peak_rps_auto_scale": factor, "skip": skip, "wall_s_total": round(wall, 2)}
+    paths = write_outputs(results, cfg, curves, out, command=cmd, extra=extra)
     _print_league([r.summary() for r in results])
+    if factor is not None:
+        console.print(f"--peak-rps auto: trace rate x{factor:.3g} (static-peak needs ~80% of the cluster's GPUs)")
+    console.print(f"replayed in {wall:.1f} s")
     return paths
+
+
+def _print_paths(paths: dict[str, Path]) -> None:
+    for name in ("summary", "report", "plot", "tradeoff"):
+        if name in paths:
+            console.print(f"{name + ':':10s}{paths[name]}", highlight=False)
+
+
+_TRACE_HELP = "[SERVICE=]PATH: per-request or rate CSV."
+_LENGTHS_HELP = "[SERVICE=]PATH: request sizes for a rate trace."
+_PEAK_HELP = "[SERVICE=]X: rescale the trace so its peak is X req/s; or 'auto' (static-peak needs ~80% of the GPUs)."
+_PLACEMENT_HELP = "Placement for every policy (greedy | ilp); default: ilp for heteroscale, greedy for the baselines."
+_SKIP_HELP = "Skip this share of the trace and replay the rest (evaluate on data curate did not see)."
 
 
 @app.command()
 def replay(
     config: Annotated[Path, typer.Option(help="Cluster config YAML.")],
-    trace: Annotated[list[str], typer.Option(help="[SERVICE=]PATH: per-request or rate CSV.")],
+    trace: Annotated[list[str], typer.Option(help=_TRACE_HELP)],
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("replay-out"),
     policy: Annotated[list[str], typer.Option(help="Policy to replay (repeat).")] = [],  # noqa: B006
-    lengths: Annotated[list[str], typer.Option(help="[SERVICE=]PATH: request sizes for a rate trace.")] = [],  # noqa: B006
-    peak_rps: Annotated[list[str], typer.Option(help="[SERVICE=]X: rescale the trace so its peak is X req/s.")] = [],  # noqa: B006
+    lengths: Annotated[list[str], typer.Option(help=_LENGTHS_HELP)] = [],  # noqa: B006
+    peak_rps: Annotated[list[str], typer.Option(help=_PEAK_HELP)] = [],  # noqa: B006
+    placement: Annotated[str | None, typer.Option(help=_PLACEMENT_HELP)] = None,
+    skip: Annotated[float, typer.Option(help=_SKIP_HELP)] = 0.0,
 ) -> None:
-    """Replay a trace on the twin with each policy; write summary.json, a plot and a report."""
-    paths = _user_errors(lambda: _run_replay(config, trace, lengths, peak_rps, policy, out))
-    console.print(f"summary: {paths['summary']}\nplot:    {paths['plot']}\nreport:  {paths['report']}")
+    """Replay a trace on the twin with each policy; write summary.json, plots and a report."""
+    from flows.replay import DEFAULT_LEAGUE
+
+    pols = policy or list(DEFAULT_LEAGUE)
+    _print_paths(
+        _user_errors(lambda: _run_replay(config, trace, lengths, peak_rps, pols, out, placement=placement, skip=skip))
+    )
+
+
+@bench_app.command("policies")
+def bench_policies(
+    config: Annotated[Path, typer.Option(help="Cluster config YAML.")],
+    trace: Annotated[list[str], typer.Option(help=_TRACE_HELP)],
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("league-out"),
+    policy: Annotated[list[str], typer.Option(help="Policy (repeat); default all.")] = [],  # noqa: B006
+    lengths: Annotated[list[str], typer.Option(help=_LENGTHS_HELP)] = [],  # noqa: B006
+    peak_rps: Annotated[list[str], typer.Option(help=_PEAK_HELP)] = [],  # noqa: B006
+    placement: Annotated[str | None, typer.Option(help=_PLACEMENT_HELP)] = None,
+    skip: Annotated[float, typer.Option(help=_SKIP_HELP)] = 0.0,
+) -> None:
+    """Every policy on the same load: summary.json, league table, plots (replay's contract)."""
+    from flows.replay import ALL_POLICIES
+
+    pols = policy or list(ALL_POLICIES)
+    _print_paths(
+        _user_errors(lambda: _run_replay(config, trace, lengths, peak_rps, pols, out, placement=placement, skip=skip))
+    )
 
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option(help="Output directory.")] = Path("demo-out")) -> None:
     """Replay the bundled Azure trace on the demo cluster through the policy league."""
-    peaks = [f"{k}={v}" for k, v in DEMO_PEAKS.items()]
     console.print(
         f"[bold]heteroscale demo[/]: cluster {settings.DEMO_CONFIG.relative_to(settings.PROJECT_ROOT)}, "
         f"trace {settings.BUNDLED_TRACE.relative_to(settings.PROJECT_ROOT)} (Azure LLM inference 2023, "
-        f"CC-BY-4.0), peaks {DEMO_PEAKS} req/s",
+        "CC-BY-4.0), scaled so that its peak needs ~80% of the cluster under static-peak",
         highlight=False,
     )
-    paths = _user_errors(lambda: _run_replay(settings.DEMO_CONFIG, [str(settings.BUNDLED_TRACE)], [], peaks, [], out))
-    console.print(f"summary: {paths['summary']}\nplot:    {paths['plot']}\nreport:  {paths['report']}")
+    from flows.replay import DEMO_LEAGUE
+
+    paths = _user_errors(
+        lambda: _run_replay(settings.DEMO_CONFIG, [str(settings.BUNDLED_TRACE)], [], ["auto"], list(DEMO_LEAGUE), out)
+    )
+    _print_paths(paths)
 
 
 @app.command()

@@ -1,4 +1,8 @@
-"""Replay outputs: `summary.json`, the plot of load and P/D counts, and the markdown report."""
+"""Replay outputs: `summary.json`, the league table, plots and the markdown report.
+
+One writer for `heteroscale replay`, `heteroscale bench policies`, `heteroscale demo` and the
+Prefect replay flow, so the `summary.json` contract has one definition.
+"""
 
 from __future__ import annotations
 
@@ -11,27 +15,38 @@ from flows.replay import ReplayResult
 from models.config import ClusterConfig
 from sim.traces import LoadCurve
 
-SUMMARY_KEYS = ("policy", "gpu_hours", "avg_gpu_util", "slo_attainment", "scale_actions", "simulated_s", "wall_s")
+
+def _fmt_s(v: float | None) -> str:
+    return "—" if v is None else f"{v:.3g}"
 
 
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The league as a markdown table."""
-    head = "| policy | GPU-hours | avg GPU util | SLO attainment | scale actions | wall s |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| policy | GPU-hours | avg GPU util | avg SM activity | SLO attainment | TTFT p99 s | TBT p99 s | scale actions | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['policy']} | {r['gpu_hours']:.1f} | {r['avg_gpu_util']:.1%} | "
-            f"{r['slo_attainment']:.1%} | {r['scale_actions']} | {r['wall_s']:.2f} |"
+            f"| {r['policy']} | {r['gpu_hours']:.1f} | {r['avg_gpu_util']:.1%} | {r.get('avg_sm_activity', 0):.1%} | "
+            f"{r['slo_attainment']:.2%} | {_fmt_s(r.get('ttft_p99_s'))} | {_fmt_s(r.get('tbt_p99_s'))} | "
+            f"{r['scale_actions']} | {r['wall_s']:.2f} |"
         )
     return "\n".join(lines)
 
 
-def plot(results: Sequence[ReplayResult], config: ClusterConfig, path: Path) -> Path:
+def _plt() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_instances(results: Sequence[ReplayResult], config: ClusterConfig, path: Path) -> Path:
+    """Per service: prefill and decode instances over time per policy, load in grey."""
+    plt = _plt()
     services = [s.name for s in config.services]
     fig, axes = plt.subplots(len(services), 2, figsize=(13, 3.0 * len(services)), squeeze=False, sharex=True)
     for row, name in enumerate(services):
@@ -42,12 +57,12 @@ def plot(results: Sequence[ReplayResult], config: ClusterConfig, path: Path) -> 
                 continue
             t0 = ticks[0].t_s
             hours = [(t.t_s - t0) / 3600 for t in ticks]
-            ax_p.step(hours, [t.num_prefill for t in ticks], where="post", label=res.policy)
-            ax_d.step(hours, [t.num_decode for t in ticks], where="post", label=res.policy)
+            ax_p.step(hours, [t.num_prefill for t in ticks], where="post", label=res.policy, lw=1)
+            ax_d.step(hours, [t.num_decode for t in ticks], where="post", label=res.policy, lw=1)
+        ticks0 = [t for t in results[0].twin.ticks if t.service == name] if results else []
         for ax, role in ((ax_p, "prefill"), (ax_d, "decode")):
             ax.set_ylabel(f"{name}\n{role} instances")
             ax.grid(alpha=0.3)
-            ticks0 = [t for t in results[0].twin.ticks if t.service == name] if results else []
             if ticks0:
                 t0 = ticks0[0].t_s
                 load = ax.twinx()
@@ -66,7 +81,53 @@ def plot(results: Sequence[ReplayResult], config: ClusterConfig, path: Path) -> 
     for ax in axes[-1]:
         ax.set_xlabel("hours into the trace")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_gpus(results: Sequence[ReplayResult], path: Path) -> Path:
+    """GPUs held over time per policy, with the total offered load."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    load_ax = ax.twinx()
+    first = True
+    for res in results:
+        by_t: dict[float, int] = {}
+        rps: dict[float, float] = {}
+        for t in res.twin.ticks:
+            by_t[t.t_s] = by_t.get(t.t_s, 0) + t.gpus
+            rps[t.t_s] = rps.get(t.t_s, 0.0) + t.req_per_s
+        if not by_t:
+            continue
+        ts = sorted(by_t)
+        hours = [(t - ts[0]) / 3600 for t in ts]
+        ax.step(hours, [by_t[t] for t in ts], where="post", label=res.policy, lw=1)
+        if first:
+            load_ax.plot(hours, [rps[t] for t in ts], color="grey", alpha=0.3, lw=0.8)
+            first = False
+    ax.set_xlabel("hours into the trace")
+    ax.set_ylabel("GPUs held")
+    load_ax.set_ylabel("offered req/s (grey)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """GPU-hours against SLO attainment, one point per policy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for r in rows:
+        ax.scatter(r["gpu_hours"], r["slo_attainment"] * 100)
+        ax.annotate(r["policy"], (r["gpu_hours"], r["slo_attainment"] * 100), fontsize=8)
+    ax.set_xlabel("GPU-hours")
+    ax.set_ylabel("SLO attainment (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -79,7 +140,9 @@ def write_outputs(
     out_dir: Path,
     *,
     command: str = "",
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
+    """Write summary.json, league.md, report.md and the plots; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [r.summary() for r in results]
     summary = {
@@ -89,19 +152,27 @@ def write_outputs(
             n: {"source": c.name, "scale": c.scale, "peak_req_per_s": c.peak_req_per_s, "duration_s": c.duration_s}
             for n, c in curves.items()
         },
+        "command": command,
+        **(extra or {}),
     }
-    summary_path = out_dir / "summary.json"
-    summary_path.write_text(json.dumps(summary, indent=2))
-    plot_path = plot(results, config, out_dir / "replay.png")
+    paths = {"summary": out_dir / "summary.json", "league": out_dir / "league.md", "report": out_dir / "report.md"}
+    paths["summary"].write_text(json.dumps(summary, indent=2))
+    paths["league"].write_text(table(rows) + "\n")
+    keep_ticks = any(r.twin.ticks for r in results)
+    if keep_ticks:
+        paths["plot"] = plot_instances(results, config, out_dir / "replay.png")
+        paths["gpus"] = plot_gpus(results, out_dir / "league-gpus.png")
+    paths["tradeoff"] = plot_tradeoff(rows, out_dir / "league-tradeoff.png")
     per_service = [
         "| policy | service | GPU-hours | SLO attainment | worst TTFT p99 s | worst TBT p99 s |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for r in results:
         for name, st in r.twin.stats.items():
+            attained = st.good_s / st.total_s if st.total_s else 0.0
             per_service.append(
-                f"| {r.policy} | {name} | {st.gpu_seconds / 3600:.1f} | "
-                f"{(st.good_s / st.total_s if st.total_s else 0):.1%} | {st.ttft_p99_s_max:.2f} | {st.tbt_p99_s_max:.3f} |"
+                f"| {r.policy} | {name} | {st.gpu_seconds / 3600:.1f} | {attained:.1%} | "
+                f"{st.ttft_p99_s_max:.2f} | {st.tbt_p99_s_max:.3f} |"
             )
     report = [
         f"# Replay report — cluster `{config.cluster.name}`",
@@ -113,17 +184,19 @@ def write_outputs(
         table(rows),
         "",
         "GPU-hours count every GPU held, starting instances included. Average GPU utilisation is the",
-        "DCGM-style utilisation the twin reports (decode stays at 85-95% whenever it serves). SLO",
-        "attainment is the share of time windows whose p99 TTFT and TBT are both within target.",
+        "DCGM-style utilisation the twin reports (decode stays high whenever it serves). SLO attainment",
+        "is the share of time windows whose p99 TTFT and TBT are both within target.",
+        "",
+        "![GPU-hours vs SLO attainment](league-tradeoff.png)",
         "",
         "## Per service",
         "",
         *per_service,
         "",
-        "## Load and instances",
-        "",
-        f"![load and instances]({plot_path.name})",
-        "",
+    ]
+    if keep_ticks:
+        report += ["## Load and instances", "", "![instances](replay.png)", "", "![GPUs held](league-gpus.png)", ""]
+    report += [
         "## Traces",
         "",
         *[
@@ -131,6 +204,5 @@ def write_outputs(
             for n, c in curves.items()
         ],
     ]
-    report_path = out_dir / "report.md"
-    report_path.write_text("\n".join(report) + "\n")
-    return {"summary": summary_path, "plot": plot_path, "report": report_path}
+    paths["report"].write_text("\n".join(report) + "\n")
+    return paths

@@ -62,6 +62,24 @@ class LoadCurve:
     def scaled(self, factor: float) -> LoadCurve:
         return replace(self, req_per_s=self.req_per_s * factor, scale=self.scale * factor)
 
+    def split(self, share: float) -> tuple[LoadCurve, LoadCurve]:
+        """The first `share` of the curve and the rest (curate on one, evaluate on the other)."""
+        n = max(1, min(len(self.t_s) - 1, round(len(self.t_s) * share)))
+
+        def part(sl: slice) -> LoadCurve:
+            t = self.t_s[sl]
+            return replace(
+                self,
+                t_s=t - t[0],
+                req_per_s=self.req_per_s[sl],
+                mean_input_tokens=self.mean_input_tokens[sl],
+                mean_output_tokens=self.mean_output_tokens[sl],
+                observed=self.observed[sl],
+                start_epoch_s=self.start_epoch_s + float(t[0]),
+            )
+
+        return part(slice(0, n)), part(slice(n, None))
+
     def at(self, t_s: float) -> int:
         """Index of the window holding `t_s` (clamped to the trace)."""
         i = int((t_s - float(self.t_s[0])) // self.dt_s) if len(self.t_s) else 0

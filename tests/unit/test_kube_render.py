@@ -89,9 +89,10 @@ def test_scale_in_drains_first_then_removes_after_window_or_restores_on_slo_brea
     draining = _cell(draining=2, drain_since_s=100.0)
     early = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": True}, 101.0)
     assert not [a for a in early.actions if isinstance(a, Scale)]
-    late = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": True}, 103.0)
+    after_window = 100.0 + CFG.kubernetes.soft_scale_in_window_s + 1.0
+    late = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": True}, after_window)
     assert [(a.before, a.after) for a in late.actions if isinstance(a, Scale)] == [(6, 4)]
-    breach = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": False}, 103.0)
+    breach = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": False}, after_window)
     assert [c.after for c in breach.changes] == [6] and not [a for a in breach.actions if isinstance(a, Scale)]
-    blind = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": None}, 103.0)
+    blind = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": None}, after_window)
     assert not blind.actions and "cannot be read" in blind.warnings[0]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.replay import ALL_POLICIES, run_league
-from heteroscale.commands.league import AUTO_GPU_SHARE, fit_to_cluster, static_peak_gpus
+from flows.replay import ALL_POLICIES, AUTO_GPU_SHARE, fit_to_cluster, run_league, static_peak_gpus
 from models.config import load_config
 from sim.traces import LoadCurve
 from tests.conftest import DEMO_CONFIG
