@@ -13,21 +13,32 @@ Shape (what an operator of a large fleet sees):
   * services with 1-8 GPUs per instance, prefill on compute-strong types and decode on
     bandwidth-strong ones, P/D ratios from 1:3 to 3:2, affinity S1 / S2 / none at about
     30/50/20 %, priorities 0-3;
-  * demand sized so the current fleet fills ~70 % of the GPUs; the current placement is what the
-    paper's greedy made of the previous targets; the new targets move each service by up to
-    +-25 % (the change one control period brings at a ramp).
+  * demand sized so the current fleet fills ~65 % of the GPUs; the new targets move each service
+    by up to +-25 % (the change one control period brings at a ramp).
+
+The current placement (`current=`):
+  * "ratio" (default): a fleet a well-behaved autoscaler would have left, made by `ratio_fleet`:
+    every deployment group holds both roles with P within pd_ratio x D (in reference units,
+    +-1 instance of rounding), groups packed domain by domain from the lowest subgroup priority
+    up. Neither placement method is handicapped: both start from groups that are already valid.
+  * "greedy": what the paper's greedy made of the previous targets from an empty cluster. Its
+    groups are often out of ratio, so an optimiser that keeps every group in ratio must reshape
+    them (churn the greedy does not pay). Kept to reproduce the earlier benchmark.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from models.config import ClusterConfig, Role, parse_config
-from models.values import RoleCounts
+from models.config import AffinityLevel, ClusterConfig, Role, Service, parse_config
+from models.values import CellKey, Placement, RoleCounts
 from tasks.core.greedy import place_greedy
-from tasks.core.topology import ClusterView, view_from_config
+from tasks.core.topology import ClusterView, gpus_per_instance_map, view_from_config
 
 # name, $/GPU-hour, relative prefill speed, relative decode speed (per GPU, rough public figures).
 _CATALOGUE: tuple[tuple[str, float, float, float], ...] = (
@@ -123,9 +134,107 @@ def _service(rng: random.Random, i: int, types: list[str], speed: dict[str, tupl
     }
 
 
+def _take(
+    free: dict[tuple[str, str], int], s1s: tuple[str, ...], gpu_type: str, gpi: int, n: int
+) -> dict[str, int] | None:
+    """Take `n` instances of `gpi` GPUs of `gpu_type` from `s1s`, fullest S1 first; None if short."""
+    got: dict[str, int] = {}
+    for s1 in sorted(s1s, key=lambda s: (-free.get((gpu_type, s), 0), s)):
+        if n <= 0:
+            break
+        k = min(n, free.get((gpu_type, s1), 0) // gpi)
+        if k > 0:
+            got[s1] = k
+            n -= k
+    return got if n <= 0 else None
+
+
+def _group_counts(svc: Service, d: int, g_p: str, g_d: str) -> tuple[int, int]:
+    """(P, D) instances of one group with D = d and P nearest pd_ratio x D in reference units."""
+    w_p, w_d = svc.prefill.weight(g_p), svc.decode.weight(g_d)
+    return max(1, round(svc.pd_ratio.prefill_per_decode * d * w_d / w_p)), d
+
+
+def ratio_fleet(config: ClusterConfig, view: ClusterView, wanted: Mapping[str, RoleCounts]) -> Placement:
+    """A current placement whose every group keeps its service's P/D ratio (pure, deterministic).
+
+    Services by descending priority; each walks the domains at its affinity level from the lowest
+    subgroup priority up and opens the biggest group that fits (one prefill type and one decode
+    type per group, the first allowed type with free GPUs in the domain), until its decode demand
+    is covered or no domain has room. A service that does not fit gets less than it wanted; the
+    caller reads what runs back as the previous targets.
+    """
+    gpi = gpus_per_instance_map(config)
+    free = view.free_gpus(view.placement, gpi)
+    cells: dict[CellKey, int] = dict(view.placement.cells)
+    domains = {lvl: view.domains(lvl) for lvl in AffinityLevel}
+    prios = {lvl: view.priorities(lvl) for lvl in AffinityLevel}
+    for svc in sorted((s for s in config.services if s.name in wanted), key=lambda s: (-s.priority, s.name)):
+        doms = domains[svc.affinity]
+        prio = prios[svc.affinity]
+        need_d = float(wanted[svc.name].num_decode)
+        g_size = svc.prefill.gpus_per_instance
+        for dom in sorted(doms, key=lambda d: (prio.get(d, 0), d)):
+            if need_d <= 1e-9:
+                break
+            s1s = doms[dom]
+
+            def first_type(role: Role, svc: Service = svc, s1s: tuple[str, ...] = s1s) -> str | None:
+                spec = svc.role(role)
+                for g in spec.gpu_types:
+                    if any(free.get((g, s1), 0) >= spec.gpus_per_instance for s1 in s1s):
+                        return g
+                return None
+
+            g_p, g_d = first_type(Role.PREFILL), first_type(Role.DECODE)
+            if g_p is None or g_d is None:
+                continue
+            gpi_d = svc.decode.gpus_per_instance
+            room_d = sum(free.get((g_d, s1), 0) // gpi_d for s1 in s1s)
+            d = min(room_d, max(1, math.ceil(need_d / svc.decode.weight(g_d) - 1e-9)))
+            while d > 0:
+                p, d = _group_counts(svc, d, g_p, g_d)
+                # Trial on this domain's pools only (copying the whole map per try is slow at 20k GPUs).
+                trial = {(g, s1): free.get((g, s1), 0) for g in {g_p, g_d} for s1 in s1s}
+                took_d = _take(trial, s1s, g_d, svc.decode.gpus_per_instance, d)
+                if took_d is not None:
+                    for s1, k in took_d.items():
+                        trial[(g_d, s1)] -= k * svc.decode.gpus_per_instance
+                    took_p = _take(trial, s1s, g_p, g_size, p)
+                    if took_p is not None:
+                        for s1, k in took_p.items():
+                            trial[(g_p, s1)] -= k * g_size
+                        free.update(trial)
+                        for role, g, took in ((Role.DECODE, g_d, took_d), (Role.PREFILL, g_p, took_p)):
+                            for s1, k in took.items():
+                                key = CellKey(svc.name, role, g, s1)
+                                cells[key] = cells.get(key, 0) + k
+                        need_d -= d * svc.decode.weight(g_d)
+                        break
+                # Shrink by a quarter (at least one) so a big service finds its largest group fast.
+                d -= max(1, d // 4)
+    return Placement.of(cells.items())
+
+
+def _units(placement: Placement, svc: Service) -> tuple[float, float]:
+    have: dict[Role, float] = defaultdict(float)
+    for k, n in placement.for_service(svc.name).items():
+        have[k.role] += n * svc.role(k.role).weight(k.gpu_type)
+    return have[Role.PREFILL], have[Role.DECODE]
+
+
 def synth_cluster(
-    *, gpus: int, services: int, gpu_types: int, seed: int, fill: float = 0.65, change: float = 0.25
+    *,
+    gpus: int,
+    services: int,
+    gpu_types: int,
+    seed: int,
+    fill: float = 0.65,
+    change: float = 0.25,
+    current: str = "ratio",
 ) -> SynthCase:
+    if current not in ("ratio", "greedy"):
+        raise ValueError(f"current must be 'ratio' or 'greedy', got {current!r}")
     if not 1 <= gpu_types <= len(_CATALOGUE):
         raise ValueError(f"gpu_types must be 1..{len(_CATALOGUE)}, got {gpu_types}")
     if gpus < GPUS_PER_NODE or services < 1:
@@ -154,19 +263,18 @@ def synth_cluster(
         instances = max(2.0, fill * total * share / norm / gpi)
         num_d = max(1, round(instances / (1 + rho)))
         wanted[svc.name] = RoleCounts(max(1, round(num_d * rho)), num_d)
-    current = place_greedy(config, view_from_config(config), wanted).placement
-    view = view_from_config(config, current)
-    # What runs now is what the greedy could place (a big service may not fit its allowed types);
-    # the previous targets are those counts, so the current placement is a consistent state.
+    empty = view_from_config(config)
+    if current == "greedy":
+        running = place_greedy(config, empty, wanted).placement
+    else:
+        running = ratio_fleet(config, empty, wanted)
+    view = view_from_config(config, running)
+    # What runs now is what could be placed (a big service may not fit its allowed types); the
+    # previous targets are those counts, so the current placement is a consistent state.
     previous: dict[str, RoleCounts] = {}
     targets: dict[str, RoleCounts] = {}
     for svc in config.services:
-        have = [
-            sum(
-                n * svc.role(k.role).weight(k.gpu_type) for k, n in current.for_service(svc.name).items() if k.role is r
-            )
-            for r in (Role.PREFILL, Role.DECODE)
-        ]
+        have = _units(running, svc)
         previous[svc.name] = RoleCounts(int(have[0] + 1e-9), int(have[1] + 1e-9))
         rho = svc.pd_ratio.prefill_per_decode
         new_d = max(1, round(max(1, previous[svc.name].num_decode) * (1 + rng.uniform(-change, change))))
