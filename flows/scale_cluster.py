@@ -23,7 +23,8 @@ from models.values import Action, ApplyMode
 from tasks import steps
 from tasks.backends import make_backends
 from tasks.core.invariants import InvariantViolation, group_warnings, plan_violations
-from tasks.errors import retry_transient
+from tasks.errors import redact, retry_transient
+from tasks.prometheus import bootstrap_history
 from tasks.report import run_markdown
 from tasks.store import Store
 
@@ -46,6 +47,7 @@ read_cluster_task = task(
     timeout_seconds=60,
 )
 forecast_task = task(steps.forecast_load, name="forecast load", cache_policy=NO_CACHE)
+bootstrap_task = task(bootstrap_history, name="bootstrap history", cache_policy=NO_CACHE, timeout_seconds=120)
 targets_task = task(steps.compute_targets, name="compute targets", cache_policy=NO_CACHE)
 place_task = task(steps.place, name="place", cache_policy=NO_CACHE, timeout_seconds=120)
 apply_task = task(
@@ -131,7 +133,11 @@ def scale_cluster(
         record["current"] = steps.current_counts(config, view)
         step = "forecast load"
         keep_s = 8 * 86400.0
-        history = steps.extend_history(store.history(cluster, now - keep_s), signals, config, now)
+        # A fresh store: one range query per signal group fills the forecaster's history (recorded).
+        stored, boot = bootstrap_task(be.signals, store, config, store.history(cluster, now - keep_s), now)
+        if boot["bootstrapped"]:
+            logger.info("history from Prometheus for %s: %s", boot["short_services"], boot)
+        history = steps.extend_history(stored, signals, config, now)
         record["metric_values"] = {n: h[-1][1] for n, h in history.items()}
         store.append_samples(cluster, now, record["metric_values"])
         record["forecasts"] = forecasts = forecast_task(config, history)
@@ -182,7 +188,7 @@ def scale_cluster(
             run_id,
             status="failed",
             failed_step=step,
-            error=f"{type(exc).__name__}: {exc}",
+            error=redact(f"{type(exc).__name__}: {exc}"),
             **{
                 k: v
                 for k, v in record.items()

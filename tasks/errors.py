@@ -8,6 +8,8 @@ delays the alarm.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 
@@ -19,3 +21,22 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
     """`retry_condition_fn` for Prefect tasks: retry unless the failure is permanent."""
     exc = getattr(state, "data", None)
     return not isinstance(exc, PermanentError | PermissionError)
+
+
+# Credentials that can appear in a server's error text (servers and proxies do echo request
+# headers back). Matched case-insensitively; the value is replaced, the scheme kept.
+_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|token|password|authorization)(\s*[:=]?\s*)([^\s\"',;}]+)")
+# Environment variables whose values are secrets wherever they show up.
+SECRET_ENV = ("HETEROSCALE_PROMETHEUS_TOKEN",)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """`text` with credentials removed: known secret values and `Bearer …`-style tokens.
+
+    Applied where text from outside (a server's error message) becomes ours (an exception, a
+    log line, a run record), so a hostile or careless server cannot make us store a secret.
+    """
+    for value in (*secrets, *(os.environ.get(name) for name in SECRET_ENV)):
+        if value and len(value) >= 4:
+            text = text.replace(value, "<redacted>")
+    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)

@@ -12,6 +12,12 @@ Contract:
     reads a failure as zero load;
   * a value that is absent, NaN or infinite is `None` (missing); a role whose newest scraped
     sample is older than `max_staleness_s` has every signal `None` and `stale=True`.
+History at start-up (`fetch_history`, `bootstrap_history`): when the store holds little history
+for a service (a fresh install), the policy metric's past is read with one *range* query per
+(profile group, metric), never per service, over a bounded window (`BOOTSTRAP_WINDOW_S`) at the
+control period's step (at most `MAX_RANGE_POINTS` points), and recorded in the store; missing
+steps stay gaps. A failed range query leaves the history as it was: forecasting then starts from
+the store alone, it never fails the run.
 The PromQL text of every signal can be overridden per service (`signals.queries` in the config);
 placeholders: `$services` (service matcher), `$prefill` / `$decode` (plus the role matcher),
 `$window` (rate window), `$by` (service label), `$by_role` (service and role labels).
@@ -22,21 +28,29 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from string import Template
-from typing import Any
+from typing import Any, Protocol
 
 from models.config import ClusterConfig, Role, SignalsProfile
 from models.values import ServiceSignals
-from tasks.errors import PermanentError
+from tasks.errors import PermanentError, redact
 
 ENV_URL = "HETEROSCALE_PROMETHEUS_URL"
 ENV_TOKEN = "HETEROSCALE_PROMETHEUS_TOKEN"
 
 # Raw query result: Prometheus `data.result` of an instant vector query.
 QueryFn = Callable[[str, float | None, float], list[dict[str, Any]]]
+# Range query (promql, start_s, end_s, step_s, timeout_s) -> `data.result` of a range (matrix) query.
+RangeQueryFn = Callable[[str, float, float, float, float], list[dict[str, Any]]]
+
+# Start-up history: a day covers one daily season for the seasonal forecaster; Prometheus refuses
+# range queries of more than 11,000 points per series.
+BOOTSTRAP_WINDOW_S = 86400.0
+BOOTSTRAP_MIN_SPAN_S = 3600.0  # a service with less stored history than this is bootstrapped
+MAX_RANGE_POINTS = 10_000
 
 
 class TransientQueryError(RuntimeError):
@@ -354,6 +368,122 @@ def _reading(
     return Reading(v, reason=reason, sampled_at_s=sampled_at)
 
 
+# --- history (range queries) -------------------------------------------------------------
+
+
+def history_queries(config: ClusterConfig) -> list[tuple[ProfileGroup, str, str]]:
+    """(group, metric signal, PromQL) for each policy metric each profile group's services use:
+    one range query per signal group, whatever the number of services."""
+    metric_of = {s.name: s.policy.metric.value for s in config.services}
+    out = []
+    for g in profile_groups(config):
+        queries = g.queries()
+        for metric in sorted({metric_of[name] for _, name in g.services}):
+            out.append((g, metric, queries[metric]))
+    return out
+
+
+def interpret_range(
+    group: ProfileGroup, metric: str, answer: list[dict[str, Any]], config: ClusterConfig
+) -> dict[str, list[tuple[float, float | None]]]:
+    """Samples per service (only services whose policy metric is `metric`) from a matrix answer.
+
+    Pure. NaN and infinite values are None; steps Prometheus has no value for are simply absent
+    (the forecaster sees gaps, never zeros)."""
+    by_value = dict(group.services)
+    wanted = {s.name for s in config.services if s.policy.metric.value == metric}
+    out: dict[str, list[tuple[float, float | None]]] = {}
+    for item in answer:
+        svc = by_value.get(item.get("metric", {}).get(group.service_label, ""))
+        if svc is None or svc not in wanted:
+            continue
+        out[svc] = [_sample({"value": v}) for v in item.get("values", [])]
+    return out
+
+
+def range_step_s(window_s: float, step_s: float) -> float:
+    """The step: at least `step_s`, coarse enough for at most MAX_RANGE_POINTS points."""
+    return max(step_s, math.ceil(window_s / MAX_RANGE_POINTS))
+
+
+@dataclass
+class HistoryFetch:
+    """What one history read saw: samples per service (Prometheus time), and how it went."""
+
+    samples: dict[str, list[tuple[float, float | None]]]
+    queries: int = 0
+    step_s: float = 0.0
+    wall_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+
+def fetch_history(
+    config: ClusterConfig,
+    query_range: RangeQueryFn,
+    *,
+    end_s: float,
+    window_s: float = BOOTSTRAP_WINDOW_S,
+    step_s: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> HistoryFetch:
+    """The policy metric of every service over `[end_s - window_s, end_s]`, one range query per
+    (profile group, metric), with the collector's retry rule. A failed query leaves its services
+    without history and is listed in `errors`."""
+    settings = config.prometheus
+    step = range_step_s(window_s, step_s or config.cluster.control_period_s)
+    started = time.perf_counter()
+    fetch = HistoryFetch(samples={}, step_s=step)
+    for group, metric, promql in history_queries(config):
+
+        def one(q: str, _at: float | None, timeout_s: float) -> list[dict[str, Any]]:
+            return query_range(q, end_s - window_s, end_s, step, timeout_s)
+
+        res, _attempts = run_query(
+            one, promql, None, timeout_s=settings.timeout_s, retries=settings.retries, sleep=sleep
+        )
+        fetch.queries += 1
+        if isinstance(res, Exception):
+            fetch.errors.append(f"{group.profile.value}/{metric} range: {res}")
+            continue
+        fetch.samples.update(interpret_range(group, metric, res, config))
+    fetch.wall_s = time.perf_counter() - started
+    return fetch
+
+
+def short_services(
+    config: ClusterConfig, stored: Mapping[str, Sequence[tuple[float, float | None]]], *, min_span_s: float
+) -> list[str]:
+    """Services whose stored history (valid samples) spans less than `min_span_s`."""
+    out = []
+    for svc in config.services:
+        ts = [t for t, v in stored.get(svc.name, ()) if v is not None]
+        if not ts or ts[-1] - ts[0] < min_span_s:
+            out.append(svc.name)
+    return out
+
+
+def merge_history(
+    stored: Mapping[str, Sequence[tuple[float, float | None]]],
+    fetched: Mapping[str, Sequence[tuple[float, float | None]]],
+    services: Iterable[str],
+    *,
+    step_s: float,
+) -> tuple[dict[str, list[tuple[float, float | None]]], dict[str, list[tuple[float, float | None]]]]:
+    """(merged history, the fetched samples that were added) for `services`: fetched samples
+    older than the service's first stored sample (by half a step) go in front; stored ones win
+    where both exist. Pure."""
+    merged = {name: list(h) for name, h in stored.items()}
+    added: dict[str, list[tuple[float, float | None]]] = {}
+    for name in services:
+        own = merged.get(name, [])
+        first = own[0][0] if own else math.inf
+        new = [(t, v) for t, v in fetched.get(name, ()) if t < first - step_s / 2]
+        if new:
+            added[name] = new
+            merged[name] = [*new, *own]
+    return merged, added
+
+
 # --- I/O ---------------------------------------------------------------------------------
 
 
@@ -433,15 +563,42 @@ def http_query(url: str, *, token: str | None = None) -> QueryFn:
         try:
             return client.custom_query(promql, params=params, timeout=timeout_s)
         except (requests.Timeout, requests.ConnectionError) as exc:
+            raise TransientQueryError(redact(f"{type(exc).__name__}: {exc}", token)) from None
+        except PrometheusApiClientException as exc:
+            text = redact(str(exc), token)
+            transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
+            raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
+        except (ValueError, KeyError) as exc:  # a non-JSON or malformed body
+            raise PermanentQueryError(redact(f"malformed answer: {exc}", token)) from None
+
+    return query
+
+
+def http_query_range(url: str, *, token: str | None = None) -> RangeQueryFn:
+    """A RangeQueryFn over HTTP with prometheus-api-client's `custom_query_range`."""
+    import datetime as dt
+
+    import requests
+    from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    client = PrometheusConnect(url=url, headers=headers, disable_ssl=False, method="POST")
+
+    def query_range(promql: str, start_s: float, end_s: float, step_s: float, timeout_s: float) -> list[dict[str, Any]]:
+        start = dt.datetime.fromtimestamp(start_s, dt.UTC)
+        end = dt.datetime.fromtimestamp(end_s, dt.UTC)
+        try:
+            return client.custom_query_range(promql, start, end, f"{step_s:g}s", timeout=timeout_s)  # type: ignore[arg-type]
+        except (requests.Timeout, requests.ConnectionError) as exc:
             raise TransientQueryError(f"{type(exc).__name__}: {exc}") from None
         except PrometheusApiClientException as exc:
             text = str(exc)
             transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
             raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
-        except (ValueError, KeyError) as exc:  # a non-JSON or malformed body
+        except (ValueError, KeyError) as exc:
             raise PermanentQueryError(f"malformed answer: {exc}") from None
 
-    return query
+    return query_range
 
 
 def resolve_url(config: ClusterConfig, url: str | None = None) -> str:
@@ -460,10 +617,21 @@ class PrometheusSignals:
 
     name = "prometheus"
 
-    def __init__(self, config: ClusterConfig, *, url: str | None = None, query: QueryFn | None = None) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        url: str | None = None,
+        query: QueryFn | None = None,
+        query_range: RangeQueryFn | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.url = resolve_url(config, url) if query is None else (url or "")
         # The token is read from the environment only and never logged or stored elsewhere.
-        self._query = query or http_query(self.url, token=os.environ.get(ENV_TOKEN) or None)
+        token = os.environ.get(ENV_TOKEN) or None
+        self._query = query or http_query(self.url, token=token)
+        self._query_range = query_range or (http_query_range(self.url, token=token) if self.url else None)
+        self.clock = clock
         self.last: Collection | None = None
 
     def collect(self, config: ClusterConfig) -> Collection:
@@ -472,3 +640,62 @@ class PrometheusSignals:
 
     def read_signals(self, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
         return self.collect(config).to_service_signals(now_s=now_s)
+
+    def read_history(
+        self, config: ClusterConfig, now_s: float, *, window_s: float = BOOTSTRAP_WINDOW_S
+    ) -> HistoryFetch:
+        """The policy metric's past `window_s` per service, in the flow's time base (`now_s`)."""
+        if self._query_range is None:
+            return HistoryFetch(samples={}, errors=["no range query configured"])
+        wall_now = self.clock()
+        fetch = fetch_history(config, self._query_range, end_s=wall_now, window_s=window_s)
+        shift = now_s - wall_now
+        fetch.samples = {n: [(t + shift, v) for t, v in h] for n, h in fetch.samples.items()}
+        return fetch
+
+
+class _SampleStore(Protocol):
+    def append_samples(self, cluster: str, now_s: float, values: Mapping[str, float | None]) -> None: ...
+
+
+def bootstrap_history(
+    signals: object,
+    store: _SampleStore,
+    config: ClusterConfig,
+    stored: Mapping[str, Sequence[tuple[float, float | None]]],
+    now_s: float,
+    *,
+    window_s: float = BOOTSTRAP_WINDOW_S,
+    min_span_s: float = BOOTSTRAP_MIN_SPAN_S,
+) -> tuple[dict[str, list[tuple[float, float | None]]], dict[str, Any]]:
+    """Fill a fresh store's history from Prometheus: (history, what was done).
+
+    Only when some service's stored history spans less than `min_span_s` and the signals backend
+    can read history (`read_history`: the Prometheus backend). The samples added are written to
+    the store (so the next run finds them there and sends no range query). A failed range query
+    changes nothing: the run forecasts from what the store has.
+    """
+    history = {n: list(h) for n, h in stored.items()}
+    short = short_services(config, stored, min_span_s=min_span_s)
+    read = getattr(signals, "read_history", None)
+    if not short or read is None:
+        return history, {"bootstrapped": False, "short_services": short}
+    fetch: HistoryFetch = read(config, now_s, window_s=window_s)
+    merged, added = merge_history(stored, fetch.samples, short, step_s=fetch.step_s or 1.0)
+    by_time: dict[float, dict[str, float | None]] = {}
+    for name, samples in added.items():
+        for t, v in samples:
+            by_time.setdefault(t, {})[name] = v
+    for t in sorted(by_time):
+        store.append_samples(config.cluster.name, t, by_time[t])
+    info = {
+        "bootstrapped": True,
+        "short_services": short,
+        "queries": fetch.queries,
+        "step_s": fetch.step_s,
+        "window_s": window_s,
+        "samples_added": {n: len(v) for n, v in added.items()},
+        "wall_s": round(fetch.wall_s, 4),
+        "errors": fetch.errors,
+    }
+    return merged, info

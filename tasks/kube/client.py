@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from models.config import ClusterConfig
-from tasks.errors import PermanentError
+from tasks.errors import PermanentError, redact
 
 ENV_API_URL = "HETEROSCALE_KUBE_API_URL"
 ENV_CONTEXT = "HETEROSCALE_KUBE_CONTEXT"
@@ -80,7 +80,7 @@ def api_error(exc: BaseException, *, verb: str, resource: str, namespace: str | 
     if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
         return KubeTransientError(f"{verb} {resource}{where}: API server unreachable or slow: {exc}")
     if not isinstance(exc, k8s.ApiException):
-        return KubePermanentError(f"{verb} {resource}{where}: unexpected {type(exc).__name__}: {exc}")
+        return KubePermanentError(f"{verb} {resource}{where}: unexpected {type(exc).__name__}: {redact(str(exc))}")
     status = exc.status or 0
     reason = _status_message(exc)
     if status == 409:
@@ -105,5 +105,5 @@ def _status_message(exc: k8s.ApiException) -> str:
     try:
         body = json.loads(exc.body or "{}")
     except (ValueError, TypeError):
-        return str(exc.reason or "")
-    return str(body.get("message") or exc.reason or "")
+        return redact(str(exc.reason or ""))
+    return redact(str(body.get("message") or exc.reason or ""))

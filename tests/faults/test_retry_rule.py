@@ -29,3 +29,29 @@ pytestmark = pytest.mark.faults
 )
 def test_retry_rule(exc: Exception, retried: bool) -> None:
     assert retry_transient(None, None, Failed(data=exc)) is retried
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "forbidden: Bearer abc.def-123",
+        "Authorization: Basic dXNlcjpwYXNz",
+        '{"token": "s3cr3t-value"}',
+        "password=hunter2hunter2",
+    ],
+)
+def test_redact_removes_credentials(text: str) -> None:
+    from tasks.errors import redact
+
+    out = redact(text)
+    assert "<redacted>" in out
+    for secret in ("abc.def-123", "dXNlcjpwYXNz", "s3cr3t-value", "hunter2hunter2"):
+        assert secret not in out
+
+
+def test_redact_removes_known_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.errors import redact
+
+    monkeypatch.setenv("HETEROSCALE_PROMETHEUS_TOKEN", "tok-9876")
+    assert redact("upstream said tok-9876 is invalid") == "upstream said <redacted> is invalid"
+    assert redact("nothing secret here") == "nothing secret here"
