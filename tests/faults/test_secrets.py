@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 import sqlalchemy as sa
+import yaml
 from sqlmodel import SQLModel
 
 from flows.scale_cluster import scale_cluster
@@ -39,7 +39,7 @@ class _Echo(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    do_GET = do_POST = do_PATCH = do_PUT = _answer  # noqa: N815
+    do_GET = do_POST = do_PATCH = do_PUT = _answer
 
     def log_message(self, *args: object) -> None:
         pass
