@@ -1,7 +1,10 @@
 """Sweep `heteroscale bench placement` over cluster sizes; write JSON lines and the docs' curves.
 
-Usage: .venv/bin/python scripts/bench_placement_sweep.py [--out docs/img] [--seeds 1]
-Each point is one synthetic case (tasks/core/synth.py) placed by the ILP and by the greedy.
+Usage: .venv/bin/python scripts/bench_placement_sweep.py [--out docs/img] [--seeds 3] [--reference-s 30]
+    [--current ratio|greedy]
+Each point is one synthetic case (tasks/core/synth.py) placed by the ILP and by the greedy; the
+issue's size (20k GPUs / 100 services) is run for `--seeds` seeds (its median is the target), the
+others for seed 1. `--reference-s` also solves the full MIP at that size for its proven bound.
 """
 
 from __future__ import annotations
@@ -21,18 +24,29 @@ GRID: tuple[tuple[int, int], ...] = ((500, 10), (2000, 20), (5000, 50), (10000, 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="docs/img")
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--reference-s", type=float, default=30.0)
+    ap.add_argument("--current", default="ratio")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for gpus, services in GRID:
-        for seed in range(1, args.seeds + 1):
-            res = run_placement_bench(gpus=gpus, services=services, gpu_types=4, seed=seed)
+        target_size = (gpus, services) == (20000, 100)
+        for seed in range(1, (args.seeds if target_size else 1) + 1):
+            res = run_placement_bench(
+                gpus=gpus,
+                services=services,
+                gpu_types=4,
+                seed=seed,
+                current=args.current,
+                reference_s=args.reference_s if target_size or gpus <= 2000 else 0.0,
+            )
             res["seed"] = seed
             rows.append(res)
             print(json.dumps(res), flush=True)
-    (out / "placement-sweep.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suffix = "" if args.current == "ratio" else f"-{args.current}"
+    (out / f"placement-sweep{suffix}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     import matplotlib
 
@@ -40,7 +54,7 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    labels = [f"{r['gpus']}/{r['services']}" for r in rows]
+    labels = [f"{r['gpus']}/{r['services']}/s{r['seed']}" for r in rows]
     ax[0].plot(labels, [r["ilp"]["solve_s"] for r in rows], "o-", label="ILP")
     ax[0].plot(labels, [r["greedy"]["solve_s"] for r in rows], "s-", label="greedy")
     ax[0].set_xlabel("GPUs / services")
@@ -59,7 +73,7 @@ def main() -> None:
     for a in ax:
         a.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(out / "placement-sweep.png", dpi=110)
+    fig.savefig(out / f"placement-sweep{suffix}.png", dpi=110)
 
 
 if __name__ == "__main__":

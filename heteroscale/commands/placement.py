@@ -5,6 +5,14 @@ the ILP and with the greedy from the same current placement, scores both with
 `tasks.core.ilp.evaluate` (one objective, one set of violation rules) and prints a table, or with
 `--json` one object: {"ilp": {...}, "greedy": {...}, "lp_bound", "variables", "constraints"}.
 `solve_s` is wall time of the whole placement call (model build + solve + read-back).
+
+`--current ratio` (default) starts both methods from a fleet whose every group is in ratio
+(`synth.ratio_fleet`); `--current greedy` from what the greedy made of the previous targets (the
+earlier, ILP-unfriendly benchmark). `--reference-s N` also solves the full, unrestricted MIP for up
+to N s and reports its best objective and proven dual bound (`ref_objective`, `ref_bound`): the
+LP bound ignores integrality, so when unmet demand is priced the gap to it is mostly integrality
+gap, and `ref_bound` says how far from the integer optimum the ILP can at most be. The ILP's
+placement is also realised on nodes (`realize.py`): `realize_s`, `unplaced` (instances no node fits).
 """
 
 from __future__ import annotations
@@ -19,12 +27,16 @@ from rich.table import Table
 from heteroscale.cli import bench_app, console
 
 
-def run_placement_bench(*, gpus: int, services: int, gpu_types: int, seed: int) -> dict[str, Any]:
+def run_placement_bench(
+    *, gpus: int, services: int, gpu_types: int, seed: int, current: str = "ratio", reference_s: float = 0.0
+) -> dict[str, Any]:
     from tasks.core.greedy import place_greedy
-    from tasks.core.ilp import evaluate, lp_bound, place_ilp
+    from tasks.core.ilp import evaluate, lp_bound, place_ilp, reference_solve
+    from tasks.core.realize import nodes_from_config, realize
     from tasks.core.synth import synth_cluster
+    from tasks.core.topology import gpus_per_instance_map
 
-    case = synth_cluster(gpus=gpus, services=services, gpu_types=gpu_types, seed=seed)
+    case = synth_cluster(gpus=gpus, services=services, gpu_types=gpu_types, seed=seed, current=current)
     out: dict[str, Any] = {}
     stats: dict[str, Any] = {}
     for name in ("ilp", "greedy"):
@@ -32,6 +44,7 @@ def run_placement_bench(*, gpus: int, services: int, gpu_types: int, seed: int) 
         if name == "ilp":
             plan = place_ilp(case.config, case.view, case.targets)
             stats = dict(plan.stats)
+            ilp_plan = plan
         else:
             plan = place_greedy(case.config, case.view, case.targets)
         elapsed = time.perf_counter() - started
@@ -47,8 +60,19 @@ def run_placement_bench(*, gpus: int, services: int, gpu_types: int, seed: int) 
             "status": str(stats.get("status", plan.method)) if name == "ilp" else "greedy",
             "method": plan.method,
         }
+    started = time.perf_counter()
+    real = realize(
+        nodes_from_config(case.config), ilp_plan.placement, gpus_per_instance=gpus_per_instance_map(case.config)
+    )
+    out["ilp"]["realize_s"] = round(time.perf_counter() - started, 3)
+    out["ilp"]["unplaced"] = sum(real.unplaced.values())
+    out["ilp"]["phases"] = int(stats.get("phases", 1))
     bound = lp_bound(case.config, case.view, case.targets)
     out["lp_bound"] = None if bound is None else round(bound, 2)
+    if reference_s > 0:
+        ref = reference_solve(case.config, case.view, case.targets, time_limit_s=reference_s)
+        out["ref_objective"], out["ref_bound"] = (None, None) if ref is None else (round(ref[0], 2), round(ref[1], 2))
+    out["current"] = current
     out["variables"] = int(stats.get("variables", 0))
     out["constraints"] = int(stats.get("constraints", 0))
     out["gpus"] = case.view.total_gpus
@@ -64,12 +88,22 @@ def bench_placement(
     services: Annotated[int, typer.Option("--services", help="Services to place.")] = 20,
     gpu_types: Annotated[int, typer.Option("--gpu-types", help="GPU types (1-5).")] = 4,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the generator.")] = 0,
+    current: Annotated[
+        str, typer.Option("--current", help="Current fleet: ratio (groups in ratio) | greedy (legacy).")
+    ] = "ratio",
+    reference_s: Annotated[
+        float, typer.Option("--reference-s", help="Also solve the full MIP for up to this long (0: skip).")
+    ] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """ILP vs greedy placement: solve time, cost, unmet, violations, churn."""
     from heteroscale.cli import _user_errors
 
-    res = _user_errors(lambda: run_placement_bench(gpus=gpus, services=services, gpu_types=gpu_types, seed=seed))
+    res = _user_errors(
+        lambda: run_placement_bench(
+            gpus=gpus, services=services, gpu_types=gpu_types, seed=seed, current=current, reference_s=reference_s
+        )
+    )
     if as_json:
         print(json.dumps(res))
         return
@@ -86,5 +120,11 @@ def bench_placement(
     vs = f"{100 * (1 - res['ilp']['cost'] / res['greedy']['cost']):.1f}%" if res["greedy"]["cost"] else "n/a"
     console.print(
         f"LP bound {bound}; ILP above bound by {gap}; ILP below greedy by {vs}; "
-        f"model {res['variables']} variables, {res['constraints']} constraints"
+        f"model {res['variables']} variables, {res['constraints']} constraints; "
+        f"realised on nodes in {res['ilp']['realize_s']} s, {res['ilp']['unplaced']} instances unplaced"
     )
+    if res.get("ref_bound"):
+        console.print(
+            f"full MIP ({reference_s:.0f} s): best {res['ref_objective']}, proven bound {res['ref_bound']}; "
+            f"ILP above that bound by {100 * (res['ilp']['cost'] / res['ref_bound'] - 1):.2f}%"
+        )
