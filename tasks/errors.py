@@ -24,8 +24,9 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 # Credentials that can appear in a server's error text (servers and proxies do echo request
-# headers back). Matched case-insensitively; the value is replaced, the scheme kept.
-_CREDENTIAL = re.compile(r"(?i)\b(bearer|basic|token|password|authorization)(\s*[:=]?\s*)([^\s\"',;}]+)")
+# headers back): an auth scheme and its token, or a key that names a secret and its value.
+_SCHEME = re.compile(r"(?i)\b(bearer|basic)(\s+)([A-Za-z0-9._~+/=-]+)")
+_KEYVAL = re.compile(r"(?i)\b(token|password|passwd|secret|api[_-]?key|authorization)(\"?\s*[:=]\s*\"?)([^\s\"',;}]+)")
 # Environment variables whose values are secrets wherever they show up.
 SECRET_ENV = ("HETEROSCALE_PROMETHEUS_TOKEN",)
 
@@ -39,4 +40,5 @@ def redact(text: str, *secrets: str | None) -> str:
     for value in (*secrets, *(os.environ.get(name) for name in SECRET_ENV)):
         if value and len(value) >= 4:
             text = text.replace(value, "<redacted>")
-    return _CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
+    return _KEYVAL.sub(lambda m: f"{m.group(1)}{m.group(2)}<redacted>", text)
