@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.config import ClusterConfig, Metric, PlacementMethod
-from models.values import Action, ApplyMode, RoleCounts, ServicePolicyState
+from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
 from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
@@ -31,10 +32,14 @@ DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
 DEMO_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper", "heteroscale")
 # Every policy, in the order the league tables list them.
 ALL_POLICIES = ("static-peak", "hpa-gpu-util", "hpa-tps", "heteroscale-paper", "dynamo-sla", "heteroscale", "oracle")
-# Forecasters look back this far in a replay. extend_history/forecast_load copy and scan the
-# whole history every period (O(n) each), which makes a 14-day replay quadratic; six hours
-# keep a 14-day x 10-service replay under a minute (the trend and level forecasters need less).
-HISTORY_KEEP_S = 6 * 3600.0
+# Forecasters look back this far in a replay: one previous day for seasonal-blend's daily shape
+# plus its one-hour level window. The history is a deque extended in place (O(1) a period).
+HISTORY_KEEP_S = 25 * 3600.0
+# Policies that read `forecast_load`'s output; for the others the replay skips the forecaster.
+FORECAST_POLICIES = frozenset({"heteroscale-paper", "dynamo-sla", "heteroscale"})
+# `auto` re-runs its backtest selection this often in a replay; between, the method it chose
+# forecasts alone (the selection scores a trailing 2-day window: an hour barely moves it).
+RESELECT_EVERY_S = 3600.0
 
 
 @dataclass
@@ -151,9 +156,20 @@ def replay(
     twin_params: TwinParams | None = None,
     history_keep_s: float = HISTORY_KEEP_S,
     placement: PlacementMethod | str | None = None,
+    forecast_every_s: float | None = None,
+    reselect_every_s: float = RESELECT_EVERY_S,
 ) -> ReplayResult:
     """Replay one policy. `placement` overrides `placement_method(policy)` (e.g. the greedy for
-    a long replay: the ILP takes tens of milliseconds a period)."""
+    a long replay: the ILP takes 0.3-0.5 s a solve).
+
+    `forecast_every_s` (default: the coarsest of the control period and the traces' finest
+    window) is how often the forecast is recomputed; between, the last one is reused. A rate
+    trace in 10-minute windows offers the same load for ten 60-s periods, so re-running the
+    forecaster every period costs ten times as much for the same information. `auto` re-selects
+    its method every `reselect_every_s`; in between, the method it chose forecasts alone. Pass
+    the control period for both to get the Prefect flow's exact per-period behaviour (the
+    effect on the league is measured in docs/twin.md).
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
     started = time.perf_counter()
@@ -171,7 +187,13 @@ def replay(
 
     peaks = peak_metric(config, curves)
     truth = metric_series(config, curves) if policy == "oracle" else {}
-    history: dict[str, list[tuple[float, float | None]]] = {}
+    # Deques: extend_history appends and trims them in place.
+    history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: deque() for s in config.services}
+    uses_forecast = policy in FORECAST_POLICIES
+    every = forecast_every_s or max(period, min(c.dt_s for c in curves.values()))
+    forecasts: dict[str, Forecast] = {}
+    chosen: dict[str, str] = {}  # service -> method `auto` chose at the last selection
+    next_forecast = next_select = t0
     states: dict[str, ServicePolicyState] = {}
     actions = unmet_periods = 0
     now = t0
@@ -183,7 +205,16 @@ def replay(
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
         if policy == "oracle":
             peaks = future_peak(config, curves, truth, now, t0)
-        forecasts = steps.forecast_load(config, history)
+        if uses_forecast and now - period >= next_forecast - 1e-9:
+            # First period served of a new trace window: new load information, new forecast.
+            select = now - period >= next_select - 1e-9
+            forecasts = steps.forecast_load(config, history, forecaster=None if select else chosen)
+            if select:
+                chosen = {
+                    n: f.method.removeprefix("auto:") for n, f in forecasts.items() if f.method.startswith("auto:")
+                }
+                next_select = _next_time(next_select, now - period, reselect_every_s)
+            next_forecast = _next_time(next_forecast, now - period, every)
         view = steps.read_cluster(twin, config, now)
         targets, states = steps.compute_targets(
             config, view, signals, forecasts, states, now, policy=policy, peak_metric=peaks
@@ -196,6 +227,11 @@ def replay(
         if progress is not None:
             progress((now - t0) / duration)
     return ReplayResult(policy, twin, actions, time.perf_counter() - started, unmet_periods)
+
+
+def _next_time(last: float, now: float, every: float) -> float:
+    """The first `last + k * every` (k >= 1) after `now`."""
+    return last + every * (math.floor((now - last) / every + 1e-9) + 1)
 
 
 def run_league(

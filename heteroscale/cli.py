@@ -7,6 +7,7 @@ Thin: it parses arguments, calls the flows and the replay, prints tables. Errors
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import sys
 import time
@@ -97,6 +98,9 @@ def _load_curves(
     names = [s.name for s in cfg.services]
     auto = "auto" in peak_rps
     traces = _per_service(trace, names, "--trace")
+    # PATH@SHIFT (e.g. @7h): the same load shape that many hours later (another time zone).
+    shifts = {n: _shift_s(t) for n, t in traces.items()}
+    traces = {n: t.rsplit("@", 1)[0] if shifts[n] else t for n, t in traces.items()}
     lens = _per_service(lengths, names, "--lengths") if lengths else {}
     peaks = _per_service([p for p in peak_rps if p != "auto"], names, "--peak-rps") if not auto else {}
     dt = min(10.0, cfg.cluster.control_period_s)
@@ -113,10 +117,33 @@ def _load_curves(
             except ValueError:
                 raise ValueError(f"--peak-rps for {name}: {peaks[name]!r} is not a number or 'auto'") from None
             curve = curve.scaled_to_peak(peak)
+        if shifts[name]:
+            curve = _rolled(curve, shifts[name])
         curves[name] = curve
     if auto:
         return fit_to_cluster(cfg, curves)
     return curves, None
+
+
+def _shift_s(trace: str) -> float:
+    """Seconds of `PATH@SHIFT` (SHIFT like 7h, 90m, 600s or 600); 0 without a suffix."""
+    m = re.fullmatch(r".*@(\d+(?:\.\d+)?)([hms]?)", trace)
+    if m is None:
+        return 0.0
+    return float(m.group(1)) * {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}[m.group(2)]
+
+
+def _rolled(curve: Any, shift_s: float) -> Any:
+    """The curve `shift_s` later, wrapped around its end (the first hours come from the last day)."""
+    import dataclasses
+
+    import numpy as np
+
+    k = round(shift_s / curve.dt_s) % max(1, len(curve.t_s))
+    fields = ("req_per_s", "mean_input_tokens", "mean_output_tokens", "observed")
+    return dataclasses.replace(
+        curve, name=f"{curve.name}@{shift_s / 3600:g}h", **{f: np.roll(getattr(curve, f), k) for f in fields}
+    )
 
 
 def _print_league(rows: list[dict[str, Any]]) -> None:

@@ -179,6 +179,7 @@ class Twin:
     _cross: dict[str, float] = field(default_factory=dict)
     stats: dict[str, ServiceStats] = field(default_factory=dict)
     ticks: list[TickRecord] = field(default_factory=list)
+    _by_role: dict[tuple[str, Role], list[tuple[str, list[list[float]]]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [s.name for s in self.config.services if s.name not in self.load]
@@ -202,6 +203,14 @@ class Twin:
         self._cells = {k: [[-math.inf, float(n)]] for k, n in placement.cells.items() if n > 0}
         self._update_cross()
 
+    def _reindex(self) -> None:
+        """(service, role) -> its cells' batch lists: a tick reads its pools without scanning
+        every service's cells (rebuilt on every change; the lists are shared, not copied)."""
+        index: dict[tuple[str, Role], list[tuple[str, list[list[float]]]]] = {}
+        for key, batches in self._cells.items():
+            index.setdefault((key.service, key.role), []).append((key.gpu_type, batches))
+        self._by_role = index
+
     def placement(self) -> Placement:
         return Placement.of((k, int(sum(b[1] for b in batches))) for k, batches in self._cells.items())
 
@@ -210,7 +219,9 @@ class Twin:
 
     def _update_cross(self) -> None:
         """Share of each service's traffic whose prefill and decode sit in different domains
-        (requests are routed to a decode instance in the prefill's domain whenever one exists)."""
+        (requests are routed to a decode instance in the prefill's domain whenever one exists).
+        Every change of the cells ends here (sim.live's loader too), so the pool index is rebuilt."""
+        self._reindex()
         shares: dict[str, dict[Role, dict[str, float]]] = {}
         for key, batches in self._cells.items():
             dom = key.s1 if self.params.kv_domain_level == "S1" else self._s2_of.get(key.s1, key.s1)
@@ -306,13 +317,11 @@ class Twin:
         """(ready instances per GPU type, ready instances, all instances) of a role."""
         ready: dict[str, float] = {}
         ready_n = all_n = 0
-        for key, batches in self._cells.items():
-            if key.service != svc.name or key.role is not role:
-                continue
+        for gpu_type, batches in self._by_role.get((svc.name, role), ()):
             for ready_at, n in batches:
                 all_n += int(n)
                 if ready_at <= self.now_s:
-                    ready[key.gpu_type] = ready.get(key.gpu_type, 0.0) + n
+                    ready[gpu_type] = ready.get(gpu_type, 0.0) + n
                     ready_n += int(n)
         return ready, ready_n, all_n
 

@@ -8,7 +8,8 @@ rest are pure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, MutableSequence
 
 from models.config import ClusterConfig, PlacementMethod, Role
 from models.values import (
@@ -46,14 +47,25 @@ def extend_history(
     now_s: float,
     *,
     keep_s: float = 8 * 86400.0,
-) -> dict[str, list[tuple[float, float | None]]]:
-    """Append this run's policy metric per service (None when missing) and trim old samples."""
-    out: dict[str, list[tuple[float, float | None]]] = {}
+) -> dict[str, MutableSequence[tuple[float, float | None]]]:
+    """Append this run's policy metric per service (None when missing) and trim old samples.
+
+    A service's history given as a `deque` is extended in place and trimmed from the front (O(1)
+    per call: the replay runs this 20,000 times over 14 days); any other sequence is copied into
+    a new list, as the flow's history from the store is.
+    """
+    out: dict[str, MutableSequence[tuple[float, float | None]]] = {}
     for svc in config.services:
-        past = [h for h in history.get(svc.name, ()) if h[0] >= now_s - keep_s]
         sig = signals.get(svc.name)
         value = sig.get(svc.policy.metric.value) if sig is not None else None
-        out[svc.name] = [*past, (now_s, value)]
+        past = history.get(svc.name, ())
+        if isinstance(past, deque):
+            past.append((now_s, value))
+            while past[0][0] < now_s - keep_s:
+                past.popleft()
+            out[svc.name] = past
+        else:
+            out[svc.name] = [*(h for h in past if h[0] >= now_s - keep_s), (now_s, value)]
     return out
 
 
@@ -61,16 +73,18 @@ def forecast_load(
     config: ClusterConfig,
     history: Mapping[str, History],
     *,
-    forecaster: str | None = None,
+    forecaster: str | Mapping[str, str] | None = None,
 ) -> dict[str, Forecast]:
     """Expected policy metric when instances started now become Ready (cold start + period).
 
-    `forecaster` overrides each service's `policy.forecaster` ("auto" = chosen by a rolling-origin
-    backtest on the service's own history; the method used is recorded as "auto:<name>").
+    `forecaster` overrides each service's `policy.forecaster`, for all services or per service
+    name ("auto" = chosen by a rolling-origin backtest on the service's own history; the method
+    used is recorded as "auto:<name>").
     """
     out: dict[str, Forecast] = {}
     for svc in config.services:
-        name = forecaster or svc.policy.forecaster
+        override = forecaster.get(svc.name) if isinstance(forecaster, Mapping) else forecaster
+        name = override or svc.policy.forecaster
         get_forecaster(name)  # unknown names fail here with the list of valid ones
         horizon = svc.cold_start_s + config.cluster.control_period_s
         value, method = forecast_with(name, history.get(svc.name, ()), horizon)
@@ -80,19 +94,19 @@ def forecast_load(
 
 def current_counts(config: ClusterConfig, view: ClusterView) -> dict[str, RoleCounts]:
     """Instances per service and role in reference-GPU units (rounded), starting ones included."""
-    out: dict[str, RoleCounts] = {}
-    for svc in config.services:
-        counts = []
-        for role in Role:
-            spec = svc.role(role)
-            units = sum(
-                n * spec.weight(k.gpu_type)
-                for k, n in view.placement.cells.items()
-                if k.service == svc.name and k.role is role and k.gpu_type in spec.capacity_tokens_per_s
-            )
-            counts.append(round(units))
-        out[svc.name] = RoleCounts(counts[0], counts[1])
-    return out
+    units: dict[tuple[str, Role], float] = {}
+    specs = {(svc.name, role): svc.role(role) for svc in config.services for role in Role}
+    # One pass over the cells (not one per service): the replay calls this every period.
+    for k, n in view.placement.cells.items():
+        spec = specs.get((k.service, k.role))
+        if spec is not None and k.gpu_type in spec.capacity_tokens_per_s:
+            units[(k.service, k.role)] = units.get((k.service, k.role), 0.0) + n * spec.weight(k.gpu_type)
+    return {
+        svc.name: RoleCounts(
+            round(units.get((svc.name, Role.PREFILL), 0.0)), round(units.get((svc.name, Role.DECODE), 0.0))
+        )
+        for svc in config.services
+    }
 
 
 def compute_targets(

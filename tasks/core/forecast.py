@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -63,8 +64,9 @@ def to_grid(history: History, *, max_points: int = MAX_GRID_POINTS) -> Grid | No
     """Lay `history` on a regular grid anchored at its last sample. None when no valid sample."""
     if not history:
         return None
-    t = np.fromiter((h[0] for h in history), dtype=float, count=len(history))
-    v = np.fromiter((np.nan if h[1] is None else h[1] for h in history), dtype=float, count=len(history))
+    # One C-level pass over the (t, value) pairs (numpy reads None as NaN for a float array).
+    tv = np.array(history, dtype=float).reshape(-1, 2)
+    t, v = tv[:, 0], tv[:, 1]
     v[~np.isfinite(v)] = np.nan
     if np.isnan(v).all():
         return None
@@ -86,7 +88,16 @@ def to_grid(history: History, *, max_points: int = MAX_GRID_POINTS) -> Grid | No
 
 
 def _ffill(y: np.ndarray) -> np.ndarray:
-    return pd.Series(y).ffill().to_numpy()
+    """Forward-fill NaNs (leading NaNs stay); numpy, as pandas' per-call overhead dominates here."""
+    idx = np.where(np.isnan(y), 0, np.arange(len(y)))
+    np.maximum.accumulate(idx, out=idx)
+    return y[idx]  # leading NaNs map to y[0], itself NaN
+
+
+@lru_cache(maxsize=64)
+def _zi(num: tuple[float, ...], den: tuple[float, ...]) -> np.ndarray:
+    # lfilter_zi solves a small linear system; the coefficients are constants of the method.
+    return lfilter_zi(num, den)
 
 
 def _h_steps(horizon_s: float, step_s: float) -> float:
@@ -123,9 +134,9 @@ def holt_states(y: np.ndarray, *, alpha: float, beta: float, phi: float) -> tupl
     q, c = 1.0 - alpha, (1.0 - beta) * phi
     num = [alpha, -alpha * c]
     den = [1.0, -(q + c + q * phi * beta), q * c + q * phi * beta]
-    level, _ = lfilter(num, den, x0, zi=lfilter_zi(num, den) * x0[0])
+    level, _ = lfilter(num, den, x0, zi=_zi(tuple(num), tuple(den)) * x0[0])
     tnum, tden = [beta, -beta], [1.0, -c]
-    trend, _ = lfilter(tnum, tden, level, zi=lfilter_zi(tnum, tden) * level[0])
+    trend, _ = lfilter(tnum, tden, level, zi=_zi(tuple(tnum), tuple(tden)) * level[0])
     pad = np.full(i0, np.nan)
     return np.concatenate([pad, level]), np.concatenate([pad, trend])
 
@@ -164,19 +175,28 @@ def path_seasonal_blend(
     logy = np.log(np.maximum(last, 1e-9))
     sm = pd.Series(logy).rolling(smooth_w, center=True, min_periods=1).median().to_numpy()
     idx = np.arange(n)
-    deltas = np.full((days, n), np.nan)
-    for j in range(1, days + 1):
+    # Only the days the history reaches back to (a day of history gives one row, not seven).
+    rows = min(days, (n - 1) // s)
+    deltas = np.full((rows, n), np.nan)
+    for j in range(1, rows + 1):
         src, dst = idx - j * s, idx + hi - j * s
         ok = src >= 0  # dst <= i - s + h < i: only the past is used
         deltas[j - 1, ok] = sm[dst[ok]] - sm[src[ok]]
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            delta = np.nanmedian(deltas, axis=0)
+    delta = _nanmedian_rows(deltas)
     factor = np.where(np.isnan(delta), 1.0, np.exp(delta))
     return base * factor
+
+
+def _nanmedian_rows(x: np.ndarray) -> np.ndarray:
+    """`np.nanmedian(x, axis=0)` without its per-column warnings for all-NaN columns (most
+    columns are, early in a history; the warnings cost more than the median)."""
+    srt = np.sort(x, axis=0)  # NaNs sort last
+    cnt = np.sum(~np.isnan(x), axis=0)
+    cols = np.arange(x.shape[1])
+    lo, hi = np.maximum(cnt - 1, 0) // 2, np.maximum(cnt, 1) // 2
+    with np.errstate(invalid="ignore"):
+        med = (srt[lo, cols] + srt[hi, cols]) / 2.0
+    return np.where(cnt > 0, med, np.nan)
 
 
 PATHS: dict[str, PathFn] = {
@@ -241,13 +261,14 @@ def select_forecaster(
     best, best_mape = candidates[0], math.inf
     for m in candidates:
         err = abs_pct_errors(paths[m], grid.y, hi)[first_origin:]
-        sc = score(m, err)
-        if sc.n < MIN_SCORED_ORIGINS or sc.mape is None:
+        err = err[~np.isnan(err)]  # the MAPE alone decides (no percentile: this runs every period)
+        if len(err) < MIN_SCORED_ORIGINS:
             if m == candidates[0]:
                 return best, paths
             continue
-        if sc.mape < best_mape - 1e-12:
-            best, best_mape = m, sc.mape
+        mape = float(np.mean(err))
+        if mape < best_mape - 1e-12:
+            best, best_mape = m, mape
     return best, paths
 
 
@@ -275,14 +296,13 @@ def _finite(x: float) -> float | None:
 # --- the registry ------------------------------------------------------------------------
 
 
-def _valid(history: History) -> list[tuple[float, float]]:
-    return [(t, v) for t, v in history if v is not None and math.isfinite(v)]
-
-
 def last_value(history: History, horizon_s: float) -> float | None:
     """The most recent valid sample: the baseline every forecaster is judged against."""
-    valid = _valid(history)
-    return valid[-1][1] if valid else None
+    # From the end: a replay calls this every period on a day of history.
+    for _t, v in reversed(history):
+        if v is not None and math.isfinite(v):
+            return v
+    return None
 
 
 def _named(method: str) -> Forecaster:
