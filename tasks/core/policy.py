@@ -21,7 +21,8 @@ own linear metric, the pair kept near the curated ratio), a guard for the served
 (decode TPS cannot exceed capacity, so a saturated pool reads as "enough"), fast scale-out and
 slow, stepped scale-in;
 `oracle` sizes for the true peak load of the next cold start + period (`ctx.peak_metric`,
-supplied by the replay from the trace): the floor no online policy beats;
+supplied by the replay from the trace) at the service's target per instance: the floor for
+policies with that headroom;
 `static-peak` provisions the peak once and never moves.
 """
 
@@ -509,20 +510,17 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
 
 def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     """Perfect foresight: sized for the true peak metric until new instances could be Ready
-    (`ctx.peak_metric` from the replay), at 100% of the per-instance capacity at the SLOs."""
+    (`ctx.peak_metric` from the replay) at the service's own target per instance, the headroom
+    every metric-driven policy gets. (Sizing at 100% of `capacity_tokens_per_s` instead made the
+    oracle fail the SLO on bursts inside a control period: not a floor at equal attainment.)
+    With the same headroom it differs from `heteroscale-paper` only by knowing the load, so it
+    is the floor for the paper's policy: no hysteresis, cooldown, damping or forecast error."""
     svc = ctx.service
     if ctx.peak_metric is None:
         return _hold(ctx, state, "oracle: no future load given; holding", "static")
-    cap_ref = (
-        svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
-        if svc.policy.metric is Metric.DECODE_TPS
-        else svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
-        * svc.pd_ratio.decode
-        / svc.pd_ratio.prefill
-    )
-    d = bound_decode(svc, math.ceil(ctx.peak_metric / cap_ref - _EPS))
+    d = bound_decode(svc, math.ceil(_proportional_decode(ctx, ctx.peak_metric) - _EPS))
     new = split_by_ratio(svc, d)
-    reason = f"oracle: next-horizon peak {ctx.peak_metric:.0f} at {cap_ref:g}/instance"
+    reason = f"oracle: next-horizon peak {ctx.peak_metric:.0f} at target {svc.policy.target_per_instance:g}/instance"
     if new == ctx.current:
         return _hold(ctx, state, reason, "static")
     return _finish(ctx, state, new, reason, "static")
