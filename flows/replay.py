@@ -82,17 +82,20 @@ def _p99(samples: Sequence[float]) -> float | None:
 
 def future_peak(
     config: ClusterConfig, curves: Mapping[str, LoadCurve], metric: Mapping[str, np.ndarray], now_s: float, t0_s: float
-) -> dict[str, float]:
-    """The oracle's foresight: each service's true peak metric (control-period averages) from
-    `now` until instances started now would be Ready and have served one period."""
-    out = {}
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The oracle's foresight from `metric` (= `period_means`): each service's true peak from
+    `now` until instances started now are Ready and have served one period, and the peak of
+    that last stretch alone (cold start .. cold start + period)."""
+    until, ready = {}, {}
     for svc in config.services:
         c = curves[svc.name]
         series = metric[svc.name]
         lo = c.at(now_s - t0_s)
-        hi = c.at(now_s - t0_s + svc.cold_start_s + 2 * config.cluster.control_period_s)
-        out[svc.name] = float(np.max(series[lo : hi + 1]))
-    return out
+        mid = c.at(now_s - t0_s + svc.cold_start_s)
+        hi = c.at(now_s - t0_s + svc.cold_start_s + config.cluster.control_period_s)
+        until[svc.name] = float(np.max(series[lo : hi + 1]))
+        ready[svc.name] = float(np.max(series[mid : hi + 1]))
+    return until, ready
 
 
 def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
@@ -104,6 +107,19 @@ def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dic
             out[svc.name] = c.req_per_s * c.mean_output_tokens
         else:
             out[svc.name] = c.req_per_s * c.mean_input_tokens * (1 - svc.prefix_cache_hit)
+    return out
+
+
+def period_means(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
+    """The metric averaged over the control period starting at each window: what the oracle
+    foresees. Every policy sizes on period averages (static-peak too); the oracle's peak of raw
+    10-s windows would size for bursts no other policy is asked to absorb."""
+    out = {}
+    for name, series in metric_series(config, curves).items():
+        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
+        csum = np.concatenate([[0.0], np.cumsum(series)])
+        hi = np.minimum(np.arange(len(series)) + w, len(series))
+        out[name] = (csum[hi] - csum[: len(series)]) / (hi - np.arange(len(series)))
     return out
 
 
@@ -186,7 +202,8 @@ def replay(
     twin.seed(seed.placement)
 
     peaks = peak_metric(config, curves)
-    truth = metric_series(config, curves) if policy == "oracle" else {}
+    truth = period_means(config, curves) if policy == "oracle" else {}
+    ready_peaks: dict[str, float] = {}
     # Deques: extend_history appends and trims them in place.
     history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: deque() for s in config.services}
     uses_forecast = policy in FORECAST_POLICIES
@@ -204,7 +221,7 @@ def replay(
         signals = steps.collect_signals(twin, config, now)
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
         if policy == "oracle":
-            peaks = future_peak(config, curves, truth, now, t0)
+            peaks, ready_peaks = future_peak(config, curves, truth, now, t0)
         if uses_forecast and now - period >= next_forecast - 1e-9:
             # First period served of a new trace window: new load information, new forecast.
             select = now - period >= next_select - 1e-9
@@ -217,7 +234,15 @@ def replay(
             next_forecast = _next_time(next_forecast, now - period, every)
         view = steps.read_cluster(twin, config, now)
         targets, states = steps.compute_targets(
-            config, view, signals, forecasts, states, now, policy=policy, peak_metric=peaks
+            config,
+            view,
+            signals,
+            forecasts,
+            states,
+            now,
+            policy=policy,
+            peak_metric=peaks,
+            ready_peak_metric=ready_peaks,
         )
         plan = steps.place(config, view, targets, method=placement or placement_method(policy))
         result = steps.apply_plan(twin, config, plan, ApplyMode.APPLY, now)

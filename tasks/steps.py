@@ -119,6 +119,7 @@ def compute_targets(
     *,
     policy: str | None = None,
     peak_metric: Mapping[str, float] | None = None,
+    ready_peak_metric: Mapping[str, float] | None = None,
 ) -> tuple[dict[str, Targets], dict[str, ServicePolicyState]]:
     """Each service's policy decision. `policy` overrides the configured one (replay league)."""
     current = current_counts(config, view)
@@ -134,6 +135,7 @@ def compute_targets(
             forecast=forecasts.get(svc.name),
             timezone=config.cluster.timezone,
             peak_metric=(peak_metric or {}).get(svc.name),
+            ready_peak_metric=(ready_peak_metric or {}).get(svc.name),
         )
         targets[svc.name], new_states[svc.name] = decide(ctx, states.get(svc.name, ServicePolicyState()))
     return targets, new_states

@@ -57,6 +57,9 @@ class PolicyContext:
     timezone: str = "UTC"
     # The metric value the fleet is provisioned for (static-peak only; replay supplies it).
     peak_metric: float | None = None
+    # Oracle only: the true peak while instances started now would serve before the next run
+    # can act ([now + cold start, + one period]); `peak_metric` is then the peak from now to there.
+    ready_peak_metric: float | None = None
 
 
 Decision = tuple[Targets, ServicePolicyState]
@@ -518,9 +521,18 @@ def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     svc = ctx.service
     if ctx.peak_metric is None:
         return _hold(ctx, state, "oracle: no future load given; holding", "static")
-    d = bound_decode(svc, math.ceil(_proportional_decode(ctx, ctx.peak_metric) - _EPS))
+    # Scale out just in time: instances started now serve only from now + cold start, so only
+    # that window's peak can ask for more. Scale in no lower than the peak until then: what is
+    # removed now cannot come back sooner.
+    keep = bound_decode(svc, math.ceil(_proportional_decode(ctx, ctx.peak_metric) - _EPS))
+    ready = ctx.ready_peak_metric if ctx.ready_peak_metric is not None else ctx.peak_metric
+    need = bound_decode(svc, math.ceil(_proportional_decode(ctx, ready) - _EPS))
+    d = need if need > ctx.current.num_decode else min(ctx.current.num_decode, keep)
     new = split_by_ratio(svc, d)
-    reason = f"oracle: next-horizon peak {ctx.peak_metric:.0f} at target {svc.policy.target_per_instance:g}/instance"
+    reason = (
+        f"oracle: peak {ready:.0f} when ready, {ctx.peak_metric:.0f} until then, "
+        f"at target {svc.policy.target_per_instance:g}/instance"
+    )
     if new == ctx.current:
         return _hold(ctx, state, reason, "static")
     return _finish(ctx, state, new, reason, "static")
