@@ -15,18 +15,27 @@ Contract:
     scrape target that went quiet;
   * `truth` keeps each tick's ground truth (wall time at the tick's end, the twin's signals), so a
     test can compare what Prometheus answers with what the twin served;
-  * running / waiting request counts are not modelled by the twin and are not exported.
+  * running / waiting request counts are not modelled by the twin and are not exported;
+  * `heteroscale_twin_instances{service, role, gpu_type}` is the fleet (instances, starting ones
+    included), what kube-state-metrics' replica counts would show on a real cluster;
+  * with `state_path` the exporter *is* the persisted twin of `sim.live.TwinBackend`: it starts
+    from that file (or seeds and writes it), writes its clock, backlogs and a heartbeat after
+    every tick, and adopts the instances a scaling run applied (`cells_version` changed) within
+    one tick. That closes the loop: scale_cluster -> state file -> exporter -> Prometheus ->
+    scale_cluster (docs/signals.md).
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -39,6 +48,7 @@ from sim.twin import Twin
 
 TTFT_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS_S = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+_FLEET_LABELS = ["service", "role", "gpu_type"]
 # Observations booked per tick and histogram (only the quantile shape matters).
 _OBS_PER_TICK = 100.0
 
@@ -101,6 +111,7 @@ class TwinExporter(Collector):
         tick_s: float | None = None,
         clock: Callable[[], float] = time.time,
         keep_truth_s: float = 3600.0,
+        state_path: Path | None = None,
     ) -> None:
         from flows.replay import initial_counts
         from tasks.core.greedy import place_greedy
@@ -116,6 +127,10 @@ class TwinExporter(Collector):
         self.twin = Twin(config=config, load=curves, tick_s=self.tick_s, keep_ticks=False)
         seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, "heteroscale-paper"))
         self.twin.seed(seed.placement)
+        self.state_path = state_path
+        self._cells_version = 0
+        if state_path is not None:
+            self._open_state(state_path)
         self.keep_truth_s = keep_truth_s
         self.truth: list[TruthRecord] = []
         self._lock = threading.Lock()
@@ -131,12 +146,57 @@ class TwinExporter(Collector):
     def _bounds(role: Role) -> tuple[float, ...]:
         return TTFT_BUCKETS_S if role is Role.PREFILL else ITL_BUCKETS_S
 
+    # --- the shared state file ------------------------------------------------------------
+
+    def _open_state(self, path: Path) -> None:
+        from sim.live import load_twin_state, read_state, state_lock, write_state
+
+        with state_lock(path):
+            state = read_state(path)
+            if state is not None:
+                load_twin_state(self.twin, self.config, state)
+                self._cells_version = int(state.get("cells_version", 0))
+            write_state(path, self._state_json())
+
+    def _state_json(self) -> dict[str, object]:
+        from sim.live import twin_state
+
+        beat = {"wall_s": time.time(), "pid": os.getpid(), "speed": self.speed}
+        return {**twin_state(self.twin), "cells_version": self._cells_version, "live": beat}
+
+    def _sync(self) -> None:
+        """Adopt instances a scaling run applied since the last tick; publish clock and heartbeat."""
+        from sim.live import load_cells, read_state, state_lock, write_state
+
+        assert self.state_path is not None
+        with state_lock(self.state_path):
+            state = read_state(self.state_path) or {}
+            version = int(state.get("cells_version", self._cells_version))
+            if version != self._cells_version:
+                with self._lock:  # a scrape reads the fleet
+                    load_cells(self.twin, self.config, state.get("cells", []))
+                    self._clamp_ready_times()
+                self._cells_version = version
+            write_state(self.state_path, self._state_json())
+
+    def _clamp_ready_times(self) -> None:
+        # A run that applied just before the trace looped wrote ready times of the old lap.
+        cold = {s.name: s.cold_start_s for s in self.config.services}
+        for key, batches in self.twin._cells.items():
+            for b in batches:
+                b[0] = min(b[0], self.twin.now_s + cold[key.service])
+
     # --- simulation ---------------------------------------------------------------------
 
     def step(self) -> TruthRecord:
         """Serve one tick and book it into the exported metrics."""
         if self.twin.now_s + self.tick_s > self.duration_s + 1e-9:
             self.twin.now_s = 0.0  # loop over the trace, as the twin backend does
+            for batches in self.twin._cells.values():
+                for b in batches:
+                    b[0] = min(b[0], 0.0)  # instances starting at the lap's end are ready now
+        if self.state_path is not None:
+            self._sync()
         self.twin.advance(self.twin.now_s + self.tick_s)
         signals = self.twin.read_signals(self.config, self.twin.now_s)
         with self._lock:
@@ -215,7 +275,16 @@ class TwinExporter(Collector):
         ttft = HistogramMetricFamily("vllm:time_to_first_token_seconds", "TTFT (twin p99 shape).", labels=labels)
         itl = HistogramMetricFamily("vllm:inter_token_latency_seconds", "Inter-token latency.", labels=labels)
         util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation, percent.", labels=[*labels, "gpu"])
+        fleet = GaugeMetricFamily(
+            "heteroscale_twin_instances", "Instances of the twin (starting ones included).", labels=_FLEET_LABELS
+        )
         with self._lock:
+            per: dict[tuple[str, str, str], int] = {}
+            for key, n in self.twin.placement().cells.items():
+                k = (key.service, key.role.value, key.gpu_type)
+                per[k] = per.get(k, 0) + n
+            for k, n in sorted(per.items()):
+                fleet.add_metric(list(k), float(n))
             for svc in self.config.services:
                 for role in Role:
                     st = self._state[(svc.name, role)]
@@ -232,7 +301,7 @@ class TwinExporter(Collector):
                     (ttft if role is Role.PREFILL else itl).add_metric(lv, buckets, st.hist_sum)
                     if st.gpu_util_pct is not None:
                         util.add_metric([*lv, "0"], st.gpu_util_pct)
-        yield from (gen, prompt, hits, queries, ttft, itl, util)
+        yield from (gen, prompt, hits, queries, ttft, itl, util, fleet)
 
     # --- ground truth -------------------------------------------------------------------
 

@@ -3,14 +3,27 @@
 Each scaling run on the twin backend loads the twin's state from a JSON file, serves one control
 period of the trace (looping over the trace), and saves it after apply. Runs of the flow then
 behave as consecutive control periods of one simulated cluster, with no GPUs and no cluster.
+
+The closed loop (`heteroscale twin serve` + `scale_cluster --signals-backend prometheus`): the
+exporter (`sim.exporter.TwinExporter`) owns the same state file while it runs. It writes its
+clock, backlogs and a heartbeat (`live.wall_s`) every tick and adopts the cells a scaling run
+wrote. A `TwinBackend` that finds a fresh heartbeat is *live*: it does not serve periods itself
+(the exporter is the cluster; its signals come from Prometheus scraping the exporter) and its
+apply replaces only the cells, bumping `cells_version`. Every read-modify-write of the file holds
+an exclusive `flock` on `<state>.lock`, so an apply is never lost to the exporter's next write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from models.config import ClusterConfig, Role
 from models.values import ApplyMode, ApplyResult, CellKey, PlacementPlan, ServiceSignals
@@ -32,6 +45,82 @@ def demo_curves(
     return out
 
 
+# A heartbeat older than this means no exporter is serving the state file any more.
+LIVE_TIMEOUT_S = 30.0
+
+
+@contextlib.contextmanager
+def state_lock(state_path: Path) -> Iterator[None]:
+    """Exclusive lock for a read-modify-write of the state file (across processes)."""
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(state_path.with_suffix(".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def read_state(state_path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(state_path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_state(state_path: Path, state: Mapping[str, Any]) -> None:
+    """Atomic replace (a reader never sees half a file). Call under `state_lock`."""
+    state_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state_path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state))
+    tmp.replace(state_path)
+
+
+def cells_json(twin: Twin) -> list[list[Any]]:
+    return [
+        [k.service, k.role.value, k.gpu_type, k.s1, b[0] if math.isfinite(b[0]) else None, b[1]]
+        for k, batches in twin._cells.items()
+        for b in batches
+    ]
+
+
+def twin_state(twin: Twin) -> dict[str, Any]:
+    return {
+        "now_s": twin.now_s,
+        "cells": cells_json(twin),
+        "backlog_prefill": twin._backlog_p,
+        "backlog_decode": twin._backlog_d,
+    }
+
+
+def load_cells(twin: Twin, config: ClusterConfig, cells: list[list[Any]]) -> None:
+    """Replace the twin's instances with `cells` (services not in the config are dropped)."""
+    known = {s.name for s in config.services}
+    twin._cells = {}
+    for service, role, gpu_type, s1, ready_at, n in cells:
+        if service not in known:
+            continue
+        key = CellKey(service, Role(role), gpu_type, s1)
+        twin._cells.setdefault(key, []).append([-math.inf if ready_at is None else ready_at, n])
+    twin._update_cross()
+
+
+def load_twin_state(twin: Twin, config: ClusterConfig, state: Mapping[str, Any]) -> None:
+    known = {s.name for s in config.services}
+    twin.now_s = float(state["now_s"])
+    load_cells(twin, config, state["cells"])
+    twin._backlog_p.update({k: v for k, v in state.get("backlog_prefill", {}).items() if k in known})
+    twin._backlog_d.update({k: v for k, v in state.get("backlog_decode", {}).items() if k in known})
+
+
+def is_live(state: Mapping[str, Any] | None, *, now_wall_s: float | None = None) -> bool:
+    """True when an exporter wrote a heartbeat within LIVE_TIMEOUT_S."""
+    beat = (state or {}).get("live") or {}
+    wall = beat.get("wall_s")
+    now = time.time() if now_wall_s is None else now_wall_s
+    return wall is not None and now - float(wall) < LIVE_TIMEOUT_S
+
+
 class TwinBackend:
     """Signals and cluster backend over a persisted twin. `now()` is the twin's clock."""
 
@@ -50,8 +139,11 @@ class TwinBackend:
         dt = min(period, *(c.dt_s for c in curves.values()))
         self.duration_s = max(c.duration_s for c in curves.values())
         self.twin = Twin(config=config, load=curves, tick_s=dt, keep_ticks=False)
-        if state_path.exists():
-            self._load(json.loads(state_path.read_text()))
+        state = read_state(state_path)
+        # Served by a running exporter: that process is the cluster, this one only reads and applies.
+        self.live = is_live(state)
+        if state is not None:
+            load_twin_state(self.twin, config, state)
         else:
             from flows.replay import initial_counts
 
@@ -63,6 +155,8 @@ class TwinBackend:
         return self.twin.now_s
 
     def serve_period(self) -> None:
+        if self.live:
+            return  # the exporter serves in (accelerated) real time
         period = self.config.cluster.control_period_s
         if self.twin.now_s + period > self.duration_s:
             self.twin.now_s = 0.0
@@ -83,33 +177,14 @@ class TwinBackend:
         return result
 
     def save(self) -> None:
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        cells = [
-            [k.service, k.role.value, k.gpu_type, k.s1, b[0] if math.isfinite(b[0]) else None, b[1]]
-            for k, batches in self.twin._cells.items()
-            for b in batches
-        ]
-        state = {
-            "now_s": self.twin.now_s,
-            "cells": cells,
-            "backlog_prefill": self.twin._backlog_p,
-            "backlog_decode": self.twin._backlog_d,
-        }
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.state_path)
-
-    def _load(self, state: dict) -> None:
-        self.twin.now_s = float(state["now_s"])
-        self.twin._cells = {}
-        known = {s.name for s in self.config.services}
-        for service, role, gpu_type, s1, ready_at, n in state["cells"]:
-            if service not in known:
-                continue
-            key = CellKey(service, Role(role), gpu_type, s1)
-            self.twin._cells.setdefault(key, []).append([-math.inf if ready_at is None else ready_at, n])
-        self.twin._backlog_p.update({k: v for k, v in state.get("backlog_prefill", {}).items() if k in known})
-        self.twin._backlog_d.update({k: v for k, v in state.get("backlog_decode", {}).items() if k in known})
+        with state_lock(self.state_path):
+            state = read_state(self.state_path) or {}
+            version = int(state.get("cells_version", 0)) + 1
+            if self.live and is_live(state):
+                # Only the instances are ours to change; clock, backlogs and heartbeat are the exporter's.
+                write_state(self.state_path, {**state, "cells": cells_json(self.twin), "cells_version": version})
+            else:
+                write_state(self.state_path, {**twin_state(self.twin), "cells_version": version})
 
 
 def auto_peaks(config: ClusterConfig, curve: LoadCurve) -> dict[str, float]:

@@ -51,6 +51,9 @@ RangeQueryFn = Callable[[str, float, float, float, float], list[dict[str, Any]]]
 BOOTSTRAP_WINDOW_S = 86400.0
 BOOTSTRAP_MIN_SPAN_S = 3600.0  # a service with less stored history than this is bootstrapped
 MAX_RANGE_POINTS = 10_000
+# The store writes one transaction per timestamp (Store.append_samples, ~2-9 ms here): the
+# bootstrapped past is recorded at most this many timestamps (bucket means), a day at 6 minutes.
+MAX_RECORDED_POINTS = 240
 
 
 class TransientQueryError(RuntimeError):
@@ -462,6 +465,34 @@ def short_services(
     return out
 
 
+def coarsen(
+    samples: Mapping[str, Sequence[tuple[float, float | None]]], max_points: int
+) -> dict[float, dict[str, float | None]]:
+    """Samples of every service on one shared grid of at most `max_points` buckets: time ->
+    service -> bucket mean (missing values skipped; an all-missing bucket stays None). A bucket
+    is stamped with the latest sample time in it, the same for every service. Pure."""
+    times = [t for ss in samples.values() for t, _ in ss]
+    if not times:
+        return {}
+    t0, t1 = min(times), max(times)
+    width = max((t1 - t0) / max_points, 1e-9) * (1 + 1e-9)
+    buckets: dict[int, dict[str, list[float | None]]] = {}
+    stamp: dict[int, float] = {}
+    for name, ss in samples.items():
+        for t, v in ss:
+            k = min(int((t - t0) / width), max_points - 1)
+            buckets.setdefault(k, {}).setdefault(name, []).append(v)
+            stamp[k] = max(stamp.get(k, t), t)
+    out: dict[float, dict[str, float | None]] = {}
+    for k, per in sorted(buckets.items()):
+        row: dict[str, float | None] = {}
+        for name, vs in per.items():
+            valid = [v for v in vs if v is not None]
+            row[name] = sum(valid) / len(valid) if valid else None
+        out[stamp[k]] = row
+    return out
+
+
 def merge_history(
     stored: Mapping[str, Sequence[tuple[float, float | None]]],
     fetched: Mapping[str, Sequence[tuple[float, float | None]]],
@@ -550,26 +581,37 @@ def collect(
     return coll
 
 
-def http_query(url: str, *, token: str | None = None) -> QueryFn:
-    """A QueryFn over HTTP with prometheus-api-client (POST: long service matchers fit)."""
-    import requests
-    from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+def _client(url: str, token: str | None) -> Any:
+    from prometheus_api_client import PrometheusConnect
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    client = PrometheusConnect(url=url, headers=headers, disable_ssl=False, method="POST")
+    return PrometheusConnect(url=url, headers=headers, disable_ssl=False, method="POST")
+
+
+def _call(fn: Callable[[], list[dict[str, Any]]], token: str | None) -> list[dict[str, Any]]:
+    """Run one HTTP query; map its failures to transient / permanent errors, token redacted."""
+    import requests
+    from prometheus_api_client import PrometheusApiClientException
+
+    try:
+        return fn()
+    except (requests.Timeout, requests.ConnectionError) as exc:
+        raise TransientQueryError(redact(f"{type(exc).__name__}: {exc}", token)) from None
+    except PrometheusApiClientException as exc:
+        text = redact(str(exc), token)
+        transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
+        raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
+    except (ValueError, KeyError) as exc:  # a non-JSON or malformed body
+        raise PermanentQueryError(redact(f"malformed answer: {exc}", token)) from None
+
+
+def http_query(url: str, *, token: str | None = None) -> QueryFn:
+    """A QueryFn over HTTP with prometheus-api-client (POST: long service matchers fit)."""
+    client = _client(url, token)
 
     def query(promql: str, at_s: float | None, timeout_s: float) -> list[dict[str, Any]]:
         params = {} if at_s is None else {"time": f"{at_s:.3f}"}
-        try:
-            return client.custom_query(promql, params=params, timeout=timeout_s)
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientQueryError(redact(f"{type(exc).__name__}: {exc}", token)) from None
-        except PrometheusApiClientException as exc:
-            text = redact(str(exc), token)
-            transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
-            raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
-        except (ValueError, KeyError) as exc:  # a non-JSON or malformed body
-            raise PermanentQueryError(redact(f"malformed answer: {exc}", token)) from None
+        return _call(lambda: client.custom_query(promql, params=params, timeout=timeout_s), token)
 
     return query
 
@@ -578,25 +620,12 @@ def http_query_range(url: str, *, token: str | None = None) -> RangeQueryFn:
     """A RangeQueryFn over HTTP with prometheus-api-client's `custom_query_range`."""
     import datetime as dt
 
-    import requests
-    from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
-
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    client = PrometheusConnect(url=url, headers=headers, disable_ssl=False, method="POST")
+    client = _client(url, token)
 
     def query_range(promql: str, start_s: float, end_s: float, step_s: float, timeout_s: float) -> list[dict[str, Any]]:
         start = dt.datetime.fromtimestamp(start_s, dt.UTC)
         end = dt.datetime.fromtimestamp(end_s, dt.UTC)
-        try:
-            return client.custom_query_range(promql, start, end, f"{step_s:g}s", timeout=timeout_s)  # type: ignore[arg-type]
-        except (requests.Timeout, requests.ConnectionError) as exc:
-            raise TransientQueryError(f"{type(exc).__name__}: {exc}") from None
-        except PrometheusApiClientException as exc:
-            text = str(exc)
-            transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
-            raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
-        except (ValueError, KeyError) as exc:
-            raise PermanentQueryError(f"malformed answer: {exc}") from None
+        return _call(lambda: client.custom_query_range(promql, start, end, f"{step_s:g}s", timeout=timeout_s), token)
 
     return query_range
 
@@ -671,9 +700,10 @@ def bootstrap_history(
     """Fill a fresh store's history from Prometheus: (history, what was done).
 
     Only when some service's stored history spans less than `min_span_s` and the signals backend
-    can read history (`read_history`: the Prometheus backend). The samples added are written to
-    the store (so the next run finds them there and sends no range query). A failed range query
-    changes nothing: the run forecasts from what the store has.
+    can read history (`read_history`: the Prometheus backend). This run forecasts from the full
+    resolution; the store records the samples coarsened to MAX_RECORDED_POINTS timestamps (so the
+    next run finds a day there and sends no range query). A failed range query changes nothing:
+    the run forecasts from what the store has.
     """
     history = {n: list(h) for n, h in stored.items()}
     short = short_services(config, stored, min_span_s=min_span_s)
@@ -682,10 +712,7 @@ def bootstrap_history(
         return history, {"bootstrapped": False, "short_services": short}
     fetch: HistoryFetch = read(config, now_s, window_s=window_s)
     merged, added = merge_history(stored, fetch.samples, short, step_s=fetch.step_s or 1.0)
-    by_time: dict[float, dict[str, float | None]] = {}
-    for name, samples in added.items():
-        for t, v in samples:
-            by_time.setdefault(t, {})[name] = v
+    by_time = coarsen(added, MAX_RECORDED_POINTS)
     for t in sorted(by_time):
         store.append_samples(config.cluster.name, t, by_time[t])
     info = {

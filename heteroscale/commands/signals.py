@@ -1,7 +1,9 @@
 """CLI for signals and forecasting: `collect`, `twin serve`, `bench forecast`.
 
 `collect` prints exactly what the scale_cluster flow reads from Prometheus (same collector, same
-config); `twin serve` runs the twin as a vLLM-style metrics exporter in accelerated real time;
+config); `twin serve` runs the twin as a vLLM-style metrics exporter in accelerated real time,
+sharing the persisted twin state with the `twin` cluster backend so `twin scale` (scale_cluster
+with signals from Prometheus) closes the loop;
 `bench forecast` backtests every forecaster on a rate trace (rolling origin) and prints MAPE and
 p90 absolute percentage error per method, `auto` being the per-origin backtest choice.
 """
@@ -11,12 +13,15 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from heteroscale.cli import _user_errors, app, bench_app, console
+
+if TYPE_CHECKING:
+    from models.config import ClusterConfig
 
 twin_app = typer.Typer(help="The replay twin as a live service.", no_args_is_help=True)
 app.add_typer(twin_app, name="twin")
@@ -65,8 +70,16 @@ def twin_serve(
     lengths: Annotated[Path | None, typer.Option(help="Request sizes for a rate trace.")] = None,
     peak_rps: Annotated[float | None, typer.Option(help="Rescale the trace to this peak req/s.")] = None,
     duration_s: Annotated[float | None, typer.Option(help="Stop after this many wall seconds.")] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(help="Twin state file shared with scale_cluster's twin backend (default: the backend's)."),
+    ] = None,
+    standalone: Annotated[bool, typer.Option(help="Do not share state: scaling runs do not reach this twin.")] = False,
 ) -> None:
-    """Run the twin in (accelerated) real time and export vLLM + DCGM metrics for Prometheus."""
+    """Run the twin in (accelerated) real time and export vLLM + DCGM metrics for Prometheus.
+
+    By default it serves the twin backend's state file, so `heteroscale twin scale` (or a
+    scale_cluster run with backend twin and signals from Prometheus) changes this twin's fleet."""
     from models.config import load_config
     from sim.exporter import TwinExporter
     from sim.live import auto_peaks
@@ -77,13 +90,14 @@ def twin_serve(
         base = load_curve(trace, lengths=lengths, dt_s=min(10.0, cfg.cluster.control_period_s))
         peaks = auto_peaks(cfg, base)
         curves = {s.name: base.scaled_to_peak(peak_rps or peaks[s.name]) for s in cfg.services}
-        return TwinExporter(cfg, curves, speed=speed)
+        path = None if standalone else (state or twin_state_path(cfg))
+        return TwinExporter(cfg, curves, speed=speed, state_path=path)
 
     exporter = _user_errors(build)
     exporter.serve(port, addr)
     console.print(
-        f"twin exporter on http://{addr}:{port}/metrics, {speed:g}x real time, tick {exporter.tick_s:g} s "
-        "(Ctrl-C to stop)",
+        f"twin exporter on http://{addr}:{port}/metrics, {speed:g}x real time, tick {exporter.tick_s:g} s, "
+        f"state {exporter.state_path or 'not shared'} (Ctrl-C to stop)",
         highlight=False,
     )
     stop = threading.Event()
@@ -91,6 +105,43 @@ def twin_serve(
         exporter.run(stop, max_wall_s=duration_s)
     except KeyboardInterrupt:
         stop.set()
+
+
+def twin_state_path(cfg: ClusterConfig) -> Path:
+    """Where the twin cluster backend keeps a cluster's twin (tasks.backends.make_backends)."""
+    from heteroscale import settings
+
+    return settings.data_dir() / "twin" / f"{cfg.cluster.name}.json"
+
+
+@twin_app.command("scale")
+def twin_scale(
+    config: Annotated[Path, typer.Option(help="Cluster config YAML (the one `twin serve` runs).")],
+    prometheus_url: Annotated[
+        str | None, typer.Option(help="Prometheus scraping the exporter (default: $HETEROSCALE_PROMETHEUS_URL).")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="apply | dry-run | advisory")] = "apply",
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """One scaling run on the served twin with signals from Prometheus: the closed loop, no GPUs."""
+    import os
+
+    from flows.scale_cluster import scale_cluster
+    from models.config import load_config
+    from tasks.prometheus import ENV_URL
+
+    _user_errors(lambda: load_config(config))
+    if prometheus_url:
+        os.environ[ENV_URL] = prometheus_url  # the flow runs in this process and reads it
+    result = scale_cluster(config_path=str(config), backend="twin", signals_backend="prometheus", mode=mode)
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(f"run {result['run_id']}: {result['status']}, {result['changes']} change(s)")
+    for name, d in result["decisions"].items():
+        console.print(
+            f"  {name}: {d['num_prefill']}P/{d['num_decode']}D {d['action']} — {d['reason']}", highlight=False
+        )
 
 
 @bench_app.command("forecast")

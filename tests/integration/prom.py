@@ -3,6 +3,8 @@
 `start_prometheus(targets, workdir)` installs the binary through scripts/system-deps.sh when it is
 missing (the project's own set-up; CI runs as root), writes a scrape config for `targets`
 ("host:port" strings, scraped every second) and waits until the server answers /-/ready.
+`backfill(openmetrics_text, workdir)` turns OpenMetrics text into TSDB blocks with `promtool`
+(same Debian package) in `workdir/data`, so a server started on that dir has the history at once.
 """
 
 from __future__ import annotations
@@ -59,7 +61,27 @@ class PromServer:
         raise TimeoutError(f"no result for {promql!r} after {timeout_s}s; log: {self.log.read_text()[-2000:]}")
 
 
-def start_prometheus(targets: list[str], workdir: Path, *, scrape_interval_s: float = 1.0) -> PromServer:
+def backfill(openmetrics: str, workdir: Path) -> Path:
+    """Write blocks for `openmetrics` (must end with `# EOF`) into `workdir/data`; returns it."""
+    ensure_prometheus()
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise RuntimeError("promtool missing (Debian package prometheus)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "backfill.om"
+    src.write_text(openmetrics)
+    data = workdir / "data"
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(src), str(data)],
+        check=True,
+        capture_output=True,
+    )
+    return data
+
+
+def start_prometheus(
+    targets: list[str], workdir: Path, *, scrape_interval_s: float = 1.0, retention: str = "1d"
+) -> PromServer:
     binary = ensure_prometheus()
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "prometheus.yml"
@@ -80,7 +102,7 @@ def start_prometheus(targets: list[str], workdir: Path, *, scrape_interval_s: fl
             f"--config.file={cfg}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{port}",
-            "--storage.tsdb.retention.time=1d",
+            f"--storage.tsdb.retention.time={retention}",
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,

@@ -160,3 +160,179 @@ def test_hundred_services_cost_a_bounded_number_of_queries(tmp_path: Path) -> No
         stop.set()
         thread.join(timeout=5)
         prom.stop()
+
+
+# --- history at start-up: one range query per signal group, recorded in the store -----------
+
+
+def _daily_tps(svc_index: int, t_s: np.ndarray) -> np.ndarray:
+    """A known decode-TPS history: a daily wave around a per-service base."""
+    return (300.0 + 150.0 * svc_index) * (1.0 + 0.4 * np.sin(2 * np.pi * t_s / 86400.0))
+
+
+def test_fresh_store_history_is_bootstrapped_from_prometheus(
+    prefect_harness: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.scale_cluster import scale_cluster
+    from heteroscale import settings
+    from tasks.prometheus import PrometheusSignals
+    from tasks.store import Store
+    from tests.integration.prom import backfill
+
+    cfg = parse_config(
+        {
+            **load_config(DEMO).model_dump(mode="json", exclude_none=True),
+            "prometheus": {"rate_window_s": 120.0, "max_staleness_s": 600.0},
+        }
+    )
+    step = cfg.cluster.control_period_s
+    # 26 h of vLLM decode counters (60 s scrapes) ending a minute ago, written as TSDB blocks.
+    end = float(int(time.time()) // 60 * 60 - 60)
+    ts = np.arange(end - 26 * 3600.0, end + 1, step)
+    lines = ["# TYPE vllm:generation_tokens counter"]
+    for i, svc in enumerate(cfg.services):
+        total = np.cumsum(_daily_tps(i, ts) * step)
+        lbl = f'service="{svc.name}",role="decode",model_name="m"'
+        lines += [f"vllm:generation_tokens_total{{{lbl}}} {v:.3f} {t:.0f}" for t, v in zip(ts, total, strict=True)]
+    backfill("\n".join(lines) + "\n# EOF\n", tmp_path / "prom")
+    prom = start_prometheus([], tmp_path / "prom", retention="30d")
+    try:
+        prom.wait_for_series("vllm:generation_tokens_total")
+        # One range query for the three services (one signal group), values as backfilled.
+        fetch = PrometheusSignals(cfg, url=prom.url).read_history(cfg, now_s=time.time())
+        assert fetch.queries == 1 and fetch.errors == []
+        assert set(fetch.samples) == {"chat", "code", "summarize"}
+        for i, svc in enumerate(cfg.services):
+            got = [(t, v) for t, v in fetch.samples[svc.name] if v is not None and t <= end - 2 * step]
+            assert len(got) >= 1300, len(got)  # a day at the control period, minus the edges
+            for t, v in got[:: len(got) // 10]:
+                # rate() over 120 s = the mean of the two increments before t.
+                want = float(np.mean(_daily_tps(i, np.array([t - step, t]))))
+                assert abs(v - want) / want < 0.02, (svc.name, t, v, want)
+
+        # The flow on a fresh store fills the history from Prometheus and records it.
+        config_path = tmp_path / "demo-prom.yaml"
+        config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+        monkeypatch.setenv("HETEROSCALE_PROMETHEUS_URL", prom.url)
+        started = time.perf_counter()
+        scale_cluster(config_path=str(config_path), backend="twin", signals_backend="prometheus", mode="dry-run")
+        first_s = time.perf_counter() - started
+        store = Store(settings.database_url())
+        hist = store.history("demo", -1e12)
+        for i, svc in enumerate(cfg.services):
+            # Recorded at bounded resolution (a day in <= 240 bucket means) plus this run's sample.
+            valid = [(t, v) for t, v in hist[svc.name][:-1] if v is not None]
+            assert 200 <= len(valid) <= 241, (svc.name, len(valid))
+            assert valid[-1][0] - valid[0][0] > 23 * 3600.0
+            # Bucket means of the daily wave: within its range, and not flat (the shape survived).
+            vals = np.array([v for _t, v in valid])
+            base = 300.0 + 150.0 * i
+            assert vals.min() > 0.55 * base and vals.max() < 1.45 * base and vals.max() > 1.3 * vals.min()
+        # The next run finds the history in the store: no second bootstrap, one sample per service.
+        scale_cluster(config_path=str(config_path), backend="twin", signals_backend="prometheus", mode="dry-run")
+        again = store.history("demo", -1e12)
+        assert {n: len(h) for n, h in again.items()} == {n: len(h) + 1 for n, h in hist.items()}
+        print(f"\nbootstrap: {len(hist['chat'])} samples per service, first run {first_s:.1f} s")
+    finally:
+        prom.stop()
+
+
+# --- the closed loop: flow -> twin state -> exporter -> Prometheus -> flow --------------------
+
+
+def test_closed_loop_flow_prometheus_exporter(
+    prefect_harness: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.scale_cluster import scale_cluster
+    from heteroscale import settings
+    from sim.live import is_live, read_state
+    from tasks import steps
+    from tasks.store import Store
+
+    cfg = _with_prometheus(load_config(DEMO))
+    config_path = tmp_path / "demo-prom.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    state_path = data_dir / "twin" / f"{cfg.cluster.name}.json"
+    # Two simulated hours of a 2 -> 20 req/s ramp at 60x: two wall minutes, one lap for the test;
+    # the fleet is seeded for 2 req/s, so the first run must scale out.
+    curve = load_curve(_ramp_trace(tmp_path / "ramp.csv", lo=2.0, hi=20.0, windows=720), lengths=AZURE)
+    exporter = TwinExporter(cfg, {s.name: curve for s in cfg.services}, speed=60.0, state_path=state_path)
+    port = free_port()
+    exporter.serve(port)
+    stop = threading.Event()
+    thread = threading.Thread(target=exporter.run, args=(stop,), daemon=True)
+    thread.start()
+    prom = start_prometheus([f"127.0.0.1:{port}"], tmp_path / "prom")
+    monkeypatch.setenv("HETEROSCALE_PROMETHEUS_URL", prom.url)
+    store = Store(settings.database_url())
+
+    def run_and_check() -> dict:
+        before = time.time()
+        out = scale_cluster(config_path=str(config_path), backend="twin", signals_backend="prometheus")
+        after = time.time()
+        # The flow's twin was live (it served nothing itself), so a value it holds came from
+        # Prometheus; it matches the exporter's truth over the rate window at the query instant.
+        assert is_live(read_state(state_path))
+        ends = [r.wall_s for r in exporter.truth if before - 1.0 <= r.wall_s <= after]
+        for d in store.decisions(out["run_id"]):
+            assert d.metric_value is not None, d
+            errs = []
+            for end in ends:
+                want = exporter.truth_between(end - WINDOW_S, end)[d.service].decode_tps
+                assert want
+                errs.append(abs(d.metric_value - want) / want)
+            assert min(errs) < 0.02, (d.service, d.metric_value, min(errs))
+        return out
+
+    try:
+        prom.wait_for_series("count(heteroscale_twin_instances) > 0")
+        time.sleep(WINDOW_S + 8)  # a full rate window; the ramp has grown well past the seeded fleet
+        fleet0 = exporter.twin.placement()
+        first = run_and_check()
+        assert first["status"] == "applied" and first["changes"] > 0, (first, store.runs()[0].summary)
+        applied = {(c.service, c.role, c.gpu_type, c.s1): c.replicas_after for c in store.changes(first["run_id"])}
+        # The exporter adopts the applied fleet within a tick, and Prometheus sees it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and exporter.twin.placement() == fleet0:
+            time.sleep(0.1)
+        fleet1 = exporter.twin.placement()
+        assert fleet1 != fleet0
+        got = {(k.service, k.role.value, k.gpu_type, k.s1): n for k, n in fleet1.cells.items()}
+        assert all(got.get(k, 0) == n for k, n in applied.items()), (applied, got)
+        per_role: dict[tuple[str, str], int] = {}
+        for k, n in fleet1.cells.items():
+            per_role[(k.service, k.role.value)] = per_role.get((k.service, k.role.value), 0) + n
+        query = http_query(prom.url)
+        deadline = time.monotonic() + 10
+        seen: dict[tuple[str, str], int] = {}
+        while time.monotonic() < deadline:
+            ans = query("sum by (service, role) (heteroscale_twin_instances)", None, 5)
+            seen = {(a["metric"]["service"], a["metric"]["role"]): int(float(a["value"][1])) for a in ans}
+            if seen == per_role:
+                break
+            time.sleep(0.5)
+        assert seen == per_role
+        # The second run starts from the fleet the first one applied, as the exporter serves it.
+        served = steps.current_counts(cfg, exporter.twin.read_state(cfg, 0.0))
+        second = run_and_check()
+        before2 = {d.service: (d.num_prefill_before, d.num_decode_before) for d in store.decisions(second["run_id"])}
+        assert before2 == {n: (c.num_prefill, c.num_decode) for n, c in served.items()}
+        assert before2 != {
+            n: (c.num_prefill, c.num_decode) for n, c in steps.current_counts(cfg, _view(cfg, fleet0)).items()
+        }
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        prom.stop()
+
+
+def _view(cfg: ClusterConfig, placement: object) -> object:
+    from tasks.core.topology import ClusterView, view_from_config
+
+    base = view_from_config(cfg)
+    return ClusterView(
+        capacities=base.capacities,
+        placement=placement,  # type: ignore[arg-type]
+        priority_override=base.priority_override,
+        gpu_budget=base.gpu_budget,
+    )

@@ -167,3 +167,103 @@ def test_slow_prometheus_times_out_and_is_retried() -> None:
         assert query("up", None, 5.0) == []
     finally:
         server.shutdown()
+
+
+# --- history at start-up (range queries) ---------------------------------------------------
+
+
+def _matrix(values: dict[str, list[tuple[float, str]]]) -> list[dict[str, Any]]:
+    return [{"metric": {"service": s}, "values": [[t, v] for t, v in vs]} for s, vs in values.items()]
+
+
+def test_history_is_one_range_query_per_signal_group_with_gaps_kept() -> None:
+    from tasks.prometheus import fetch_history
+
+    cfg = _cfg()
+    calls: list[tuple[str, float, float, float]] = []
+
+    def query_range(promql: str, start: float, end: float, step: float, timeout_s: float) -> list[dict[str, Any]]:
+        calls.append((promql, start, end, step))
+        # t=120 missing for chat (a scrape gap), NaN for code; an unknown service is ignored.
+        return _matrix(
+            {
+                "chat": [(60.0, "10"), (180.0, "12")],
+                "code": [(60.0, "5"), (120.0, "NaN")],
+                "summarize": [(60.0, "7")],
+                "other": [(60.0, "99")],
+            }
+        )
+
+    fetch = fetch_history(cfg, query_range, end_s=NOW, window_s=3600.0)
+    assert len(calls) == 1 and "generation_tokens_total" in calls[0][0]
+    assert calls[0][1:] == (NOW - 3600.0, NOW, 60.0)  # the control period as the step
+    assert fetch.samples["chat"] == [(60.0, 10.0), (180.0, 12.0)]
+    assert fetch.samples["code"] == [(60.0, 5.0), (120.0, None)]
+    assert "other" not in fetch.samples
+
+
+def test_range_step_is_bounded_and_a_failed_range_query_changes_nothing() -> None:
+    from tasks.prometheus import MAX_RANGE_POINTS, bootstrap_history, fetch_history, range_step_s
+
+    assert range_step_s(30 * 86400.0, 60.0) * MAX_RANGE_POINTS >= 30 * 86400.0
+    cfg = _cfg(retries=1)
+
+    def broken(*_: Any) -> list[dict[str, Any]]:
+        raise TransientQueryError("connection refused")
+
+    fetch = fetch_history(cfg, broken, end_s=NOW, sleep=_no_sleep)
+    assert fetch.samples == {} and len(fetch.errors) == 1
+
+    class Backend:
+        def read_history(self, config: ClusterConfig, now_s: float, *, window_s: float) -> Any:
+            return fetch_history(config, broken, end_s=now_s, window_s=window_s, sleep=_no_sleep)
+
+    written: list[float] = []
+
+    class Store:
+        def append_samples(self, cluster: str, now_s: float, values: Any) -> None:
+            written.append(now_s)
+
+    stored = {"chat": [(NOW - 60.0, 1.0)]}
+    history, info = bootstrap_history(Backend(), Store(), cfg, stored, NOW)
+    assert history == stored and written == [] and info["errors"]
+
+
+def test_bootstrap_fills_only_short_services_before_their_stored_samples_and_records_coarsened() -> None:
+    from tasks.prometheus import MAX_RECORDED_POINTS, HistoryFetch, bootstrap_history, coarsen
+
+    cfg = _cfg()
+    day = [(NOW - 86400.0 + 60.0 * i, 100.0 + i) for i in range(1441)]
+
+    class Backend:
+        def read_history(self, config: ClusterConfig, now_s: float, *, window_s: float) -> HistoryFetch:
+            return HistoryFetch(samples={s.name: list(day) for s in config.services}, queries=1, step_s=60.0)
+
+    written: dict[float, dict[str, float | None]] = {}
+
+    class Store:
+        def append_samples(self, cluster: str, now_s: float, values: Any) -> None:
+            written[now_s] = dict(values)
+
+    long_enough = [(NOW - 7200.0 + 60.0 * i, 5.0) for i in range(120)]
+    short = [(NOW - 120.0, 7.0), (NOW - 60.0, None)]
+    history, info = bootstrap_history(Backend(), Store(), cfg, {"chat": long_enough, "code": short}, NOW)
+    assert info["short_services"] == ["code", "summarize"]
+    assert history["chat"] == long_enough  # enough history: untouched
+    # code: the fetched past up to its first stored sample, then its own samples (stored wins).
+    assert history["code"][-2:] == short and all(t < NOW - 120.0 for t, _ in history["code"][:-2])
+    assert len(history["summarize"]) == 1441
+    assert len(written) <= MAX_RECORDED_POINTS + 1
+    assert all(set(v) <= {"code", "summarize"} for v in written.values())
+    # Bucket means; a missing value is skipped, never averaged as 0.
+    got = coarsen({"a": [(0.0, 2.0), (1.0, None), (3.0, 4.0), (4.0, None)], "b": [(0.0, None), (1.0, None)]}, 2)
+    assert got == {1.0: {"a": 2.0, "b": None}, 4.0: {"a": 4.0}}
+
+
+def test_hundred_services_history_is_still_one_query() -> None:
+    from tasks.prometheus import history_queries
+
+    data = load_config(DEMO).model_dump(mode="json", exclude_none=True)
+    chat = next(s for s in data["services"] if s["name"] == "chat")
+    data["services"] = [{**chat, "name": f"svc-{i:03d}"} for i in range(100)]
+    assert len(history_queries(parse_config(data))) == 1
