@@ -460,11 +460,22 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
 # --- the Prefect flow ----------------------------------------------------------------------
 
 
+def plan_curves(config: ClusterConfig, trace: str, peak_rps: Mapping[str, float] | None) -> dict[str, LoadCurve]:
+    """The load to plan for: `trace` scaled per service to `peak_rps` (default: each service's
+    peak at which it needs about half its `max_instances`, as the twin backend serves it)."""
+    from flows.replay import load_service_curves
+
+    if peak_rps is None:
+        from sim.live import auto_peaks
+
+        base, _ = load_service_curves(config, trace)
+        peak_rps = auto_peaks(config, next(iter(base.values())))
+    return load_service_curves(config, trace, None, peak_rps)[0]
+
+
 @task(name="load traces", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def _curves_task(config: ClusterConfig, trace: str, peak_rps: dict[str, float] | None) -> dict[str, LoadCurve]:
-    from flows.replay_flow import load_curves
-
-    return load_curves(config, trace, peak_rps)
+    return plan_curves(config, trace, peak_rps)
 
 
 @task(name="size and place fleet", cache_policy=NO_CACHE, timeout_seconds=600)

@@ -311,3 +311,102 @@ def fit_to_cluster(
         else:
             hi = mid
     return {n: c.scaled(lo) for n, c in curves.items()}, lo
+
+
+# --- loading the load: one function for the CLI and the flows ------------------------------
+
+
+def per_service_values(values: Sequence[str], services: Sequence[str], what: str) -> dict[str, str]:
+    """`[SERVICE=]VALUE` options: a bare value applies to every service not named explicitly."""
+    from pathlib import Path
+
+    explicit: dict[str, str] = {}
+    default: str | None = None
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if sep and name in services:
+            explicit[name] = rest
+        elif sep and name and "/" not in name and not Path(v).exists():
+            raise ValueError(f"{what} {v!r}: no service {name!r}; services are {list(services)}")
+        else:
+            default = v
+    out = {s: explicit.get(s, default) for s in services}
+    missing = [s for s, v in out.items() if v is None]
+    if values and missing:
+        raise ValueError(f"{what}: no value for service(s) {missing}; give SERVICE=VALUE or a bare VALUE")
+    return {s: v for s, v in out.items() if v is not None}
+
+
+def trace_shift_s(trace: str) -> float:
+    """Seconds of `PATH@SHIFT` (SHIFT like 7h, 90m, 600s or 600); 0 without a suffix."""
+    import re
+
+    m = re.fullmatch(r".*@(\d+(?:\.\d+)?)([hms]?)", trace)
+    if m is None:
+        return 0.0
+    return float(m.group(1)) * {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}[m.group(2)]
+
+
+def rolled_curve(curve: LoadCurve, shift_s: float) -> LoadCurve:
+    """The curve `shift_s` later, wrapped around its end (the first hours come from the last day)."""
+    import dataclasses
+
+    k = round(shift_s / curve.dt_s) % max(1, len(curve.t_s))
+    fields = ("req_per_s", "mean_input_tokens", "mean_output_tokens", "observed")
+    return dataclasses.replace(
+        curve, name=f"{curve.name}@{shift_s / 3600:g}h", **{f: np.roll(getattr(curve, f), k) for f in fields}
+    )
+
+
+def load_service_curves(
+    config: ClusterConfig,
+    trace: str | Sequence[str],
+    lengths: str | Sequence[str] | None = None,
+    peak_rps: str | Sequence[str] | Mapping[str, float] | None = None,
+) -> tuple[dict[str, LoadCurve], float | None]:
+    """One curve per service and the `auto` scale factor (None unless `peak_rps` is "auto").
+
+    `trace` / `lengths`: one path for all or `[SERVICE=]PATH` items (`PATH@SHIFT`, e.g. `@7h`: the
+    same load shape that many hours later, another time zone); `peak_rps`: "auto" (fit the
+    load to the cluster, `fit_to_cluster`), `{service: req/s}` or `[SERVICE=]X` items, or None
+    (the trace as it is). Each distinct (trace, lengths) is read once."""
+    from sim.traces import load_curve
+
+    names = [s.name for s in config.services]
+
+    def as_list(v: str | Sequence[str] | None) -> list[str]:
+        return [v] if isinstance(v, str) else list(v or [])
+
+    auto = peak_rps == "auto" or (not isinstance(peak_rps, str | Mapping) and "auto" in (peak_rps or []))
+    traces = per_service_values(as_list(trace), names, "--trace")
+    shifts = {n: trace_shift_s(t) for n, t in traces.items()}
+    traces = {n: t.rsplit("@", 1)[0] if shifts[n] else t for n, t in traces.items()}
+    lens = per_service_values(as_list(lengths), names, "--lengths") if lengths else {}
+    if isinstance(peak_rps, Mapping):
+        peaks: dict[str, str | float] = dict(peak_rps)
+    elif auto or peak_rps is None:
+        peaks = {}
+    else:
+        peaks = dict(per_service_values([p for p in as_list(peak_rps) if p != "auto"], names, "--peak-rps"))
+    dt = min(10.0, config.cluster.control_period_s)
+    cache: dict[tuple[str, str | None], LoadCurve] = {}
+    curves = {}
+    for name in names:
+        if name not in traces:
+            raise ValueError(f"no trace for service {name!r}; give one trace or one per service")
+        key = (traces[name], lens.get(name))
+        if key not in cache:
+            cache[key] = load_curve(key[0], lengths=key[1], dt_s=dt)
+        curve = cache[key]
+        if name in peaks:
+            try:
+                peak = float(peaks[name])
+            except ValueError:
+                raise ValueError(f"--peak-rps for {name}: {peaks[name]!r} is not a number or 'auto'") from None
+            curve = curve.scaled_to_peak(peak)
+        if shifts[name]:
+            curve = rolled_curve(curve, shifts[name])
+        curves[name] = curve
+    if auto:
+        return fit_to_cluster(config, curves)
+    return curves, None

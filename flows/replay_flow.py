@@ -9,6 +9,12 @@ published as artifacts of the flow run, and the files land in `out_dir`.
 - `replay` (`replay_flow`): one load (one trace, or a trace per service) through the league.
 - `bench_policies` (`bench_policies_flow`): the league on each of several traces; one league
   table for all of them, one plot per trace.
+
+Loading is `flows.replay.load_service_curves`, the CLI's (`[SERVICE=]PATH`, `PATH@SHIFT`,
+`peak_rps="auto"` fits the load to the cluster). So a run started from the UI finishes in
+seconds, the defaults replay at most the first `hours` (24) of each trace; `hours=None` replays
+all of it and `placement` (greedy | ilp) overrides the per-policy default (the ILP for
+`heteroscale` only), for long replays where the ILP's tens of milliseconds per period add up.
 """
 
 from __future__ import annotations
@@ -22,33 +28,22 @@ from prefect.cache_policies import NO_CACHE
 from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
 from heteroscale import settings
 from models.config import ClusterConfig, load_config
-from sim.traces import LoadCurve, load_curve
+from sim.traces import LoadCurve
+
+# A UI run replays at most this much of each trace by default (a 14-day trace takes minutes).
+DEFAULT_HOURS = 24.0
 
 
-def load_curves(
-    config: ClusterConfig,
-    traces: dict[str, str] | str,
-    peak_rps: dict[str, float] | None,
-    lengths: str | None = None,
-) -> dict[str, LoadCurve]:
-    """One curve per service: `traces` is one path for all or SERVICE -> path; peaks rescale."""
-    dt = min(10.0, config.cluster.control_period_s)
-    if peak_rps is None:
-        from sim.live import auto_peaks
-
-        first = traces if isinstance(traces, str) else next(iter(traces.values()))
-        peak_rps = auto_peaks(config, load_curve(first, lengths=lengths, dt_s=dt))
-    cache: dict[str, LoadCurve] = {}
+def window(curves: dict[str, LoadCurve], hours: float | None) -> dict[str, LoadCurve]:
+    """The first `hours` of every curve (all of it when None or longer than the trace)."""
+    if hours is None:
+        return curves
+    if hours <= 0:
+        raise ValueError(f"hours must be positive or None (whole trace), got {hours}")
     out = {}
-    for svc in config.services:
-        path = traces if isinstance(traces, str) else traces.get(svc.name)
-        if path is None:
-            raise ValueError(f"no trace for service {svc.name!r}; give one trace or one per service")
-        if path not in cache:
-            cache[path] = load_curve(path, lengths=lengths, dt_s=dt)
-        curve = cache[path]
-        peak = peak_rps.get(svc.name)
-        out[svc.name] = curve.scaled_to_peak(peak) if peak else curve
+    for name, c in curves.items():
+        share = hours * 3600.0 / c.duration_s
+        out[name] = c if share >= 1 else c.split(share)[0]
     return out
 
 
@@ -62,16 +57,32 @@ def _out_dir(out_dir: str | None, what: str) -> Path:
 
 @task(name="load traces", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
 def load_curves_task(
-    config: ClusterConfig, traces: dict[str, str] | str, peak_rps: dict[str, float] | None, lengths: str | None
+    config: ClusterConfig,
+    trace: str | list[str],
+    peak_rps: dict[str, float] | str | None,
+    lengths: str | list[str] | None,
+    hours: float | None,
 ) -> dict[str, LoadCurve]:
-    return load_curves(config, traces, peak_rps, lengths)
+    from flows.replay import load_service_curves
+
+    # The window is cut before fitting: "auto" sizes the load for what is actually replayed.
+    curves, _factor = load_service_curves(config, trace, lengths, None if peak_rps == "auto" else peak_rps)
+    curves = window(curves, hours)
+    if peak_rps == "auto":
+        from flows.replay import fit_to_cluster
+
+        curves, _factor = fit_to_cluster(config, curves)
+    return curves
 
 
 @task(name="replay policy", cache_policy=NO_CACHE, persist_result=False)
-def replay_policy_task(config: ClusterConfig, curves: dict[str, LoadCurve], policy: str) -> Any:
-    from flows.replay import run_league
+def replay_policy_task(
+    config: ClusterConfig, curves: dict[str, LoadCurve], policy: str, placement: str | None = None
+) -> Any:
+    from flows.replay import replay
 
-    return run_league(config, curves, [policy])[0]
+    # No per-tick records: the league needs the totals, and a day of ticks is memory for nothing.
+    return replay(config, curves, policy, placement=placement)
 
 
 @task(name="write outputs", cache_policy=NO_CACHE)
@@ -83,37 +94,58 @@ def write_outputs_task(
     return write_outputs(results, config, curves, out, command=command)
 
 
-def _league(config: ClusterConfig, curves: dict[str, LoadCurve], policies: list[str]) -> list[Any]:
+def _check(policies: list[str], placement: str | None) -> None:
+    from models.config import PlacementMethod
     from tasks.core.policy import POLICIES
 
+    # Permanent: fail the run at once with the valid names, before any replay starts.
     bad = [p for p in policies if p not in POLICIES]
     if bad:
-        # Permanent: fail the run at once with the valid names, before any replay starts.
         raise ValueError(f"unknown policy {bad}; choose from {sorted(POLICIES)}")
-    futures = [replay_policy_task.with_options(task_run_name=f"replay {p}").submit(config, curves, p) for p in policies]
-    return [f.result() for f in futures]
+    if placement is not None and placement not in {m.value for m in PlacementMethod}:
+        raise ValueError(f"unknown placement {placement!r}; choose from {[m.value for m in PlacementMethod]}")
+
+
+def _league(
+    config: ClusterConfig, curves: dict[str, LoadCurve], policies: list[str], placement: str | None
+) -> list[Any]:
+    # One task per policy, run one after the other: replays are CPU-bound, threads would only
+    # contend for the GIL and make each task's duration in the UI meaningless.
+    return [
+        replay_policy_task.with_options(task_run_name=f"replay {p}")(config, curves, p, placement) for p in policies
+    ]
 
 
 @flow(name="replay")
 def replay_flow(
     config_path: str = str(settings.DEMO_CONFIG),
-    trace: str = str(settings.BUNDLED_TRACE),
-    peak_rps: dict[str, float] | None = None,
+    trace: str | list[str] = str(settings.BUNDLED_TRACE),
+    peak_rps: dict[str, float] | str | None = "auto",
     policies: list[str] | None = None,
-    lengths: str | None = None,
+    lengths: str | list[str] | None = None,
     out_dir: str | None = None,
+    hours: float | None = DEFAULT_HOURS,
+    placement: str | None = None,
 ) -> dict[str, Any]:
-    """Replay `trace` on the twin with each policy; league table, report and plot as artifacts."""
+    """Replay `trace` on the twin with each policy; league table, report and plot as artifacts.
+
+    `trace`: a path or `[SERVICE=]PATH[@SHIFT]` items; `peak_rps`: "auto" (static-peak needs ~80%
+    of the cluster), `{service: req/s}` or None (as recorded); `hours`: replay the first hours only
+    (None: all); `placement`: greedy | ilp for every policy (default: per policy)."""
     from flows.replay import DEFAULT_LEAGUE
     from heteroscale.league import table
 
     logger = get_run_logger()
     config = load_config(config_path)
     policies = list(policies or DEFAULT_LEAGUE)
-    curves = load_curves_task(config, trace, peak_rps, lengths)
-    results = _league(config, curves, policies)
+    _check(policies, placement)
+    curves = load_curves_task(config, trace, peak_rps, lengths, hours)
+    results = _league(config, curves, policies, placement)
     out = _out_dir(out_dir, "replay")
-    cmd = f"replay flow: config={config_path} trace={trace} peak_rps={peak_rps} policies={policies}"
+    cmd = (
+        f"replay flow: config={config_path} trace={trace} peak_rps={peak_rps} policies={policies} "
+        f"hours={hours} placement={placement}"
+    )
     paths = write_outputs_task(results, config, curves, out, cmd)
     rows = [r.summary() for r in results]
     name = config.cluster.name
@@ -130,23 +162,26 @@ def replay_flow(
 def bench_policies_flow(
     config_path: str = str(settings.DEMO_CONFIG),
     traces: list[str] | None = None,
-    peak_rps: dict[str, float] | None = None,
+    peak_rps: dict[str, float] | str | None = "auto",
     policies: list[str] | None = None,
     lengths: str | None = None,
     out_dir: str | None = None,
+    hours: float | None = DEFAULT_HOURS,
+    placement: str | None = None,
 ) -> dict[str, Any]:
     """The policy league on each trace; one table over all traces, a plot per trace."""
     from flows.replay import DEFAULT_LEAGUE
 
     config = load_config(config_path)
     policies = list(policies or DEFAULT_LEAGUE)
+    _check(policies, placement)
     traces = traces or [str(settings.BUNDLED_TRACE)]
     out = _out_dir(out_dir, "bench")
     rows: list[dict[str, Any]] = []
     for trace in traces:
-        label = Path(trace).stem
-        curves = load_curves_task.with_options(task_run_name=f"load {label}")(config, trace, peak_rps, lengths)
-        results = _league(config, curves, policies)
+        label = Path(trace.rsplit("@", 1)[0]).stem
+        curves = load_curves_task.with_options(task_run_name=f"load {label}")(config, trace, peak_rps, lengths, hours)
+        results = _league(config, curves, policies, placement)
         paths = write_outputs_task(results, config, curves, out / label, f"bench_policies flow: trace={trace}")
         rows += [{"trace": label, **r.summary()} for r in results]
         publish_plot(paths["plot"], key=artifact_key("bench-plot", label), title=f"bench · {label}")

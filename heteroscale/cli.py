@@ -7,7 +7,6 @@ Thin: it parses arguments, calls the flows and the replay, prints tables. Errors
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import sys
 import time
@@ -53,22 +52,10 @@ def _user_errors(fn: Callable[[], T]) -> T:
 
 
 def _per_service(values: list[str], services: list[str], what: str) -> dict[str, str]:
-    """`[SERVICE=]VALUE` options: a bare value applies to every service not named explicitly."""
-    explicit: dict[str, str] = {}
-    default: str | None = None
-    for v in values:
-        name, sep, rest = v.partition("=")
-        if sep and name in services:
-            explicit[name] = rest
-        elif sep and name and "/" not in name and not Path(v).exists():
-            raise ValueError(f"{what} {v!r}: no service {name!r}; services are {services}")
-        else:
-            default = v
-    out = {s: explicit.get(s, default) for s in services}
-    missing = [s for s, v in out.items() if v is None]
-    if values and missing:
-        raise ValueError(f"{what}: no value for service(s) {missing}; give SERVICE=VALUE or a bare VALUE")
-    return {s: v for s, v in out.items() if v is not None}
+    """`[SERVICE=]VALUE` options (flows.replay.per_service_values)."""
+    from flows.replay import per_service_values
+
+    return per_service_values(values, services, what)
 
 
 @app.command()
@@ -92,58 +79,23 @@ def _load_curves(
     cfg: Any, trace: list[str], lengths: list[str], peak_rps: list[str]
 ) -> tuple[dict[str, Any], float | None]:
     """Curves per service; `--peak-rps auto` fits the load to the cluster (returns the factor)."""
-    from flows.replay import fit_to_cluster
-    from sim.traces import load_curve
+    from flows.replay import load_service_curves
 
-    names = [s.name for s in cfg.services]
-    auto = "auto" in peak_rps
-    traces = _per_service(trace, names, "--trace")
-    # PATH@SHIFT (e.g. @7h): the same load shape that many hours later (another time zone).
-    shifts = {n: _shift_s(t) for n, t in traces.items()}
-    traces = {n: t.rsplit("@", 1)[0] if shifts[n] else t for n, t in traces.items()}
-    lens = _per_service(lengths, names, "--lengths") if lengths else {}
-    peaks = _per_service([p for p in peak_rps if p != "auto"], names, "--peak-rps") if not auto else {}
-    dt = min(10.0, cfg.cluster.control_period_s)
-    cache: dict[tuple[str, str | None], Any] = {}
-    curves = {}
-    for name in names:
-        key = (traces[name], lens.get(name))
-        if key not in cache:
-            cache[key] = load_curve(traces[name], lengths=lens.get(name), dt_s=dt)
-        curve = cache[key]
-        if name in peaks:
-            try:
-                peak = float(peaks[name])
-            except ValueError:
-                raise ValueError(f"--peak-rps for {name}: {peaks[name]!r} is not a number or 'auto'") from None
-            curve = curve.scaled_to_peak(peak)
-        if shifts[name]:
-            curve = _rolled(curve, shifts[name])
-        curves[name] = curve
-    if auto:
-        return fit_to_cluster(cfg, curves)
-    return curves, None
+    return load_service_curves(cfg, trace, lengths, peak_rps)
 
 
 def _shift_s(trace: str) -> float:
-    """Seconds of `PATH@SHIFT` (SHIFT like 7h, 90m, 600s or 600); 0 without a suffix."""
-    m = re.fullmatch(r".*@(\d+(?:\.\d+)?)([hms]?)", trace)
-    if m is None:
-        return 0.0
-    return float(m.group(1)) * {"h": 3600.0, "m": 60.0, "s": 1.0, "": 1.0}[m.group(2)]
+    """Seconds of `PATH@SHIFT` (flows.replay.trace_shift_s)."""
+    from flows.replay import trace_shift_s
+
+    return trace_shift_s(trace)
 
 
 def _rolled(curve: Any, shift_s: float) -> Any:
-    """The curve `shift_s` later, wrapped around its end (the first hours come from the last day)."""
-    import dataclasses
+    """The curve `shift_s` later, wrapped (flows.replay.rolled_curve)."""
+    from flows.replay import rolled_curve
 
-    import numpy as np
-
-    k = round(shift_s / curve.dt_s) % max(1, len(curve.t_s))
-    fields = ("req_per_s", "mean_input_tokens", "mean_output_tokens", "observed")
-    return dataclasses.replace(
-        curve, name=f"{curve.name}@{shift_s / 3600:g}h", **{f: np.roll(getattr(curve, f), k) for f in fields}
-    )
+    return rolled_curve(curve, shift_s)
 
 
 def _print_league(rows: list[dict[str, Any]]) -> None:

@@ -49,8 +49,7 @@ def _plan(
     price: list[str],
     utilisation: float | None,
 ) -> dict[str, Any]:
-    from flows.plan_capacity import plan
-    from flows.replay_flow import load_curves
+    from flows.plan_capacity import plan, plan_curves
     from models.config import load_config
 
     cfg = load_config(config)
@@ -76,7 +75,7 @@ def _plan(
     peaks = _floats(peak_rps, names, "--peak-rps") if peak_rps else None
     if peaks is None and config.resolve() == settings.DEMO_CONFIG.resolve():
         peaks = dict(DEMO_PEAK_RPS)
-    curves = load_curves(cfg, trace or str(settings.BUNDLED_TRACE), peaks)
+    curves = plan_curves(cfg, trace or str(settings.BUNDLED_TRACE), peaks)
     return plan(cfg, curves=curves, **kwargs)
 
 
