@@ -9,8 +9,10 @@ Prefect flow around it with table and plot artifacts. Nothing here is a second m
 - capacity per instance is the config's `capacity_tokens_per_s` (what one instance sustains at
   the service's SLOs on each GPU type), run at the utilisation the operator already chose for the
   live policy (`target_per_instance / capacity` of the policy metric's reference type), so the
-  plan and the autoscaler agree on headroom. A different SLO needs a capacity model; it is
-  refused with a clear error unless `sim.capacity` provides one;
+  plan and the autoscaler agree on headroom. For an SLO other than the config's, the capacity
+  model re-derives them (`config_at_slo`: `tasks.core.curate.capacity_at_slo` on the
+  `sim.capacity` engines the twin uses, as a ratio new SLO / config SLO applied to the config's
+  numbers);
 - per service, every (prefill GPU, decode GPU) pairing among the candidate types is sized for the
   peak prefill (cache-missed) and decode token rates; the cheapest pairing whose two types can
   share a network domain at the service's affinity level wins; its instance counts give the P/D
@@ -265,20 +267,84 @@ def size_fleet(
     }
 
 
-def _check_slo(config: ClusterConfig, slo: Mapping[str, Mapping[str, float]] | None) -> None:
-    """SLOs other than the config's need a capacity model; the config's numbers are at its SLOs."""
+def _slo_changes(config: ClusterConfig, slo: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
+    """Services whose requested SLO differs from the config's -> the full new SLO."""
+    out: dict[str, dict[str, float]] = {}
     for name, want in (slo or {}).items():
         svc = config.service(name)
         have = {"ttft_p99_s": svc.slo.ttft_p99_s, "tbt_p99_s": svc.slo.tbt_p99_s}
         unknown = set(want) - set(have)
         if unknown:
             raise ValueError(f"slo for {name!r}: unknown key(s) {sorted(unknown)}; use ttft_p99_s, tbt_p99_s")
+        if any(float(v) <= 0 for v in want.values()):
+            raise ValueError(f"slo for {name!r}: targets must be positive seconds, got {dict(want)}")
         if any(abs(float(v) - have[k]) > 1e-9 for k, v in want.items()):
-            raise ValueError(
-                f"slo for {name!r} {dict(want)} differs from the config's {have}: capacity_tokens_per_s is "
-                "measured at the config's SLOs, so another SLO needs the capacity model (sim.capacity) to "
-                "re-derive it; edit the config's slo and capacity_tokens_per_s together instead"
-            )
+            out[name] = {**have, **{k: float(v) for k, v in want.items()}}
+    return out
+
+
+def config_at_slo(
+    config: ClusterConfig,
+    slo: Mapping[str, Mapping[str, float]] | None,
+    curves: Mapping[str, LoadCurve] | None,
+    *,
+    engines: Any = None,
+) -> tuple[ClusterConfig, list[dict[str, Any]]]:
+    """The config with each service's capacities re-derived at the requested SLO.
+
+    The capacity model (`tasks.core.curate.capacity_at_slo` on `sim.capacity` engines, the ones
+    the twin and curation use) gives each (role, GPU type)'s tokens/s at the config's SLO and at
+    the new one; the config's `capacity_tokens_per_s` is scaled by that ratio (the config's
+    measured numbers stay the anchor; the model says how they move with the SLO), and
+    `target_per_instance` with it, so the plan keeps the policy's headroom. Request sizes come
+    from the trace (`curves`). Returns the new config and one note per changed (service, role,
+    GPU type)."""
+    changes = _slo_changes(config, slo)
+    if not changes:
+        return config, []
+    if curves is None:
+        raise ValueError(
+            "an SLO other than the config's needs request sizes for the capacity model: give a trace, "
+            "not only peak_metrics"
+        )
+    from tasks.core.curate import Lengths, capacity_at_slo
+
+    if engines is None:
+        from sim.twin import TwinParams, engines_for
+
+        engines = engines_for(config, TwinParams())
+    notes: list[dict[str, Any]] = []
+    services = []
+    for svc in config.services:
+        if svc.name not in changes:
+            services.append(svc)
+            continue
+        new_svc = svc.model_copy(update={"slo": svc.slo.model_copy(update=changes[svc.name])})
+        lengths = Lengths.of(curves[svc.name])
+        old_cap, new_cap = capacity_at_slo(svc, engines, lengths), capacity_at_slo(new_svc, engines, lengths)
+        specs = {}
+        for role in Role:
+            spec = svc.role(role)
+            caps = {}
+            for gpu, configured in spec.capacity_tokens_per_s.items():
+                ratio = new_cap[role][gpu] / old_cap[role][gpu] if old_cap[role][gpu] > 0 else 0.0
+                if ratio <= 0:
+                    raise ValueError(
+                        f"slo for {svc.name!r} {changes[svc.name]}: no {role.value} instance on {gpu} meets it "
+                        "(capacity model); loosen the SLO or drop that GPU type"
+                    )
+                caps[gpu] = configured * ratio
+                notes.append(
+                    {"service": svc.name, "role": role.value, "gpu_type": gpu, "capacity_tokens_per_s": round(caps[gpu], 1),
+                     "was": configured, "ratio": round(ratio, 4)}
+                )  # fmt: skip
+            specs[role.value] = spec.model_copy(update={"capacity_tokens_per_s": caps})
+        metric_role = Role.DECODE if svc.policy.metric is Metric.DECODE_TPS else Role.PREFILL
+        ref = svc.role(metric_role).reference_gpu_type
+        scale = specs[metric_role.value].capacity_tokens_per_s[ref] / svc.role(metric_role).capacity_tokens_per_s[ref]
+        policy = svc.policy.model_copy(update={"target_per_instance": svc.policy.target_per_instance * scale})
+        services.append(new_svc.model_copy(update={**specs, "policy": policy}))
+    return config.model_copy(update={"services": tuple(services)}), notes
 
 
 def plan(
@@ -308,7 +374,7 @@ def plan(
         raise ValueError(f"utilisation must be in (0, 1], got {utilisation}")
     if growth_per_month <= -1 or horizon_days < 0:
         raise ValueError("growth_per_month must be > -1 and horizon_days >= 0")
-    _check_slo(config, slo)
+    config, slo_notes = config_at_slo(config, slo, curves)
     if peak_metrics is not None:
         missing = [s.name for s in config.services if s.name not in peak_metrics]
         if missing:
@@ -383,6 +449,8 @@ def plan(
         "unmet_instances": main["unmet_instances"],
         "cost_per_day": main["cost_per_day"],
         "sensitivity": sensitivity,
+        # Capacities re-derived by the capacity model for SLOs other than the config's.
+        "slo_capacities": slo_notes,
     }
 
 

@@ -110,3 +110,28 @@ def test_one_active_deployment_per_cluster(tmp_path: Path) -> None:
     assert all(d["concurrency_limit"]["limit"] == 1 for d in scheduled)
     assert sum(d["schedules"][0]["active"] for d in scheduled) == 1
     assert math.isclose(cluster_deployments(tmp_path, interval_s=30)[0].interval_s, 30)
+
+
+def test_another_slo_rederives_capacities_with_the_capacity_model() -> None:
+    from flows.plan_capacity import config_at_slo, plan_curves
+    from tests.conftest import BUNDLED_TRACE
+
+    cfg = load_config(DEMO_CONFIG)
+    curves = plan_curves(cfg, str(BUNDLED_TRACE), {"chat": 20.0, "code": 10.0, "summarize": 8.0})
+    base = plan(cfg, curves=curves, sweep=(1.0,))
+    tight = plan(cfg, curves=curves, slo={"chat": {"ttft_p99_s": 1.0}}, sweep=(1.0,))
+    notes = [n for n in tight["slo_capacities"] if n["service"] == "chat"]
+    # A tighter TTFT costs prefill throughput per instance (less queueing allowed), decode is untouched.
+    assert notes and all(n["ratio"] < 1 for n in notes if n["role"] == "prefill")
+    assert all(n["ratio"] == pytest.approx(1.0) for n in notes if n["role"] == "decode")
+    chat = {s["service"]: s for s in base["services"]}["chat"]
+    chat_tight = {s["service"]: s for s in tight["services"]}["chat"]
+    assert chat_tight["gpus_prefill"] > chat["gpus_prefill"], (chat, chat_tight)
+    assert chat_tight["cost_per_day"] >= chat["cost_per_day"]
+    # Other services keep the config's numbers; the policy's headroom is kept.
+    new_cfg, _ = config_at_slo(cfg, {"chat": {"ttft_p99_s": 1.0}}, curves)
+    assert new_cfg.service("code") == cfg.service("code")
+    assert planning_utilisation(new_cfg.service("chat")) == pytest.approx(planning_utilisation(cfg.service("chat")))
+    # An SLO no GPU can meet is refused, naming it.
+    with pytest.raises(ValueError, match="meets it"):
+        plan(cfg, curves=curves, slo={"chat": {"ttft_p99_s": 0.01}}, sweep=(1.0,))
