@@ -14,16 +14,20 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from models.config import ClusterConfig, Metric, PlacementMethod
 from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
+from sim.faults import FaultPlan
+from sim.faults import wrap as wrap_faults
 from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
+from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.greedy import place_greedy
+from tasks.core.invariants import plan_violations
 from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
 from tasks.core.topology import view_from_config
 
@@ -49,6 +53,12 @@ class ReplayResult:
     scale_actions: int
     wall_s: float
     unmet_periods: int
+    # Fault injection (soak): periods whose collect / cluster read / apply failed, and plans
+    # that broke an invariant (tasks/core/invariants.py), each with its first messages.
+    failed_collects: int = 0
+    failed_reads: int = 0
+    failed_applies: int = 0
+    invariant_violations: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, float | int | str]:
         stats = self.twin.stats.values()
@@ -174,6 +184,8 @@ def replay(
     placement: PlacementMethod | str | None = None,
     forecast_every_s: float | None = None,
     reselect_every_s: float = RESELECT_EVERY_S,
+    faults: FaultPlan | None = None,
+    check_invariants: bool = False,
 ) -> ReplayResult:
     """Replay one policy. `placement` overrides `placement_method(policy)` (e.g. the greedy for
     a long replay: the ILP takes 0.3-0.5 s a solve).
@@ -185,6 +197,10 @@ def replay(
     its method every `reselect_every_s`; in between, the method it chose forecasts alone. Pass
     the control period for both to get the Prefect flow's exact per-period behaviour (the
     effect on the league is measured in docs/twin.md).
+
+    `faults` wraps the twin in `sim.faults` injectors (the soak): a failed collect, cluster read
+    or apply loses that period's decision, as a failed `scale_cluster` run would.
+    `check_invariants` checks every plan with `tasks.core.invariants.plan_violations`.
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
@@ -200,6 +216,12 @@ def replay(
     )
     seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, policy))
     twin.seed(seed.placement)
+    signals_src: SignalsBackend = twin
+    cluster: ClusterBackend = twin
+    if faults is not None:
+        signals_src, cluster = wrap_faults(twin, twin, faults)
+    failed = {"collect": 0, "read": 0, "apply": 0}
+    violations: list[str] = []
 
     peaks = peak_metric(config, curves)
     truth = period_means(config, curves) if policy == "oracle" else {}
@@ -218,7 +240,11 @@ def replay(
     while now + period <= end + 1e-9:
         now += period
         twin.advance(now)
-        signals = steps.collect_signals(twin, config, now)
+        try:
+            signals = steps.collect_signals(signals_src, config, now)
+        except (ConnectionError, TimeoutError):
+            failed["collect"] += 1
+            continue
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
         if policy == "oracle":
             peaks, ready_peaks = future_peak(config, curves, truth, now, t0)
@@ -232,8 +258,12 @@ def replay(
                 }
                 next_select = _next_time(next_select, now - period, reselect_every_s)
             next_forecast = _next_time(next_forecast, now - period, every)
-        view = steps.read_cluster(twin, config, now)
-        targets, states = steps.compute_targets(
+        try:
+            view = steps.read_cluster(cluster, config, now)
+        except (ConnectionError, TimeoutError):
+            failed["read"] += 1
+            continue
+        targets, new_states = steps.compute_targets(
             config,
             view,
             signals,
@@ -245,13 +275,33 @@ def replay(
             ready_peak_metric=ready_peaks,
         )
         plan = steps.place(config, view, targets, method=placement or placement_method(policy))
-        result = steps.apply_plan(twin, config, plan, ApplyMode.APPLY, now)
+        if check_invariants:
+            broken = plan_violations(config, view, signals, targets, plan, now)
+            if broken:
+                violations += [f"t={now - t0:.0f}s: {b}" for b in broken]
+                continue  # as in the flow: a plan that breaks an invariant is never applied
+        try:
+            result = steps.apply_plan(cluster, config, plan, ApplyMode.APPLY, now)
+        except (ConnectionError, TimeoutError):
+            failed["apply"] += 1
+            continue  # the policy state (cooldowns) is kept only when the apply succeeded
+        states = new_states
         changed = {ch.key.service for ch in result.changes}
         actions += sum(1 for t in targets.values() if t.action is not Action.HOLD and t.service in changed)
         unmet_periods += bool(plan.unmet)
         if progress is not None:
             progress((now - t0) / duration)
-    return ReplayResult(policy, twin, actions, time.perf_counter() - started, unmet_periods)
+    return ReplayResult(
+        policy,
+        twin,
+        actions,
+        time.perf_counter() - started,
+        unmet_periods,
+        failed_collects=failed["collect"],
+        failed_reads=failed["read"],
+        failed_applies=failed["apply"],
+        invariant_violations=violations,
+    )
 
 
 def _next_time(last: float, now: float, every: float) -> float:
