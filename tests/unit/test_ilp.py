@@ -145,3 +145,43 @@ def test_steps_place_chooses_method(method: str) -> None:
     view = view_from_config(config)
     targets = {"chat": Targets("chat", 2, 4, Action.SCALE_OUT, "test", "proportional")}
     assert steps.place(config, view, targets, method=method).method == method
+
+
+def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy() -> None:
+    # A 1 ms limit stops HiGHS before it proves anything: the greedy is consulted, and whichever
+    # placement is kept must score no worse than the other by evaluate().
+    from tasks.core.greedy import place_greedy
+
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"time_limit_s": 0.001, "restrict_above_cells": 0})
+    plan = place_ilp(case.config, case.view, case.targets, settings=settings)
+    assert plan.stats["status"] != pulp.LpSolution[pulp.LpSolutionOptimal]
+    assert plan.stats["kept"] in ("ilp", "greedy")
+    greedy = evaluate(
+        case.config, case.view, case.targets, place_greedy(case.config, case.view, case.targets).placement
+    )
+    kept = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert kept.cost <= greedy.cost + 1e-6
+    assert plan.method == plan.stats["kept"]
+    assert float(plan.stats["greedy_objective"]) == pytest.approx(greedy.cost, rel=1e-9)
+
+
+def test_tier_decomposition_keeps_groups_and_capacity() -> None:
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
+    plan = place_ilp(case.config, case.view, case.targets, settings=settings, decompose="tiers")
+    assert plan.stats["tiers"] == len({s.priority for s in case.config.services})
+    # A tier-by-tier result proves no gap, so the greedy is always consulted; the kept placement
+    # scores no worse than the tiers' own (stats["objective"]).
+    assert plan.stats["status"] == "tiers" and "greedy_objective" in plan.stats
+    score = evaluate(case.config, case.view, case.targets, plan.placement)
+    assert score.cost <= float(plan.stats["objective"]) + 1e-6
+    caps = {(c.gpu_type, c.s1): c.gpus_total for c in case.view.capacities}
+    for key, used in _used_gpus(case.config, plan.placement).items():
+        assert used <= caps[key], key
+
+
+def test_unknown_decomposition_fails_at_once() -> None:
+    config = _two_service_config()
+    with pytest.raises(ValueError, match="decompose"):
+        place_ilp(config, view_from_config(config), {"chat": RoleCounts(1, 1)}, decompose="by-magic")
