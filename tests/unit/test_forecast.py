@@ -79,3 +79,35 @@ def test_auto_reports_its_choice() -> None:
     y = _diurnal(3, 600.0, noise=5.0)
     value, method = forecast_with("auto", [(i * 600.0, float(v)) for i, v in enumerate(y)], 1800.0)
     assert value is not None and method.startswith("auto:") and method != "auto:last-value"
+
+
+def test_seasonal_ar_is_last_value_without_pairs_and_learns_a_daily_shape() -> None:
+    from tasks.core.forecast import path_last_value, path_seasonal_ar
+
+    short = np.array([100.0, 120.0, 90.0])  # no (origin, target) pair known yet for h = 3
+    np.testing.assert_allclose(path_seasonal_ar(short, 3, 600.0), path_last_value(short, 3, 600.0))
+    y = _diurnal(6, 600.0, noise=5.0)
+    scores, _ = backtest_series(y, 600.0, 1800.0, candidates=("last-value", "seasonal-ar"))
+    lv, ar = scores["last-value"].mape, scores["seasonal-ar"].mape
+    assert lv is not None and ar is not None and ar < 0.5 * lv
+
+
+def test_seasonal_ar_path_uses_only_the_past() -> None:
+    from tasks.core.forecast import path_seasonal_ar
+
+    y = _diurnal(3, 600.0, noise=50.0, seed=3)
+    full = path_seasonal_ar(y, 3, 600.0)
+    cut = 300
+    changed = y.copy()
+    changed[cut + 1 :] *= 3.0  # the future changes; forecasts from origins <= cut must not
+    np.testing.assert_allclose(path_seasonal_ar(changed, 3, 600.0)[: cut + 1], full[: cut + 1])
+
+
+def test_near_zero_dropout_does_not_collapse_seasonal_ar() -> None:
+    from tasks.core.forecast import path_seasonal_ar
+
+    y = _diurnal(3, 600.0, noise=20.0, seed=1)
+    y[-2] = 1.0  # one near-zero window (unflagged drop-out) just before the origin
+    f = path_seasonal_ar(y, 3, 600.0)
+    # Clipped log changes: the recovered last sample is followed, the drop-out is a bounded move.
+    assert 0.3 * y[-1] < f[-1] < 3.0 * y[-1]
