@@ -73,6 +73,8 @@ class ReplayResult:
             "avg_gpu_util": round(sum(s.util_gpu_seconds for s in stats) / gpu_s, 4) if gpu_s else 0.0,
             "slo_attainment": round(sum(s.good_s for s in stats) / total_s, 4) if total_s else 0.0,
             "scale_actions": self.scale_actions,
+            # Control periods in which placement could not place every instance asked for.
+            "unmet_periods": self.unmet_periods,
             "simulated_s": simulated_s,
             "wall_s": round(self.wall_s, 3),
             "avg_sm_activity": round(sum(s.sm_gpu_seconds for s in stats) / gpu_s, 4) if gpu_s else 0.0,

@@ -23,14 +23,15 @@ def _fmt_s(v: float | None) -> str:
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The league as a markdown table."""
     lines = [
-        "| policy | GPU-hours | avg GPU util | avg SM activity | SLO attainment | TTFT p99 s | TBT p99 s | scale actions | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| policy | GPU-hours | avg GPU util | avg SM activity | SLO attainment | TTFT p99 s | TBT p99 s | scale actions "
+        "| unmet periods | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['policy']} | {r['gpu_hours']:.1f} | {r['avg_gpu_util']:.1%} | {r.get('avg_sm_activity', 0):.1%} | "
             f"{r['slo_attainment']:.2%} | {_fmt_s(r.get('ttft_p99_s'))} | {_fmt_s(r.get('tbt_p99_s'))} | "
-            f"{r['scale_actions']} | {r['wall_s']:.2f} |"
+            f"{r['scale_actions']} | {r.get('unmet_periods', 0)} | {r['wall_s']:.2f} |"
         )
     return "\n".join(lines)
 
@@ -185,7 +186,9 @@ def write_outputs(
         "",
         "GPU-hours count every GPU held, starting instances included. Average GPU utilisation is the",
         "DCGM-style utilisation the twin reports (decode stays high whenever it serves). SLO attainment",
-        "is the share of time windows whose p99 TTFT and TBT are both within target.",
+        "is the share of time windows whose p99 TTFT and TBT are both within target. Unmet periods are",
+        "control periods in which placement could not find GPUs of an allowed type in an allowed domain",
+        "for every instance the policy asked for (the GPUs exist, but not where that service may run).",
         "",
         "![GPU-hours vs SLO attainment](league-tradeoff.png)",
         "",
