@@ -271,7 +271,11 @@ def scale(
             os.environ[var] = value
     if api_url:
         os.environ["HETEROSCALE_KUBE_API_URL"] = api_url
-    result = scale_cluster(config_path=str(config), backend=backend, mode=mode)
+    print_run(scale_cluster(config_path=str(config), backend=backend, mode=mode), json_out=json_out)
+
+
+def print_run(result: dict[str, Any], *, json_out: bool) -> None:
+    """One scale_cluster run's result: JSON, or a line per service with its decision and why."""
     if json_out:
         print(json.dumps(result, indent=2))
         return

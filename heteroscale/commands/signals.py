@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from heteroscale.cli import _user_errors, app, bench_app, console
+from heteroscale.cli import _user_errors, app, bench_app, console, print_run
 
 if TYPE_CHECKING:
     from models.config import ClusterConfig
@@ -133,15 +133,10 @@ def twin_scale(
     _user_errors(lambda: load_config(config))
     if prometheus_url:
         os.environ[ENV_URL] = prometheus_url  # the flow runs in this process and reads it
-    result = scale_cluster(config_path=str(config), backend="twin", signals_backend="prometheus", mode=mode)
-    if json_out:
-        print(json.dumps(result, indent=2))
-        return
-    console.print(f"run {result['run_id']}: {result['status']}, {result['changes']} change(s)")
-    for name, d in result["decisions"].items():
-        console.print(
-            f"  {name}: {d['num_prefill']}P/{d['num_decode']}D {d['action']} — {d['reason']}", highlight=False
-        )
+    print_run(
+        scale_cluster(config_path=str(config), backend="twin", signals_backend="prometheus", mode=mode),
+        json_out=json_out,
+    )
 
 
 # `bench forecast`: a target below this share of the series' median is reported as near-zero
