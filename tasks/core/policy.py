@@ -16,10 +16,10 @@ Counts are in reference-GPU instances (the first GPU type of each role, see `Rol
 prefill TPS for prefill), each role on its own;
 `dynamo-sla` follows NVIDIA Dynamo's SLA planner (public docs): predicted load / per-engine
 capacity at the TTFT and ITL targets, prefill and decode sized separately on the same tick;
-`heteroscale` is ours: forecast-ahead of cold start, coordinated P and D targets (each from its
-own linear metric, the pair kept near the curated ratio), a guard for the served-metric ceiling
-(decode TPS cannot exceed capacity, so a saturated pool reads as "enough"), fast scale-out and
-slow, stepped scale-in;
+`heteroscale` is ours: sized for the load when new instances are Ready (max of observed and
+forecast), P and D together at the curated ratio, a safety net that fires once per cold start
+(TBT tiers, TTFT on prefill, and the served-metric ceiling only on evidence: served >= capacity
+or a queue near it), scale-in only to the highest ask of the last cold start;
 `oracle` sizes for the true peak load of the next cold start + period (`ctx.peak_metric`,
 supplied by the replay from the trace) at the service's target per instance: the floor for
 policies with that headroom;
@@ -429,84 +429,185 @@ def dynamo_sla(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     return _finish(ctx, state, new, reason, "proportional")
 
 
-# Served decode TPS above this share of the pool's capacity may be censored by saturation.
+# --- heteroscale (ours) --------------------------------------------------------------------
+
+# With a queue reported (`waiting_requests` > 0), served decode TPS above this share of the
+# fleet's capacity at the SLO is read as censored: the pool serves what it can, not what is asked.
 _SATURATION_SHARE = 0.9
-# Prefill may deviate this far from the curated ratio x decode before coordination pulls it back.
+# The TTFT safety net may raise prefill this far above the curated ratio x decode, no further.
 _RATIO_BAND = 0.25
+# Prefill step on a TTFT breach (TTFT is prefill's SLO; the tiers are for TBT).
+_TTFT_STEP = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class _Ask:
+    """Instances (fractional, reference units) the load asks for when new ones would be Ready."""
+
+    prefill: float
+    decode: float
+    why: str
+
+
+def _ready_ask(ctx: PolicyContext) -> _Ask | None:
+    """Prefill and decode instances for the load expected when instances started now are Ready.
+
+    The forecast (`ctx.forecast`, horizon = cold start + one period) is of the policy metric; both
+    roles' observed loads are scaled by its ratio to the observed metric, and never below 1: the
+    ask covers the served load now *and* at the horizon, i.e. the whole window [now, Ready] for a
+    load that moves monotonically within it. None when either role's load is unreadable (hold).
+    """
+    svc = ctx.service
+    dec, _ = _fresh(ctx, "decode_tps")
+    pre, _ = _fresh(ctx, "prefill_tps")
+    if dec is None or pre is None:
+        return None
+    observed_metric = dec if svc.policy.metric is Metric.DECODE_TPS else pre
+    factor, how = 1.0, "observed"
+    fc = ctx.forecast
+    if fc is not None and fc.value is not None and math.isfinite(fc.value) and observed_metric > 0:
+        factor = max(1.0, fc.value / observed_metric)
+        how = f"max(observed, forecast x{fc.value / observed_metric:.2f} ({fc.method}))"
+    d_ask = dec * factor / _decode_target(svc)
+    p_ask = pre * factor / _prefill_target(svc)
+    return _Ask(
+        p_ask, d_ask, f"{how}: decode {dec * factor:.0f} -> {d_ask:.2f}, prefill {pre * factor:.0f} -> {p_ask:.2f}"
+    )
+
+
+def _censored(ctx: PolicyContext) -> str:
+    """Why the served decode metric understates demand ("" when it does not).
+
+    Served decode TPS cannot exceed the pool's capacity, so at capacity it reads "enough" however
+    long the queue. Evidence, not utilisation: served >= the capacity at the SLO of every decode
+    instance counted (starting ones included, so this never fires early), or a queue reported while
+    served is near that capacity. High utilisation alone is the normal state at a 70-90% target.
+    """
+    svc, cur = ctx.service, ctx.current
+    served, _ = _fresh(ctx, "decode_tps")
+    cap = cur.num_decode * svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+    if served is None or cap <= 0:
+        return ""
+    if served >= cap - _EPS:
+        return f"decode served {served:.0f} >= capacity {cap:.0f} (metric censored)"
+    waiting, _ = _fresh(ctx, "waiting_requests")
+    if waiting is not None and waiting > 0 and served >= _SATURATION_SHARE * cap:
+        return f"{waiting:.0f} waiting at decode served {served:.0f} >= {_SATURATION_SHARE:.0%} of capacity"
+    return ""
+
+
+def _stabilised_ask(
+    ctx: PolicyContext, state: ServicePolicyState, want: RoleCounts
+) -> tuple[RoleCounts, ServicePolicyState]:
+    """The highest ask of the last cold start (now included), per role.
+
+    Scale-in follows this trailing maximum: what is shed now cannot be back before a cold start,
+    so a count is shed only once the load has asked for less for that long; a dip shorter than a
+    cold start sheds nothing it would need back, and no scale-in right after a scale-out. Asks are
+    kept in `state.recommendations` as (time, prefill, decode).
+    """
+    window = ctx.service.cold_start_s
+    recs = (
+        *tuple(r for r in state.recommendations if ctx.now_s - r[0] < window),
+        (ctx.now_s, want.num_prefill, want.num_decode),
+    )
+    keep = RoleCounts(max(r[1] for r in recs), max(r[2] for r in recs))
+    return keep, state.with_(recommendations=recs)
 
 
 def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
-    """Ours. Forecast-ahead, coordinated P/D targets, saturation guard, slow stepped scale-in."""
+    """Ours: size for the load when new instances are Ready, P and D together at the curated
+    ratio, latency and queueing (not utilisation) as a safety net, scale-in only to what the load
+    has asked for a whole cold start.
+
+    Contract (same as every policy): pure in (ctx, state); missing or stale load -> hold; bounds
+    held (min/max total instances, at least one of each role); latency and the saturation guard
+    only ever add capacity and block scale-in.
+
+    1. ask = max(observed, forecast at cold start + period) / target per instance (decode);
+       prefill = the curated ratio x the chosen decode count (the paper's coupling).
+    2. Scale out to ceil(ask) once the ask leaves the hysteresis band upwards (the band the curated
+       target was accepted with); scale-out cooldown honoured for the proportional path.
+    3. Safety net, each at most once per max(latency cooldown, cold start): capacity added less
+       than a cold start ago is not Ready yet, so the same breach must not add again. TBT tiers
+       -> decode +step from the running count; TTFT >= SLO -> prefill +20%; censored decode metric
+       (served >= capacity, or a queue near it) -> the decode ask +first tier step.
+    4. Scale in only when the ask is below (1 - hysteresis) x current, to the highest ask of the
+       last cold start, at most `max_step_fraction` per run, never while TBT or TTFT >= its SLO.
+    """
     svc, p, cur = ctx.service, ctx.service.policy, ctx.current
     fixed = schedule_counts(ctx)
     if fixed is not None:
         if fixed == cur:
             return _hold(ctx, state, "periodic schedule window: counts already as scheduled", "schedule")
         return _finish(ctx, state, fixed, "periodic schedule window", "schedule")
-    dem = _demand(ctx)
-    if dem is None:
+    ask = _ready_ask(ctx)
+    if ask is None:
         return _hold(ctx, state, "hold: decode_tps or prefill_tps missing/stale")
-    dec, pre, how = dem
-    d_want = dec / _decode_target(svc)
-    p_want = pre / _prefill_target(svc)
-    reason = f"heteroscale ({how}): decode {dec:.0f} -> {d_want:.2f}, prefill {pre:.0f} -> {p_want:.2f}"
+    d_want, p_want = ask.decode, ask.prefill
+    reason = f"heteroscale ({ask.why})"
     source = "proportional"
 
-    # A saturated pool serves at most its capacity: the served metric then understates demand.
-    served_d, _ = _fresh(ctx, "decode_tps")
-    cap_d_now = cur.num_decode * svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+    # 3. Safety net, once per cold start (what it added earlier may still be starting).
     step, lat_why = _latency_step(ctx)
+    censored = _censored(ctx)
     ttft, _ = _fresh(ctx, "ttft_p99_s")
     ttft_breach = ttft is not None and ttft >= svc.slo.ttft_p99_s
-    if served_d is not None and cap_d_now > 0 and served_d >= _SATURATION_SHARE * cap_d_now:
-        d_want = max(d_want, cur.num_decode * (1 + max(step, p.latency_tiers[0].step if p.latency_tiers else 0.1)))
-        reason += "; decode near capacity (served metric censored)"
-        source = "latency"
-    if step > 0:
-        d_want = max(d_want, cur.num_decode * (1 + step))
-        reason += f"; {lat_why}"
-        source = "latency"
-    if ttft_breach:
-        p_want = max(p_want, cur.num_prefill * 1.2)
-        reason += f"; TTFT {ttft:.2f}s >= SLO: prefill +20%"
-        source = "latency"
+    net_cooldown_s = max(p.latency_cooldown_s, svc.cold_start_s)
+    if step > 0 or censored or ttft_breach:
+        if _since(ctx.now_s, state.last_latency_action_s) >= net_cooldown_s:
+            first_step = p.latency_tiers[0].step if p.latency_tiers else 0.1
+            # Latency tiers step from the running fleet (the paper's rule); a censored metric steps
+            # from the proportional ask, which already reads the served load as at least capacity.
+            d_net = max(cur.num_decode * (1 + step), d_want * (1 + first_step) if censored else 0.0)
+            p_net = cur.num_prefill * (1 + max(step, _TTFT_STEP if ttft_breach else 0.0))
+            why = "; ".join(w for w in (lat_why, censored, f"TTFT {ttft:.2f}s >= SLO" if ttft_breach else "") if w)
+            if d_net > d_want + _EPS or p_net > p_want + _EPS:
+                d_want, p_want = max(d_want, d_net), max(p_want, p_net)
+                reason += f"; safety net: {why}"
+                source = "latency"
+                state = state.with_(last_latency_action_s=ctx.now_s)
+        else:
+            reason += "; safety net within its cooldown (added capacity not Ready yet)"
 
-    # Coordination: prefill stays within a band around the curated ratio x decode.
+    # Prefill's own ask counts only through the TTFT net, at most _RATIO_BAND above the ratio.
     ratio = svc.pd_ratio.prefill_per_decode
     p_want = min(max(p_want, d_want * ratio * (1 - _RATIO_BAND)), d_want * ratio * (1 + _RATIO_BAND))
     want = RoleCounts(max(1, math.ceil(p_want - _EPS)), max(1, math.ceil(d_want - _EPS)))
+    keep, state = _stabilised_ask(ctx, state, want)
 
-    # Scale-in: only outside the hysteresis band, after the cooldown, one damped step at a time.
-    new_p, new_d = want.num_prefill, want.num_decode
-    since_change = _since(
-        ctx.now_s, max((t for t in (state.last_scale_in_s, state.last_scale_out_s) if t), default=None)
-    )
-    for role_cur, role_new, role_float, label in (
-        (cur.num_prefill, new_p, p_want, "p"),
-        (cur.num_decode, new_d, d_want, "d"),
-    ):
-        if role_new < role_cur:
-            keep = (
-                role_float >= role_cur * (1 - p.hysteresis)
-                or since_change < p.scale_in_cooldown_s
-                or _latency_breached(ctx)
-                or ttft_breach
-            )
-            target = (
-                role_cur if keep else max(role_new, role_cur - max(1, math.ceil(p.max_step_fraction * role_cur / 2)))
-            )
-            if label == "p":
-                new_p = target
-            else:
-                new_d = target
-    total_cap = max(2, p.max_instances)
-    new_d = min(new_d, total_cap - 1)
-    new_p = min(new_p, total_cap - new_d)
-    new_d = max(new_d, 1)
+    # 2 and 4 on decode; prefill follows the chosen decode count at the curated ratio (P and D move
+    # together), raised to its own ask only by the TTFT safety net.
+    blocked = _latency_breached(ctx) or ttft_breach
+    d_cur = cur.num_decode
+    # The safety net's step may equal the band's width: it is not subject to the band.
+    if want.num_decode > d_cur and (source == "latency" or d_want > d_cur * (1 + p.hysteresis)):
+        new_d = want.num_decode
+    elif want.num_decode >= d_cur or blocked or d_want >= d_cur * (1 - p.hysteresis) or keep.num_decode >= d_cur:
+        new_d = d_cur
+    else:
+        max_delta = max(1, math.ceil(p.max_step_fraction * d_cur - _EPS))
+        new_d = max(keep.num_decode, d_cur - max_delta)
+    new_p = split_by_ratio(svc, new_d).num_prefill
+    if source == "latency" and ttft_breach:
+        new_p = max(new_p, want.num_prefill)
+
+    # Bounds: at least one of each role, total within [min_instances, max_instances]. Over the cap
+    # the curated ratio decides the mix (the best-known split when capacity is the limit).
+    if new_p + new_d > p.max_instances:
+        new_p, new_d = split_by_ratio(svc, bound_decode(svc, new_d)).num_prefill, bound_decode(svc, new_d)
+    new_p, new_d = max(1, new_p), max(1, new_d)
     while new_p + new_d < p.min_instances:
         new_d += 1
-    new = RoleCounts(max(1, new_p), new_d)
-    if new == cur:
+    new = RoleCounts(new_p, new_d)
+
+    action = _action(cur, new)
+    in_bounds = p.min_instances <= cur.total <= p.max_instances
+    if action is Action.SCALE_OUT and source == "proportional" and in_bounds:
+        wait = p.scale_out_cooldown_s - _since(ctx.now_s, state.last_scale_out_s)
+        if wait > 0:
+            return _hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
+    if action is Action.HOLD:
         return _hold(ctx, state, reason, source if source != "proportional" else "hold")
     return _finish(ctx, state, new, reason, source)
 
