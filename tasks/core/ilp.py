@@ -431,6 +431,256 @@ def lp_bound(
     return float(pulp.value(model.prob.objective))
 
 
+class _Start:
+    """A ratio-keeping constructive placement, used as the MIP start (pure, deterministic).
+
+    Contract: `run()` returns instances per cell, all within `cells` (the cells of the model that
+    will receive it), with per-(GPU type, S1) capacity, the GPU budget and `max_instances` kept,
+    and every group (service x domain at its affinity level) holding both roles in ratio
+    (`_ratio_ok`) or neither. Demand may be left short where no such group fits.
+
+    Why: HiGHS finds its incumbents at 20k GPUs only through sub-MIPs, slowly and by luck of the
+    random seed (docs/placement.md); with a feasible, ratio-correct start close to the LP it can
+    stop as soon as its root bound is within `mip_gap`.
+
+    How: start from the LP solution rounded down (it already keeps the running instances the
+    churn cost makes worth keeping); repair each group's ratio (add the short role, else drop
+    the long one); then cover each service's deficit, most important first, one instance at a
+    time on the cheapest cell (GPU $ + priority + churn per reference unit), in a domain that
+    already holds a group first, re-balancing the group after every step and undoing steps the
+    group cannot absorb.
+    """
+
+    def __init__(
+        self, pb: _Problem, st: PlacementSettings, cells: Sequence[CellKey], prefer: set[CellKey] | None = None
+    ) -> None:
+        self.pb, self.st = pb, st
+        self.prefer = prefer or set()
+        self.strict = False  # True: only cells in `prefer` may grow
+        self.by_name = {s.name: s for s in pb.services}
+        self.cells: dict[CellKey, int] = defaultdict(int)
+        self.free: dict[tuple[str, str], int] = dict(pb.free)
+        self.budget = math.inf if pb.budget_left is None else pb.budget_left
+        self.units: dict[tuple[str, str, Role], float] = defaultdict(float)
+        self.count: dict[tuple[str, str, Role], int] = defaultdict(int)
+        self.total: dict[str, int] = defaultdict(int)
+        # (service, role, domain) -> cells; each service's domains in a fixed order.
+        self.options: dict[tuple[str, Role, str], list[CellKey]] = defaultdict(list)
+        self.domains: dict[str, list[str]] = defaultdict(list)
+        for k in sorted(cells):
+            if k.service not in self.by_name or _weight(self.by_name[k.service], k.role, k.gpu_type) <= 0:
+                continue
+            dom = pb.group_of[(k.service, k.s1)]
+            self.options[(k.service, k.role, dom)].append(k)
+            if dom not in self.domains[k.service]:
+                self.domains[k.service].append(dom)
+
+    def _gpi(self, k: CellKey) -> int:
+        return self.pb.gpi[(k.service, k.role.value)]
+
+    def _add(self, k: CellKey, n: int, log: list[tuple[CellKey, int]]) -> None:
+        svc = self.by_name[k.service]
+        dom = self.pb.group_of[(k.service, k.s1)]
+        self.cells[k] += n
+        self.free[(k.gpu_type, k.s1)] -= n * self._gpi(k)
+        self.budget -= n * self._gpi(k)
+        self.units[(k.service, dom, k.role)] += n * _weight(svc, k.role, k.gpu_type)
+        self.count[(k.service, dom, k.role)] += n
+        self.total[k.service] += n
+        log.append((k, n))
+
+    def _undo(self, log: list[tuple[CellKey, int]], mark: int) -> None:
+        while len(log) > mark:
+            k, n = log.pop()
+            self._add(k, -n, [])
+
+    def _step_cost(self, k: CellKey) -> float:
+        """Objective change of adding one instance to `k`, per reference unit."""
+        gpi = self._gpi(k)
+        own = gpi * (self.pb.cost[k.gpu_type] + self.st.priority_weight * self.pb.prio.get(k.s1, 0))
+        churn = self.st.churn_weight_h * gpi * self.pb.cost[k.gpu_type]
+        above = self.cells[k] >= self.pb.current.get(k, 0)
+        return (own + churn if above else own - churn) / _weight(self.by_name[k.service], k.role, k.gpu_type)
+
+    def _saving(self, k: CellKey) -> float:
+        """Objective saved by removing one instance of `k`, per reference unit."""
+        gpi = self._gpi(k)
+        own = gpi * (self.pb.cost[k.gpu_type] + self.st.priority_weight * self.pb.prio.get(k.s1, 0))
+        churn = self.st.churn_weight_h * gpi * self.pb.cost[k.gpu_type]
+        below = self.cells[k] <= self.pb.current.get(k, 0)
+        return (own - churn if below else own + churn) / _weight(self.by_name[k.service], k.role, k.gpu_type)
+
+    def _cheapest(
+        self, name: str, role: Role, dom: str, log: list[tuple[CellKey, int]] | None = None
+    ) -> CellKey | None:
+        """The cheapest cell of (service, role, domain) one more instance fits in, or None.
+
+        With `log`, when none fits, room is made on the cheapest cell by moving instances of
+        S2- and none-affinity services to other S1s of their own group domain (their groups are
+        unchanged: same units, same domain), logged so they can be undone.
+        """
+        svc = self.by_name[name]
+        if self.total[name] + 1 > svc.policy.max_instances:
+            return None
+        allowed = [k for k in self.options.get((name, role, dom), ()) if not self.strict or k in self.prefer]
+        if not allowed or self.budget < self._gpi(allowed[0]):
+            return None
+        fits = [k for k in allowed if self.free.get((k.gpu_type, k.s1), 0) >= self._gpi(k)]
+        best = min(fits, key=lambda k: (k not in self.prefer, self._step_cost(k), k), default=None)
+        if best is not None or log is None:
+            return best
+        for k in sorted(allowed, key=lambda k: (self._step_cost(k), k)):
+            if self._make_room(k.gpu_type, k.s1, self._gpi(k), log):
+                return k
+        return None
+
+    def _make_room(self, gpu_type: str, s1: str, gpus: int, log: list[tuple[CellKey, int]]) -> bool:
+        """Move flexible instances off (gpu_type, s1) until `gpus` GPUs are free there."""
+        mark = len(log)
+        movable = [
+            k
+            for k, n in self.cells.items()
+            if n > 0 and k.gpu_type == gpu_type and k.s1 == s1 and self.pb.group_of[(k.service, s1)] != s1
+        ]
+        for k in sorted(movable, key=lambda k: (self._gpi(k), k)):
+            dom = self.pb.group_of[(k.service, s1)]
+            while self.cells[k] > 0 and self.free.get((gpu_type, s1), 0) < gpus:
+                dest = [
+                    k2
+                    for k2 in self.options.get((k.service, k.role, dom), ())
+                    if k2.gpu_type == gpu_type and k2.s1 != s1 and self.free.get((gpu_type, k2.s1), 0) >= self._gpi(k)
+                ]
+                if not dest:
+                    break
+                self._add(k, -1, log)
+                self._add(min(dest, key=lambda k2: (self._step_cost(k2), k2)), 1, log)
+            if self.free.get((gpu_type, s1), 0) >= gpus:
+                return True
+        self._undo(log, mark)
+        return False
+
+    def _paired(self, name: str) -> bool:
+        t = self.pb.targets[name]
+        return t.num_prefill > 0 and t.num_decode > 0
+
+    def _in_ratio(self, name: str, dom: str) -> bool:
+        n_p, n_d = self.count[(name, dom, Role.PREFILL)], self.count[(name, dom, Role.DECODE)]
+        if not self._paired(name) or n_p == n_d == 0:
+            return True
+        p, d = self.units[(name, dom, Role.PREFILL)], self.units[(name, dom, Role.DECODE)]
+        return n_p > 0 and n_d > 0 and _ratio_ok(self.by_name[name], p, d, self.st.ratio_tolerance)
+
+    def _short_role(self, name: str, dom: str) -> Role:
+        n_p, n_d = self.count[(name, dom, Role.PREFILL)], self.count[(name, dom, Role.DECODE)]
+        if n_p == 0 or n_d == 0:
+            return Role.PREFILL if n_p == 0 else Role.DECODE
+        rho = self.by_name[name].pd_ratio.prefill_per_decode
+        p, d = self.units[(name, dom, Role.PREFILL)], self.units[(name, dom, Role.DECODE)]
+        return Role.PREFILL if p < rho * d else Role.DECODE
+
+    def _balance(self, name: str, dom: str, log: list[tuple[CellKey, int]], evict: bool = False) -> bool:
+        """Add instances of the short role until the group is in ratio; False if it cannot be."""
+        for _ in range(10_000):
+            if self._in_ratio(name, dom):
+                return True
+            k = self._cheapest(name, self._short_role(name, dom), dom, log if evict else None)
+            if k is None:
+                return False
+            self._add(k, 1, log)
+        return False
+
+    def _shrink(self, name: str, dom: str, log: list[tuple[CellKey, int]]) -> None:
+        """Drop instances of the long role (dearest first) until the group is in ratio or empty."""
+        while not self._in_ratio(name, dom):
+            role = Role.DECODE if self._short_role(name, dom) is Role.PREFILL else Role.PREFILL
+            mine = [k for k in self.options.get((name, role, dom), ()) if self.cells[k] > 0]
+            if not mine:  # one role alone with nothing of it to drop: drop the other role too
+                mine = [k for k in self.cells if k.service == name and self.cells[k] > 0]
+                mine = [k for k in mine if self.pb.group_of[(name, k.s1)] == dom]
+            k = max(mine, key=lambda k: (self._saving(k), k))
+            self._add(k, -1, log)
+
+    def run(self, base: Mapping[CellKey, int]) -> dict[CellKey, int]:
+        log: list[tuple[CellKey, int]] = []
+        for k, n in sorted(base.items()):
+            n = min(n, max(0, self.free.get((k.gpu_type, k.s1), 0)) // self._gpi(k))
+            if n > 0 and (k.service, k.role, self.pb.group_of[(k.service, k.s1)]) in self.options:
+                self._add(k, n, log)
+        order = sorted(self.pb.services, key=lambda s: (-s.priority, s.name))
+        # Repair every service's groups before any service grows: a growing service would take
+        # the few GPUs another's rounded-down group needs to get back in ratio.
+        for svc in order:
+            for dom in self.domains[svc.name]:
+                mark = len(log)
+                if not self._balance(svc.name, dom, log):
+                    self._undo(log, mark)
+                    self._shrink(svc.name, dom, log)
+
+        # Services with the fewest domains able to hold a group grow first: the others can go
+        # elsewhere (small S1-affinity services otherwise find their only mixed S1s taken).
+        def hosts(svc: Service) -> int:
+            return sum(1 for d in self.domains[svc.name] if all((svc.name, r, d) in self.options for r in Role))
+
+        # First on the LP's own cells only (where the LP left room for exactly this service), then
+        # anywhere: a service that strays early takes the room another one's rounding-up needs.
+        for self.strict in (True, False):
+            for svc in sorted(order, key=lambda s: (hosts(s), -s.priority, s.name)):
+                self._cover(svc, log)
+        return {k: n for k, n in self.cells.items() if n > 0}
+
+    def _cover(self, svc: Service, log: list[tuple[CellKey, int]]) -> None:
+        name, target = svc.name, self.pb.targets[svc.name]
+        blocked: set[Role] = set()
+        while True:
+            short = {
+                r: target.of(r) - sum(self.units[(name, d, r)] for d in self.domains[name])
+                for r in Role
+                if r not in blocked
+            }
+            short = {r: v for r, v in short.items() if v > _EPS}
+            if not short:
+                return
+            role = max(short, key=lambda r: (short[r] / max(target.of(r), 1), r is Role.DECODE))
+            tries = []
+            for dom in self.domains[name]:
+                k = self._cheapest(name, role, dom)
+                if k is not None:
+                    opened = self.count[(name, dom, Role.PREFILL)] + self.count[(name, dom, Role.DECODE)] == 0
+                    tries.append((opened, k not in self.prefer, self._step_cost(k), k.s1, dom, k))
+            if self._grow(name, role, [(dom, k) for *_, dom, k in sorted(tries)], log, evict=False):
+                continue
+            # Nowhere to grow as is: make room by moving flexible services within their domains
+            # (last resort: it adds churn), in domains that hold a group first.
+            doms = sorted(
+                (d for d in self.domains[name] if all((name, r, d) in self.options for r in Role)),
+                key=lambda d: (self.count[(name, d, Role.PREFILL)] + self.count[(name, d, Role.DECODE)] == 0, d),
+            )
+            if self.strict or not self._grow(name, role, [(d, None) for d in doms], log, evict=True):
+                blocked.add(role)
+
+    def _grow(
+        self,
+        name: str,
+        role: Role,
+        tries: Sequence[tuple[str, CellKey | None]],
+        log: list[tuple[CellKey, int]],
+        *,
+        evict: bool,
+    ) -> bool:
+        """Add one instance of `role` in the first (domain, cell) whose group stays in ratio."""
+        for dom, cell in tries:
+            mark = len(log)
+            k = cell or self._cheapest(name, role, dom, log if evict else None)
+            if k is None:
+                self._undo(log, mark)
+                continue
+            self._add(k, 1, log)
+            if self._balance(name, dom, log, evict):
+                return True
+            self._undo(log, mark)
+        return False
+
+
 def _left(st: PlacementSettings, started: float) -> float:
     return max(0.1, st.time_limit_s - (time.perf_counter() - started))
 
@@ -442,6 +692,7 @@ def _solve_large(
     stats: dict[str, float | int | str],
     started: float,
     decompose: str = "none",
+    mip_start: str = "ratio",
 ) -> tuple[str, str, list[str], _Model, dict[CellKey, int] | None]:
     """LP relaxation, then the MIP on the cells the LP uses plus the running ones.
 
@@ -472,13 +723,93 @@ def _solve_large(
         if tiers is None:
             return "", "", ["tiers: a tier had no solution"], full, None
         return tiers[1][0], "tiers", [], full, tiers[0]
-    restricted = build_model(pb, st, only=support)
+    start: dict[CellKey, int] = {}
+    if mip_start == "ratio":
+        lp_floor = {k: math.floor((v.varValue or 0.0) + _EPS) for k, v in full.x.items()}
+        start = _Start(pb, st, list(full.x), prefer=support).run({k: n for k, n in lp_floor.items() if n > 0})
+    restricted = build_model(pb, st, only=support | set(start))
     stats["phase2_variables"] = restricted.prob.numVariables()
     stats["phase2_constraints"] = restricted.prob.numConstraints()
+    start_obj = _set_start(restricted, pb, start) if start else None
+    if start_obj is not None:
+        stats["start_objective"] = round(start_obj, 4)
+    stats["start_s"] = round(time.perf_counter() - started, 4)
+    if start_obj is not None:
+        lp_x = {k: v.varValue or 0.0 for k, v in full.x.items()}
+        better = _rins(restricted, pb, start, lp_x, st, min(_left(st, started) / 2, 1.5))
+        if better is not None and better[1] < start_obj - _EPS:
+            start, start_obj = better
+            _set_start(restricted, pb, start)
+            stats["rins_objective"] = round(start_obj, 4)
+        stats["rins_s"] = round(time.perf_counter() - started - float(stats["start_s"]), 4)
     name, sol, failures = solve(restricted.prob, _solvers(st, _left(st, started)))
+    if start_obj is not None and (not name or float(pulp.value(restricted.prob.objective) or 0.0) > start_obj + _EPS):
+        # The solver found nothing better than the start in its time (or rejected it): keep the start.
+        stats["kept_start"] = 1
+        return "start", sol or "start", failures, restricted, start
     if not name:
         return "", "", [f"restricted {f}" for f in failures], full, None
     return name, sol, failures, restricted, _values(restricted)
+
+
+def _rins(
+    model: _Model,
+    pb: _Problem,
+    start: Mapping[CellKey, int],
+    lp_x: Mapping[CellKey, float],
+    st: PlacementSettings,
+    time_limit_s: float,
+) -> tuple[dict[CellKey, int], float] | None:
+    """RINS: the MIP with every cell fixed where the start and the LP agree, from the start.
+
+    Why: what is left free are the cells the rounding had to decide (a few hundred of 10k+), a
+    sub-MIP HiGHS usually closes in well under a second, where the whole MIP spends seconds in
+    root cuts before its first sub-MIP incumbent. `model` must hold the start (`_set_start`);
+    its bounds are restored before returning. Returns (instances per cell, objective) or None.
+    """
+    saved = {k: (v.lowBound, v.upBound) for k, v in model.x.items()}
+    # Pools where a service the start leaves short could go stay free too: the instances already
+    # there may have to make room for it.
+    short = {name for (name, _role), v in model.unmet.items() if (v.varValue or 0.0) > _EPS}
+    contested = {(k.gpu_type, k.s1) for k in model.x if k.service in short}
+    for k, v in model.x.items():
+        if (k.gpu_type, k.s1) not in contested and abs(lp_x.get(k, 0.0) - start.get(k, 0)) < _EPS:
+            v.lowBound = v.upBound = start.get(k, 0)
+    try:
+        name, _sol, _failures = solve(
+            model.prob, [_WarmHiGHS(msg=False, timeLimit=time_limit_s, gapRel=st.mip_gap / 4, threads=1)]
+        )
+    finally:
+        for k, (lo, hi) in saved.items():
+            model.x[k].lowBound, model.x[k].upBound = lo, hi
+    if not name:
+        return None
+    return _values(model), float(pulp.value(model.prob.objective) or 0.0)
+
+
+def _set_start(model: _Model, pb: _Problem, start: Mapping[CellKey, int]) -> float | None:
+    """Give every variable of `model` its value in `start` (up/down and unmet derived).
+
+    Returns the start's objective, or None when the start breaks a constraint of `model` (then
+    HiGHS would reject it; the solve goes on without it).
+    """
+    for k, var in model.x.items():
+        var.setInitialValue(start.get(k, 0))
+    for k, var in model.up.items():
+        var.setInitialValue(max(0, start.get(k, 0) - pb.current[k]))
+        model.down[k].setInitialValue(max(0, pb.current[k] - start.get(k, 0)))
+    by_name = {s.name: s for s in pb.services}
+    have: dict[tuple[str, Role], float] = defaultdict(float)
+    for k, n in start.items():
+        have[(k.service, k.role)] += n * _weight(by_name[k.service], k.role, k.gpu_type)
+    for (name, role), var in model.unmet.items():
+        var.setInitialValue(max(0.0, pb.targets[name].of(role) - have[(name, role)]))
+    for v in model.prob.variables():
+        if v.varValue is None:  # e.g. integer node counts: left to the solver
+            return None
+    if not model.prob.valid(eps=1e-6):
+        return None
+    return float(pulp.value(model.prob.objective) or 0.0)
 
 
 def _sub_problem(pb: _Problem, names: set[str], used: Mapping[tuple[str, str], int], used_total: int) -> _Problem:
@@ -568,6 +899,7 @@ def reference_solve(
 
 
 DECOMPOSITIONS = ("none", "tiers")
+MIP_STARTS = ("ratio", "none")
 
 
 def _values(model: _Model) -> dict[CellKey, int]:
@@ -582,6 +914,7 @@ def place_ilp(
     settings: PlacementSettings | None = None,
     solvers: Sequence[pulp.LpSolver] | None = None,
     decompose: str = "none",
+    mip_start: str = "ratio",
 ) -> PlacementPlan:
     """Optimal placement of `targets`; the greedy plan (with the reason) when the solve fails.
 
@@ -594,6 +927,8 @@ def place_ilp(
     """
     if decompose not in DECOMPOSITIONS:
         raise ValueError(f"decompose must be one of {DECOMPOSITIONS}, got {decompose!r}")
+    if mip_start not in MIP_STARTS:
+        raise ValueError(f"mip_start must be one of {MIP_STARTS}, got {mip_start!r}")
     st = settings or config.cluster.placement
     started = time.perf_counter()
     pb = _problem(config, view, targets)
@@ -609,7 +944,7 @@ def place_ilp(
     failures: list[str] = []
     values: dict[CellKey, int] | None = None
     if solvers is None and len(model.x) > st.restrict_above_cells and pulp.HiGHS().available():
-        name, sol, failures, model, values = _solve_large(pb, st, model, stats, started, decompose)
+        name, sol, failures, model, values = _solve_large(pb, st, model, stats, started, decompose, mip_start)
     if not name:
         time_left = max(0.1, st.time_limit_s - (time.perf_counter() - started))
         name, sol, more = solve(model.prob, solvers if solvers is not None else _solvers(st, time_left))

@@ -154,7 +154,8 @@ def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy() -> None:
 
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     settings = case.config.cluster.placement.model_copy(update={"time_limit_s": 0.001, "restrict_above_cells": 0})
-    plan = place_ilp(case.config, case.view, case.targets, settings=settings)
+    # Without the constructive start: with it, this small case is solved to the gap at once.
+    plan = place_ilp(case.config, case.view, case.targets, settings=settings, mip_start="none")
     assert plan.stats["status"] != pulp.LpSolution[pulp.LpSolutionOptimal]
     assert plan.stats["kept"] in ("ilp", "greedy")
     greedy = evaluate(
@@ -185,3 +186,44 @@ def test_unknown_decomposition_fails_at_once() -> None:
     config = _two_service_config()
     with pytest.raises(ValueError, match="decompose"):
         place_ilp(config, view_from_config(config), {"chat": RoleCounts(1, 1)}, decompose="by-magic")
+
+
+def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
+    # The MIP start must be a placement the model accepts: capacity per pool, every group in
+    # ratio with both roles, only cells the model has.
+    import math
+
+    from tasks.core.ilp import _problem, _Start, build_model
+
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    st = case.config.cluster.placement
+    pb = _problem(case.config, case.view, case.targets)
+    full = build_model(pb, st, relax=True)
+    full.prob.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
+    lp_floor = {k: math.floor((v.varValue or 0.0) + 1e-6) for k, v in full.x.items()}
+    start = _Start(pb, st, list(full.x), prefer=set()).run({k: n for k, n in lp_floor.items() if n > 0})
+    assert start and set(start) <= set(full.x)
+    cells = {k: n for k, n in case.view.placement.cells.items() if k.service not in case.targets}
+    cells.update(start)
+    placement = Placement.of(cells.items())
+    score = evaluate(case.config, case.view, case.targets, placement)
+    assert score.affinity_violations == score.ratio_violations == 0
+    caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
+    for key, used in _used_gpus(case.config, placement).items():
+        assert used <= caps[key], key
+    # Better than leaving everything unmet, and deterministic.
+    assert score.unmet < sum(t.num_prefill + t.num_decode for t in case.targets.values()) / 10
+    assert _Start(pb, st, list(full.x), prefer=set()).run({k: n for k, n in lp_floor.items() if n > 0}) == start
+
+
+def test_mip_start_used_on_large_path_and_placement_valid() -> None:
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
+    plan = place_ilp(case.config, case.view, case.targets, settings=settings)
+    assert plan.stats["phases"] == 2 and "start_objective" in plan.stats
+    # The answer is never worse than the start it was given.
+    assert float(plan.stats["objective"]) <= float(plan.stats["start_objective"]) + 1e-6
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
+    with pytest.raises(ValueError, match="mip_start"):
+        place_ilp(case.config, case.view, case.targets, mip_start="psychic")
