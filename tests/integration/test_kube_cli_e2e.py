@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,15 +26,19 @@ pytestmark = pytest.mark.integration
 
 DECODE_TPS = 3000.0  # output tokens/s the "fleet" generates
 PROMPT_TPS = 15000.0
+SCRAPE_INTERVAL_S = 1.0
 
 
 class _VllmMetrics(BaseHTTPRequestHandler):
-    """Counters that grow at fixed rates from server start, as a vLLM fleet's would."""
+    """Counters that grow at fixed rates, as a vLLM fleet's would. They advance one scrape
+    interval per scrape: Prometheus stamps a sample with its scheduled scrape time, so counters
+    read from the wall clock would turn a busy test process's answer delay into rate error."""
 
-    started = time.time()
+    scrapes = 0
 
     def do_GET(self) -> None:
-        t = time.time() - self.started
+        type(self).scrapes += 1
+        t = SCRAPE_INTERVAL_S * type(self).scrapes
         body = (
             "# TYPE vllm:generation_tokens_total counter\n"
             f'vllm:generation_tokens_total{{service="chat",role="decode"}} {DECODE_TPS * t:.1f}\n'
@@ -56,7 +59,7 @@ class _VllmMetrics(BaseHTTPRequestHandler):
 def prometheus(tmp_path: Path) -> Iterator[str]:
     metrics = ThreadingHTTPServer(("127.0.0.1", 0), _VllmMetrics)
     threading.Thread(target=metrics.serve_forever, daemon=True).start()
-    prom = start_prometheus([f"127.0.0.1:{metrics.server_address[1]}"], tmp_path / "prom", scrape_interval_s=1.0)
+    prom = start_prometheus([f"127.0.0.1:{metrics.server_address[1]}"], tmp_path / "prom", scrape_interval_s=SCRAPE_INTERVAL_S)
     try:
         prom.wait_for_series("rate(vllm:generation_tokens_total[5s]) > 0", timeout_s=30)
         yield prom.url
@@ -102,7 +105,7 @@ def test_scale_kube_cli_reads_prometheus_and_scales_the_cluster(
     chat = out["decisions"]["chat"]
     # 3,000 decode tok/s read through Prometheus / 650 per decode instance -> 5 decode, 3 prefill
     # (ratio 1:2), from the 2-instance minimum in one damped step (max_step_fraction 10).
-    assert (chat["action"], chat["num_decode"], chat["num_prefill"]) == ("scale_out", 5, 3)
+    assert (chat["action"], chat["num_decode"], chat["num_prefill"]) == ("scale_out", 5, 3), chat["reason"]
     seen = float(re.search(r"decode_tps (\d+)", chat["reason"]).group(1))  # type: ignore[union-attr]
     assert seen == pytest.approx(DECODE_TPS, rel=0.02)
     replicas = {n: d["spec"]["replicas"] for n, d in cluster.deployments().items()}
