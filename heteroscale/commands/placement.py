@@ -15,7 +15,9 @@ gap, and `ref_bound` says how far from the integer optimum the ILP can at most b
 placement is also realised on nodes (`realize.py`): `realize_s`, `unplaced` (instances no node fits).
 `ilp.kept` is "greedy" when the ILP stopped at its time limit and the greedy scored lower (the
 "ilp" row is then the greedy's placement). `--decompose tiers` solves the large-cluster MIP one
-service-priority tier at a time (to measure what that decomposition costs).
+service-priority tier at a time (to measure what that decomposition costs). `--mip-start none`
+turns off the constructive start and its RINS polish (`ilp.start_objective`, `ilp.rins_objective`:
+the start's objective before and after RINS) to measure what they bring.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def run_placement_bench(
     current: str = "ratio",
     reference_s: float = 0.0,
     decompose: str = "none",
+    mip_start: str = "ratio",
 ) -> dict[str, Any]:
     from tasks.core.greedy import place_greedy
     from tasks.core.ilp import evaluate, lp_bound, place_ilp, reference_solve
@@ -52,7 +55,7 @@ def run_placement_bench(
     for name in ("ilp", "greedy"):
         started = time.perf_counter()
         if name == "ilp":
-            plan = place_ilp(case.config, case.view, case.targets, decompose=decompose)
+            plan = place_ilp(case.config, case.view, case.targets, decompose=decompose, mip_start=mip_start)
             stats = dict(plan.stats)
             ilp_plan = plan
         else:
@@ -72,6 +75,9 @@ def run_placement_bench(
         }
         if name == "ilp":
             out[name]["kept"] = str(stats.get("kept", plan.method))
+            for key in ("start_objective", "rins_objective", "start_s", "rins_s", "gap", "bound"):
+                if key in stats:
+                    out[name][key] = round(float(stats[key]), 4)
     started = time.perf_counter()
     real = realize(
         nodes_from_config(case.config), ilp_plan.placement, gpus_per_instance=gpus_per_instance_map(case.config)
@@ -86,6 +92,7 @@ def run_placement_bench(
         out["ref_objective"], out["ref_bound"] = (None, None) if ref is None else (round(ref[0], 2), round(ref[1], 2))
     out["current"] = current
     out["decompose"] = decompose
+    out["mip_start"] = mip_start
     out["variables"] = int(stats.get("variables", 0))
     out["constraints"] = int(stats.get("constraints", 0))
     out["gpus"] = case.view.total_gpus
@@ -110,6 +117,9 @@ def bench_placement(
     decompose: Annotated[
         str, typer.Option("--decompose", help="Large-cluster MIP: none (whole) | tiers (by service priority).")
     ] = "none",
+    mip_start: Annotated[
+        str, typer.Option("--mip-start", help="Large-cluster MIP start: ratio (constructive + RINS) | none.")
+    ] = "ratio",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """ILP vs greedy placement: solve time, cost, unmet, violations, churn."""
@@ -124,6 +134,7 @@ def bench_placement(
             current=current,
             reference_s=reference_s,
             decompose=decompose,
+            mip_start=mip_start,
         )
     )
     if as_json:
