@@ -17,7 +17,9 @@ placement is also realised on nodes (`realize.py`): `realize_s`, `unplaced` (ins
 "ilp" row is then the greedy's placement). `--decompose tiers` solves the large-cluster MIP one
 service-priority tier at a time (to measure what that decomposition costs). `--mip-start none`
 turns off the constructive start and its RINS polish (`ilp.start_objective`, `ilp.rins_objective`:
-the start's objective before and after RINS) to measure what they bring.
+the start's objective before and after RINS) to measure what they bring. `--aggregate` counts
+S2- and none-affinity services per (GPU type, domain) in the large-cluster MIP and splits the
+counts onto S1s after the solve (measured worse: docs/placement.md).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def run_placement_bench(
     reference_s: float = 0.0,
     decompose: str = "none",
     mip_start: str = "ratio",
+    aggregate: bool = False,
 ) -> dict[str, Any]:
     from tasks.core.greedy import place_greedy
     from tasks.core.ilp import evaluate, lp_bound, place_ilp, reference_solve
@@ -55,7 +58,9 @@ def run_placement_bench(
     for name in ("ilp", "greedy"):
         started = time.perf_counter()
         if name == "ilp":
-            plan = place_ilp(case.config, case.view, case.targets, decompose=decompose, mip_start=mip_start)
+            plan = place_ilp(
+                case.config, case.view, case.targets, decompose=decompose, mip_start=mip_start, aggregate=aggregate
+            )
             stats = dict(plan.stats)
             ilp_plan = plan
         else:
@@ -93,6 +98,7 @@ def run_placement_bench(
     out["current"] = current
     out["decompose"] = decompose
     out["mip_start"] = mip_start
+    out["aggregate"] = aggregate
     out["variables"] = int(stats.get("variables", 0))
     out["constraints"] = int(stats.get("constraints", 0))
     out["gpus"] = case.view.total_gpus
@@ -120,6 +126,9 @@ def bench_placement(
     mip_start: Annotated[
         str, typer.Option("--mip-start", help="Large-cluster MIP start: ratio (constructive + RINS) | none.")
     ] = "ratio",
+    aggregate: Annotated[
+        bool, typer.Option("--aggregate", help="Large-cluster MIP: S2/none-affinity services counted per domain.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """ILP vs greedy placement: solve time, cost, unmet, violations, churn."""
@@ -135,6 +144,7 @@ def bench_placement(
             reference_s=reference_s,
             decompose=decompose,
             mip_start=mip_start,
+            aggregate=aggregate,
         )
     )
     if as_json:

@@ -37,7 +37,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulp
 
@@ -234,6 +234,9 @@ class _Model:
     unmet: dict[tuple[str, Role], pulp.LpVariable]
     up: dict[CellKey, pulp.LpVariable]
     down: dict[CellKey, pulp.LpVariable]
+    # aggregate=True: integer instances per (service, role, GPU type, group domain) of services
+    # whose group spans S1s; their per-S1 x are then continuous shares (split by `_split`).
+    z: dict[tuple[str, Role, str, str], pulp.LpVariable] = field(default_factory=dict)
 
 
 def build_model(
@@ -242,6 +245,7 @@ def build_model(
     *,
     relax: bool = False,
     only: set[CellKey] | None = None,
+    aggregate: bool = False,
 ) -> _Model:
     """The PuLP model, built sets -> parameters -> variables -> objective -> constraints.
 
@@ -283,8 +287,19 @@ def build_model(
     for i, k in enumerate(cells):
         gpi = pb.gpi[(k.service, k.role.value)]
         ub = 0 if k in stale else max(0, pb.free.get((k.gpu_type, k.s1), 0) // gpi)
-        x[k] = pulp.LpVariable(f"x{i}", lowBound=0, upBound=ub, cat=cat)
+        flexible = aggregate and pb.group_of[(k.service, k.s1)] != k.s1
+        x[k] = pulp.LpVariable(f"x{i}", lowBound=0, upBound=ub, cat=pulp.LpContinuous if flexible else cat)
         x[k].setInitialValue(min(pb.current.get(k, 0), ub))
+    agg_cells: dict[tuple[str, Role, str, str], list[CellKey]] = defaultdict(list)
+    if aggregate:
+        for k in cells:
+            dom = pb.group_of[(k.service, k.s1)]
+            if dom != k.s1:
+                agg_cells[(k.service, k.role, k.gpu_type, dom)].append(k)
+    z = {
+        key: pulp.LpVariable(f"z{i}", lowBound=0, upBound=sum(x[k].upBound for k in ks), cat=cat)
+        for i, (key, ks) in enumerate(sorted(agg_cells.items()))
+    }
     up: dict[CellKey, pulp.LpVariable] = {}
     down: dict[CellKey, pulp.LpVariable] = {}
     for i, k in enumerate(sorted(pb.current)):
@@ -373,7 +388,10 @@ def build_model(
         prob += d_n - k_d * p_n <= 0, f"pair_d__{tag}"
     if pb.budget_left is not None:
         prob += pulp.lpSum(gpus(k) * x[k] for k in cells) <= pb.budget_left, "gpu_budget"
-    return _Model(prob, x, unmet, up, down)
+    for (name, role, g, dom), ks in sorted(agg_cells.items()):
+        tag = f"{name}__{role.value}__{g}__{'all' if dom == '*' else dom}"
+        prob += pulp.lpSum(x[k] for k in ks) - z[(name, role, g, dom)] == 0, f"agg__{tag}"
+    return _Model(prob, x, unmet, up, down, z)
 
 
 class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, name-defined]
@@ -698,6 +716,7 @@ def _solve_large(
     started: float,
     decompose: str = "none",
     mip_start: str = "ratio",
+    aggregate: bool = False,
 ) -> tuple[str, str, list[str], _Model, dict[CellKey, int] | None]:
     """LP relaxation, then the MIP on the cells the LP uses plus the running ones.
 
@@ -736,7 +755,7 @@ def _solve_large(
     if mip_start == "ratio":
         lp_floor = {k: math.floor((v.varValue or 0.0) + _EPS) for k, v in full.x.items()}
         start = _Start(pb, st, list(full.x), prefer=support).run({k: n for k, n in lp_floor.items() if n > 0})
-    restricted = build_model(pb, st, only=support | set(start))
+    restricted = build_model(pb, st, only=support | set(start), aggregate=aggregate)
     stats["phase2_variables"] = restricted.prob.numVariables()
     stats["phase2_constraints"] = restricted.prob.numConstraints()
     start_obj = _set_start(restricted, pb, start) if start else None
@@ -753,21 +772,33 @@ def _solve_large(
             # The first round is narrow (fast); later ones also free the services in the way.
             better = _rins(restricted, pb, start, lp_x, st, rins_until - time.perf_counter(), wide=rounds > 0)
             rounds += 1
-            if better is None or better[1] >= start_obj - _EPS:
+            # Re-priced on whole instances: with `aggregate` the sub-MIP's S1 shares were continuous.
+            better_obj = None if better is None else _set_start(restricted, pb, better[0])
+            if better is None or better_obj is None or better_obj >= start_obj - _EPS:
+                _set_start(restricted, pb, start)
                 break
-            start, start_obj = better
-            _set_start(restricted, pb, start)
+            start, start_obj = better[0], better_obj
             stats["rins_objective"] = round(start_obj, 4)
         stats["rins_rounds"] = rounds
         stats["rins_s"] = round(time.perf_counter() - started - float(stats["start_s"]), 4)
     name, sol, failures = solve(restricted.prob, _solvers(st, _left(st, started)))
-    if start_obj is not None and (not name or float(pulp.value(restricted.prob.objective) or 0.0) > start_obj + _EPS):
-        # The solver found nothing better than the start in its time (or rejected it): keep the start.
-        stats["kept_start"] = 1
-        return "start", sol or "start", failures, restricted, start
-    if not name:
+    values: dict[CellKey, int] | None = None
+    if name:
+        values = _split(restricted, pb) if restricted.z else _values(restricted)
+        if values is None:
+            values = _split_by_mip(restricted, st, _left(st, started))
+            stats["split"] = "mip" if values is not None else "failed"
+            if values is None:
+                failures.append(f"{name}: aggregated counts do not split onto S1s")
+    if start_obj is not None:
+        obj = None if values is None else _set_start(restricted, pb, values)
+        if obj is None or obj > start_obj + _EPS:
+            # The solver found nothing better than the start in its time (or it failed): keep the start.
+            stats["kept_start"] = 1
+            return "start", sol or "start", failures, restricted, start
+    if not name or values is None:
         return "", "", [f"restricted {f}" for f in failures], full, None
-    return name, sol, failures, restricted, _values(restricted)
+    return name, sol, failures, restricted, values
 
 
 def _rins(
@@ -807,7 +838,33 @@ def _rins(
             model.x[k].lowBound, model.x[k].upBound = lo, hi
     if not name:
         return None
-    return _values(model), float(pulp.value(model.prob.objective) or 0.0)
+    values = _split(model, pb) if model.z else _values(model)
+    return None if values is None else (values, float(pulp.value(model.prob.objective) or 0.0))
+
+
+def _split_by_mip(model: _Model, st: PlacementSettings, time_limit_s: float) -> dict[CellKey, int] | None:
+    """Whole instances per S1 for the solved aggregated counts, by a MIP with the counts fixed.
+
+    For when `_split`'s best-fit does not fit them (instance sizes vs GPUs left per S1); None
+    when no split exists or none is found in time. `model`'s bounds and types are restored.
+    """
+    fixed = {key: round(v.varValue or 0.0) for key, v in model.z.items()}
+    saved = {key: (v.lowBound, v.upBound) for key, v in model.z.items()}
+    flexible = [v for v in model.x.values() if v.cat == pulp.LpContinuous]
+    for key, v in model.z.items():
+        v.lowBound = v.upBound = fixed[key]
+    for v in flexible:
+        v.cat = pulp.LpInteger
+    try:
+        name, _sol, _failures = solve(
+            model.prob, [_WarmHiGHS(msg=False, timeLimit=max(0.1, time_limit_s), gapRel=st.mip_gap, threads=1)]
+        )
+    finally:
+        for key, (lo, hi) in saved.items():
+            model.z[key].lowBound, model.z[key].upBound = lo, hi
+        for v in flexible:
+            v.cat = pulp.LpContinuous
+    return _values(model) if name else None
 
 
 def _set_start(model: _Model, pb: _Problem, start: Mapping[CellKey, int]) -> float | None:
@@ -818,6 +875,11 @@ def _set_start(model: _Model, pb: _Problem, start: Mapping[CellKey, int]) -> flo
     """
     for k, var in model.x.items():
         var.setInitialValue(start.get(k, 0))
+    agg: dict[tuple[str, Role, str, str], int] = defaultdict(int)
+    for k in model.x:
+        agg[(k.service, k.role, k.gpu_type, pb.group_of[(k.service, k.s1)])] += start.get(k, 0)
+    for key, var in model.z.items():
+        var.setInitialValue(agg[key])
     for k, var in model.up.items():
         var.setInitialValue(max(0, start.get(k, 0) - pb.current[k]))
         model.down[k].setInitialValue(max(0, pb.current[k] - start.get(k, 0)))
@@ -925,8 +987,54 @@ DECOMPOSITIONS = ("none", "tiers")
 MIP_STARTS = ("ratio", "none")
 
 
-def _values(model: _Model) -> dict[CellKey, int]:
+def _values(model: _Model, pb: _Problem | None = None) -> dict[CellKey, int]:
+    """Instances per cell of a solved model; aggregated models (`model.z`) go through `_split`."""
+    if model.z and pb is not None:
+        return _split(model, pb) or {}
     return {k: n for k, v in model.x.items() if (n := round(v.varValue or 0.0)) > 0}
+
+
+def _split(model: _Model, pb: _Problem) -> dict[CellKey, int] | None:
+    """Whole instances per S1 cell from a solved aggregated model; None if they do not fit.
+
+    Each aggregated count z (service, role, GPU type, domain) goes onto the domain's S1s: first
+    the whole part of each S1's continuous share (always fits: it uses no more GPUs than the
+    share), then the remaining instances one by one, largest first over all counts, on running
+    cells first, then the largest leftover share, then the tightest fit (best-fit).
+    """
+    values: dict[CellKey, int] = {}
+    members: dict[tuple[str, Role, str, str], list[CellKey]] = defaultdict(list)
+    for k, v in model.x.items():
+        dom = pb.group_of[(k.service, k.s1)]
+        key = (k.service, k.role, k.gpu_type, dom)
+        if key in model.z:
+            members[key].append(k)
+            values[k] = math.floor((v.varValue or 0.0) + _EPS)
+        else:
+            values[k] = round(v.varValue or 0.0)
+    free = dict(pb.free)
+    for k, n in values.items():
+        free[(k.gpu_type, k.s1)] = free.get((k.gpu_type, k.s1), 0) - n * pb.gpi[(k.service, k.role.value)]
+    for key in sorted(members, key=lambda key: (-pb.gpi[(key[0], key[1].value)], key)):
+        ks = members[key]
+        gpi = pb.gpi[(key[0], key[1].value)]
+        left = round(model.z[key].varValue or 0.0) - sum(values[k] for k in ks)
+        for _ in range(max(0, left)):
+            fits = [k for k in ks if free.get((k.gpu_type, k.s1), 0) >= gpi]
+            if not fits:
+                return None
+            k = min(
+                fits,
+                key=lambda k: (
+                    values[k] >= pb.current.get(k, 0),
+                    -((model.x[k].varValue or 0.0) - values[k]),
+                    free[(k.gpu_type, k.s1)],
+                    k,
+                ),
+            )
+            values[k] += 1
+            free[(k.gpu_type, k.s1)] -= gpi
+    return {k: n for k, n in values.items() if n > 0}
 
 
 def place_ilp(
@@ -938,6 +1046,7 @@ def place_ilp(
     solvers: Sequence[pulp.LpSolver] | None = None,
     decompose: str = "none",
     mip_start: str = "ratio",
+    aggregate: bool = False,
 ) -> PlacementPlan:
     """Optimal placement of `targets`; the greedy plan (with the reason) when the solve fails.
 
@@ -948,6 +1057,9 @@ def place_ilp(
     groups: `stats["kept"]` says which was kept); this can overrun `time_limit_s` by the greedy's
     time (0.7-3.4 s at 20k GPUs). `mip_start` ("ratio" | "none") chooses whether the large-cluster
     MIP starts from the constructive start + RINS (docs/placement.md) or from nothing.
+    `aggregate=True` counts S2- and none-affinity services per (GPU type, domain) in that MIP and
+    splits the counts onto S1s afterwards (`_split`, else `_split_by_mip`): measured worse, kept
+    for the benchmark.
     """
     if decompose not in DECOMPOSITIONS:
         raise ValueError(f"decompose must be one of {DECOMPOSITIONS}, got {decompose!r}")
@@ -968,7 +1080,9 @@ def place_ilp(
     failures: list[str] = []
     values: dict[CellKey, int] | None = None
     if solvers is None and len(model.x) > st.restrict_above_cells and pulp.HiGHS().available():
-        name, sol, failures, model, values = _solve_large(pb, st, model, stats, started, decompose, mip_start)
+        name, sol, failures, model, values = _solve_large(
+            pb, st, model, stats, started, decompose, mip_start, aggregate
+        )
     if not name:
         time_left = max(0.1, st.time_limit_s - (time.perf_counter() - started))
         name, sol, more = solve(model.prob, solvers if solvers is not None else _solvers(st, time_left))

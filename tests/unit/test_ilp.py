@@ -227,3 +227,18 @@ def test_mip_start_used_on_large_path_and_placement_valid() -> None:
     assert score.affinity_violations == score.ratio_violations == 0
     with pytest.raises(ValueError, match="mip_start"):
         place_ilp(case.config, case.view, case.targets, mip_start="psychic")
+
+
+def test_aggregated_model_splits_onto_s1s_within_capacity_and_ratio() -> None:
+    # aggregate=True: S2/none-affinity services are counted per domain and split onto S1s after
+    # the solve; whatever is returned (split, MIP split or the start) must keep every rule.
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
+    plan = place_ilp(case.config, case.view, case.targets, settings=settings, aggregate=True)
+    assert plan.method == "ilp"
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
+    caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
+    for key, used in _used_gpus(case.config, plan.placement).items():
+        assert used <= caps[key], key
+    assert float(plan.stats["objective"]) <= float(plan.stats["start_objective"]) + 1e-6
