@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from heteroscale import settings
 from heteroscale.cli import app
 from tasks.store import Store
 from tests.integration.kube_fixture import KubeCluster
-from tests.integration.prom import start_prometheus
+from tests.integration.prom import free_port, start_prometheus
 from tests.integration.test_kube_scenario import CONFIG
 
 pytestmark = pytest.mark.integration
@@ -27,45 +28,23 @@ pytestmark = pytest.mark.integration
 DECODE_TPS = 3000.0  # output tokens/s the "fleet" generates
 PROMPT_TPS = 15000.0
 SCRAPE_INTERVAL_S = 1.0
-
-
-class _VllmMetrics(BaseHTTPRequestHandler):
-    """Counters that grow at fixed rates, as a vLLM fleet's would. They advance one scrape
-    interval per scrape: Prometheus stamps a sample with its scheduled scrape time, so counters
-    read from the wall clock would turn a busy test process's answer delay into rate error."""
-
-    scrapes = 0
-
-    def do_GET(self) -> None:
-        type(self).scrapes += 1
-        t = SCRAPE_INTERVAL_S * type(self).scrapes
-        body = (
-            "# TYPE vllm:generation_tokens_total counter\n"
-            f'vllm:generation_tokens_total{{service="chat",role="decode"}} {DECODE_TPS * t:.1f}\n'
-            "# TYPE vllm:prompt_tokens_total counter\n"
-            f'vllm:prompt_tokens_total{{service="chat",role="prefill"}} {PROMPT_TPS * t:.1f}\n'
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+RATE_WINDOW_S = 10
 
 
 @pytest.fixture()
 def prometheus(tmp_path: Path) -> Iterator[str]:
-    metrics = ThreadingHTTPServer(("127.0.0.1", 0), _VllmMetrics)
-    threading.Thread(target=metrics.serve_forever, daemon=True).start()
-    prom = start_prometheus([f"127.0.0.1:{metrics.server_address[1]}"], tmp_path / "prom", scrape_interval_s=SCRAPE_INTERVAL_S)
+    port = free_port()
+    script = Path(__file__).with_name("vllm_fleet.py")
+    fleet = subprocess.Popen([sys.executable, str(script), str(port), str(DECODE_TPS), str(PROMPT_TPS)])
+    prom = start_prometheus([f"127.0.0.1:{port}"], tmp_path / "prom", scrape_interval_s=SCRAPE_INTERVAL_S)
     try:
         prom.wait_for_series("rate(vllm:generation_tokens_total[5s]) > 0", timeout_s=30)
+        time.sleep(RATE_WINDOW_S)  # a full rate window of samples
         yield prom.url
     finally:
         prom.stop()
-        metrics.shutdown()
+        fleet.terminate()
+        fleet.wait(10)
 
 
 @pytest.fixture()
@@ -86,7 +65,7 @@ def test_scale_kube_cli_reads_prometheus_and_scales_the_cluster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config = json.loads(json.dumps(CONFIG))
-    config["prometheus"] = {"rate_window_s": 5}
+    config["prometheus"] = {"rate_window_s": RATE_WINDOW_S}
     path = tmp_path / "cluster.yaml"
     path.write_text(yaml.safe_dump(config))
     monkeypatch.setenv("HETEROSCALE_PROMETHEUS_URL", prometheus)
