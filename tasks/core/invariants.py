@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from models.config import ClusterConfig, Role
 from models.values import Action, PlacementPlan, ServiceSignals, Targets
 from tasks.core.greedy import group_counts
-from tasks.core.topology import ClusterView, gpus_per_instance_map
+from tasks.core.topology import ClusterView, gpus_per_instance_map, gpus_used
 from tasks.errors import PermanentError
 
 
@@ -30,14 +30,6 @@ def _usable(sig: ServiceSignals | None, name: str, now_s: float, max_age_s: floa
         return False
     v = sig.get(name)
     return v is not None and math.isfinite(v) and v >= 0 and now_s - sig.sampled_at_s <= max_age_s
-
-
-def _gpus_by_domain(config: ClusterConfig, placement: Mapping) -> dict[tuple[str, str], int]:
-    gpi = gpus_per_instance_map(config)
-    used: dict[tuple[str, str], int] = {}
-    for k, n in placement.items():
-        used[(k.gpu_type, k.s1)] = used.get((k.gpu_type, k.s1), 0) + n * gpi[(k.service, k.role.value)]
-    return used
 
 
 def plan_violations(
@@ -62,8 +54,9 @@ def plan_violations(
             out.append(f"{svc.name}: scale-in decided without a usable {p.metric.value} signal")
         if t.source != "schedule" and not p.min_instances <= t.counts.total <= p.max_instances:
             out.append(f"{svc.name}: target {t.counts.total} instances outside [{p.min_instances}, {p.max_instances}]")
-    before = _gpus_by_domain(config, view.placement.cells)
-    after = _gpus_by_domain(config, plan.placement.cells)
+    gpi = gpus_per_instance_map(config)
+    before = gpus_used(view.placement, gpi)
+    after = gpus_used(plan.placement, gpi)
     for c in view.capacities:
         key = (c.gpu_type, c.s1)
         free = c.gpus_total - c.gpus_other

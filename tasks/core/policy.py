@@ -106,6 +106,11 @@ def _since(now_s: float, then_s: float | None) -> float:
     return math.inf if then_s is None else now_s - then_s
 
 
+def _scale_out_wait(ctx: PolicyContext, state: ServicePolicyState) -> float:
+    """Seconds left of the scale-out cooldown (<= 0: a scale-out may go ahead)."""
+    return ctx.service.policy.scale_out_cooldown_s - _since(ctx.now_s, state.last_scale_out_s)
+
+
 def _action(current: RoleCounts, new: RoleCounts) -> Action:
     if new == current:
         return Action.HOLD
@@ -271,7 +276,7 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
         # hard limits and are restored at once, cooldowns notwithstanding.
         source = "bounds"
     if action is Action.SCALE_OUT and source not in ("latency", "bounds"):
-        wait = p.scale_out_cooldown_s - _since(ctx.now_s, state.last_scale_out_s)
+        wait = _scale_out_wait(ctx, state)
         if wait > 0:
             return _hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
     if action is Action.SCALE_IN and source != "bounds":
@@ -604,7 +609,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     action = _action(cur, new)
     in_bounds = p.min_instances <= cur.total <= p.max_instances
     if action is Action.SCALE_OUT and source == "proportional" and in_bounds:
-        wait = p.scale_out_cooldown_s - _since(ctx.now_s, state.last_scale_out_s)
+        wait = _scale_out_wait(ctx, state)
         if wait > 0:
             return _hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
     if action is Action.HOLD:

@@ -84,14 +84,22 @@ class ClusterView:
     ) -> dict[tuple[str, str], int]:
         """Free GPUs per (gpu_type, s1) once `placement` runs; `gpus_per_instance[(service, role)]`."""
         free = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in self.capacities}
-        for key, n in placement.cells.items():
-            k = (key.gpu_type, key.s1)
-            free[k] = free.get(k, 0) - n * gpus_per_instance[(key.service, key.role.value)]
+        for k, used in gpus_used(placement, gpus_per_instance).items():
+            free[k] = free.get(k, 0) - used
         return free
 
     @property
     def total_gpus(self) -> int:
         return sum(c.gpus_total for c in self.capacities)
+
+
+def gpus_used(placement: Placement, gpus_per_instance: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """GPUs a placement holds per (gpu_type, s1); `gpus_per_instance[(service, role)]`."""
+    used: dict[tuple[str, str], int] = {}
+    for key, n in placement.cells.items():
+        k = (key.gpu_type, key.s1)
+        used[k] = used.get(k, 0) + n * gpus_per_instance[(key.service, key.role.value)]
+    return used
 
 
 def view_from_config(config: ClusterConfig, placement: Placement | None = None) -> ClusterView:
