@@ -371,6 +371,9 @@ class PlacementSettings(_Frozen):
     # Hours of an instance's GPU cost charged per instance started or stopped. >= 0.5 means a
     # running instance is never moved just to save cost; < 1 means surplus is still scaled in.
     churn_weight_h: Annotated[float, Field(ge=0)] = 0.6
+    # Hours of an instance's GPU cost charged on top of churn per relocation: an instance stopped
+    # while its service and role grow, or started while they shrink (a move, not a scale step).
+    move_weight_h: Annotated[float, Field(ge=0)] = 1.0
     # $/GPU-hour added per RDMA-subgroup priority level of the cell (keeps premium pools free).
     priority_weight: Annotated[float, Field(ge=0)] = 0.05
     # $/GPU-hour charged for GPUs stranded on partly used nodes.

@@ -75,6 +75,7 @@ def run_placement_bench(
             "affinity_violations": score.affinity_violations,
             "ratio_violations": score.ratio_violations,
             "churn": score.churn,
+            "moves": score.moves,
             "status": str(stats.get("status", plan.method)) if name == "ilp" else "greedy",
             "method": plan.method,
         }
@@ -151,7 +152,17 @@ def bench_placement(
         print(json.dumps(res))
         return
     table = Table(title=f"placement: {res['gpus']} GPUs, {services} services, {gpu_types} GPU types, seed {seed}")
-    cols = ("solve_s", "cost", "gpu_cost_per_h", "unmet", "affinity_violations", "ratio_violations", "churn", "status")
+    cols = (
+        "solve_s",
+        "cost",
+        "gpu_cost_per_h",
+        "unmet",
+        "affinity_violations",
+        "ratio_violations",
+        "churn",
+        "moves",
+        "status",
+    )
     table.add_column("method")
     for c in cols:
         table.add_column(c, justify="right")

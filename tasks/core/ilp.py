@@ -62,6 +62,7 @@ class Score:
     affinity_violations: int  # groups holding one role without the other
     ratio_violations: int  # groups whose P/D is outside tolerance plus rounding
     churn: int  # instances started plus stopped vs the current placement
+    moves: int = 0  # of those, relocations: stopped while the role grows, started while it shrinks
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,9 @@ class _Problem:
     current: Mapping[CellKey, int]  # moving services' cells now
     unmet_penalty: Mapping[tuple[str, Role], float]
     budget_left: float | None
+    # (service, role) -> True when the target is at or above what runs now (reference units):
+    # then a stop is a relocation; otherwise a start is.
+    growing: Mapping[tuple[str, Role], bool]
 
 
 def _problem(config: ClusterConfig, view: ClusterView, targets: Mapping[str, RoleCounts]) -> _Problem:
@@ -125,6 +129,13 @@ def _problem(config: ClusterConfig, view: ClusterView, targets: Mapping[str, Rol
             spec = s.role(role)
             dearest = max(spec.gpus_per_instance * (cost[g] + top_prio) / spec.weight(g) for g in spec.gpu_types)
             unmet_penalty[(s.name, role)] = _UNMET_FACTOR * (1 + ranks[s.priority]) * max(dearest, 1.0)
+    running: dict[tuple[str, Role], float] = defaultdict(float)
+    by_name = {s.name: s for s in services}
+    for k, n in current.items():
+        running[(k.service, k.role)] += n * _weight(by_name[k.service], k.role, k.gpu_type)
+    growing = {
+        (s.name, role): targets[s.name].of(role) >= running[(s.name, role)] - 1e-9 for s in services for role in Role
+    }
     return _Problem(
         services=services,
         targets=targets,
@@ -139,7 +150,15 @@ def _problem(config: ClusterConfig, view: ClusterView, targets: Mapping[str, Rol
         current=current,
         unmet_penalty=unmet_penalty,
         budget_left=budget_left,
+        growing=growing,
     )
+
+
+def _move_coef(pb: _Problem, st: PlacementSettings, k: CellKey, *, start: bool) -> float:
+    """Relocation charge of starting (`start`) or stopping one instance of cell `k`."""
+    if st.move_weight_h <= 0 or pb.growing[(k.service, k.role)] == start:
+        return 0.0
+    return st.move_weight_h * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
 
 
 def _weight(svc: Service, role: Role, gpu_type: str) -> float:
@@ -194,11 +213,15 @@ def evaluate(
         groups[(k.service, dom)][k.role] += n * w
         counts[(k.service, dom)][k.role] += n
         used[(k.gpu_type, k.s1)] += g
-    churn = 0
+    churn = moves = 0
     for k in set(mine) | set(pb.current):
-        delta = abs(mine.get(k, 0) - pb.current.get(k, 0))
+        change = mine.get(k, 0) - pb.current.get(k, 0)
+        delta = abs(change)
         churn += delta
         churn_cost += st.churn_weight_h * delta * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
+        if change and pb.growing[(k.service, k.role)] != (change > 0):
+            moves += delta
+            churn_cost += delta * _move_coef(pb, st, k, start=change > 0)
     frag = 0.0
     for key, u in used.items():
         total = u + pb.fixed_used.get(key, 0)
@@ -224,6 +247,7 @@ def evaluate(
         affinity_violations=affinity,
         ratio_violations=ratio,
         churn=churn,
+        moves=moves,
     )
 
 
@@ -327,10 +351,11 @@ def build_model(
     terms = [(x[k], gpus(k) * (pb.cost[k.gpu_type] + st.priority_weight * pb.prio.get(k.s1, 0))) for k in cells]
     for k in cells:
         if k not in pb.current:
-            terms.append((x[k], st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type]))
+            c = st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type] + _move_coef(pb, st, k, start=True)
+            terms.append((x[k], c))
     for k in pb.current:
         c = st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type]
-        terms += [(up[k], c), (down[k], c)]
+        terms += [(up[k], c + _move_coef(pb, st, k, start=True)), (down[k], c + _move_coef(pb, st, k, start=False))]
     terms += [(v, pb.unmet_penalty[key]) for key, v in unmet.items()]
     by_pool: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
     for k in cells:
@@ -523,7 +548,12 @@ class _Start:
         own = gpi * (self.pb.cost[k.gpu_type] + self.st.priority_weight * self.pb.prio.get(k.s1, 0))
         churn = self.st.churn_weight_h * gpi * self.pb.cost[k.gpu_type]
         above = self.cells[k] >= self.pb.current.get(k, 0)
-        return (own + churn if above else own - churn) / _weight(self.by_name[k.service], k.role, k.gpu_type)
+        step = (
+            own + churn + _move_coef(self.pb, self.st, k, start=True)
+            if above
+            else (own - churn - _move_coef(self.pb, self.st, k, start=False))
+        )
+        return step / _weight(self.by_name[k.service], k.role, k.gpu_type)
 
     def _saving(self, k: CellKey) -> float:
         """Objective saved by removing one instance of `k`, per reference unit."""
@@ -531,7 +561,12 @@ class _Start:
         own = gpi * (self.pb.cost[k.gpu_type] + self.st.priority_weight * self.pb.prio.get(k.s1, 0))
         churn = self.st.churn_weight_h * gpi * self.pb.cost[k.gpu_type]
         below = self.cells[k] <= self.pb.current.get(k, 0)
-        return (own - churn if below else own + churn) / _weight(self.by_name[k.service], k.role, k.gpu_type)
+        step = (
+            own - churn - _move_coef(self.pb, self.st, k, start=False)
+            if below
+            else (own + churn + _move_coef(self.pb, self.st, k, start=True))
+        )
+        return step / _weight(self.by_name[k.service], k.role, k.gpu_type)
 
     def _cheapest(
         self, name: str, role: Role, dom: str, log: list[tuple[CellKey, int]] | None = None
@@ -917,6 +952,7 @@ def _sub_problem(pb: _Problem, names: set[str], used: Mapping[tuple[str, str], i
         current={k: n for k, n in pb.current.items() if k.service in names},
         unmet_penalty={key: v for key, v in pb.unmet_penalty.items() if key[0] in names},
         budget_left=None if pb.budget_left is None else max(0.0, pb.budget_left - used_total),
+        growing={key: v for key, v in pb.growing.items() if key[0] in names},
     )
 
 
@@ -1102,6 +1138,9 @@ def place_ilp(
         )
     stats["solver"] = name
     stats["status"] = sol
+    from tasks.core.polish import polish  # polish builds on this module's problem and rules
+
+    values, stats["polish_steps"] = polish(pb, st, values)
     solver_model = getattr(model.prob, "solverModel", None)
     if decompose == "none" and solver_model is not None:
         info = solver_model.getInfo()
