@@ -153,19 +153,29 @@ def bench_forecast(
     train_days: Annotated[
         float, typer.Option(help="Targets before this day are 'train' (methods chosen there), the rest 'eval'.")
     ] = 7.0,
+    score_origins: Annotated[
+        str,
+        typer.Option(
+            help="all: every origin with an observed target; observed: only origins whose own latest sample is "
+            "observed (from a missing one the policy holds and ignores the forecast)."
+        ),
+    ] = "all",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Rolling-origin backtest of every forecaster on a rate trace (missing windows stay missing).
 
     Scores by split (targets from `warmup_s` to `train_days`, then the rest): MAPE and p90
     absolute % error over every observed target (the issue's metric), the median, and MAPE
-    without near-zero targets (< NEAR_ZERO_SHARE of the series median), with their count."""
+    without near-zero targets (< NEAR_ZERO_SHARE of the series median), with their count.
+    `--score-origins observed` drops origins whose own sample is missing, for every forecaster."""
     import numpy as np
     import pandas as pd
 
-    from tasks.core.forecast import AUTO, PATHS, backtest_errors
+    from tasks.core.forecast import AUTO, PATHS, backtest_errors, chosen_shares
 
     def run() -> dict[str, dict]:
+        if score_origins not in ("all", "observed"):
+            raise ValueError(f"--score-origins must be 'all' or 'observed', not {score_origins!r}")
         df = pd.read_csv(trace)
         col = "req_per_s" if "req_per_s" in df.columns else "total_req_per_s"
         if "window_start_s" not in df.columns or col not in df.columns:
@@ -188,6 +198,8 @@ def bench_forecast(
             per_split: dict[str, dict] = {}
             for split, (lo, hi_end) in cut.items():
                 sel = (tidx >= lo) & (tidx < hi_end)
+                if score_origins == "observed":
+                    sel &= ~np.isnan(y)
                 rows: dict[str, dict] = {}
                 for m, e in errs.items():
                     ok = sel & ~np.isnan(e)
@@ -200,10 +212,8 @@ def bench_forecast(
                         "n": len(ev),
                         "near_zero_targets": int(len(ev) - len(ev_nz)),
                     }
-                picked = choice[sel]
-                rows[AUTO]["chosen_share"] = {
-                    m: float(np.mean(picked == i)) if len(picked) else 0.0 for i, m in enumerate(PATHS)
-                }
+                # Share of origins at which auto used each method (alone or in its combination).
+                rows[AUTO]["chosen_share"] = chosen_shares(choice[:, sel], tuple(PATHS))
                 per_split[split] = rows
             out[f"{h:g}"] = per_split
         return out
@@ -220,7 +230,7 @@ def bench_forecast(
     for h, splits in results.items():
         for split, scores in splits.items():
             base = scores["last-value"]
-            t = Table(title=f"forecast backtest, {trace.name}, horizon {h} s, {split} targets")
+            t = Table(title=f"forecast backtest, {trace.name}, horizon {h} s, {split} targets, {score_origins} origins")
             cols = (
                 "forecaster",
                 "MAPE",
@@ -252,4 +262,7 @@ def bench_forecast(
                 )
             console.print(t)
             shares = scores[AUTO]["chosen_share"]
-            console.print("auto chose: " + ", ".join(f"{m} {v:.0%}" for m, v in shares.items()), highlight=False)
+            console.print(
+                "auto used (alone or combined): " + ", ".join(f"{m} {v:.0%}" for m, v in shares.items()),
+                highlight=False,
+            )

@@ -3,7 +3,7 @@
 Contract: a forecaster maps `(history, horizon_s)` to the expected metric value `horizon_s`
 after the last sample, or `None` when the history cannot support a forecast (empty, all NaN).
 History is a sequence of `(t_s, value)` pairs in time order; NaN or None values are gaps,
-never zeros. Forecasters are chosen by name from `FORECASTERS`; `auto` picks one per call by a
+never zeros. Forecasters are chosen by name from `FORECASTERS`; `auto` picks per call by a
 rolling-origin backtest on the same history (`select_forecaster`).
 
 How it works: the history is laid on a regular grid (the median sample spacing); each method is
@@ -22,7 +22,11 @@ Methods (parameters tuned once on the ServeGen series, see docs/forecasting.md):
     Falls back to no seasonal factor until a day of history exists.
   * `seasonal-ar`: direct h-step ridge regression of the log change on the last two log changes
     and the daily shape, refitted at every origin on the pairs known there (`path_seasonal_ar`).
-  * `auto`: the method with the lowest *median* absolute % error over the trailing backtest.
+  * `profile-ar`: seasonal-ar plus mean reversion: the last hour's median level and the daily
+    profile shifted to the last hour's level, each relative to the last sample (`path_profile_ar`).
+  * `auto`: the combination (geometric mean, `combine_paths`) of the two methods with the lowest
+    *median* absolute % error over the trailing backtest, recorded as "auto:<best>+<second>";
+    such a "+" name is itself a valid forecaster name for `get_forecaster`.
 """
 
 from __future__ import annotations
@@ -49,8 +53,15 @@ MIN_SCORED_ORIGINS = 12
 # Selection statistic: the median error (chosen over the mean on ServeGen days 2-7: a few burst
 # or drop-out targets with errors of 100%+ otherwise decide the choice).
 SELECT_BY = "median"
+# `auto` combines its best COMBINE_TOP methods (geometric mean of their forecasts), recorded as
+# "auto:<best>+<second>": on ServeGen days 2-7 the top-2 combination beat the single best
+# (summed train MAPE change vs last-value over both traces and horizons -21.5 vs -16.6 points).
+COMBINE_TOP = 2
+COMBINE_SEP = "+"
 # A grid longer than this is coarsened (samples averaged) so one call stays in milliseconds.
 MAX_GRID_POINTS = 20_000
+# Seasonal features smooth the log series with a centred median over this span (bursts out).
+SMOOTH_S = 1800.0
 
 
 # --- grid --------------------------------------------------------------------------------
@@ -177,22 +188,27 @@ def path_seasonal_blend(
 
 
 def daily_shape_log_change(
-    filled: np.ndarray, hi: int, step_s: float, *, days: int = 7, season_s: float = DAY_S
+    filled: np.ndarray,
+    hi: int,
+    step_s: float,
+    *,
+    days: int = 7,
+    season_s: float = DAY_S,
+    smoothed: np.ndarray | None = None,
 ) -> np.ndarray:
     """The daily shape from every origin i: the median over the last `days` days of the smoothed
     log change from time-of-day(i) to time-of-day(i + hi), using only samples before i. NaN where
     no past day reaches (under a day of history, or a season not longer than the horizon).
 
     `filled` is the gap-filled series (`_ffill`); the 30-minute centred median smooths single
-    windows (a burst, a near-zero drop-out) out of the shape.
+    windows (a burst, a near-zero drop-out) out of the shape (`smoothed`: precomputed
+    `_smoothed_log` of the filled series).
     """
     n = len(filled)
     s = round(season_s / step_s)
     if s <= hi or n <= s:
         return np.full(n, np.nan)
-    smooth_w = max(1, round(1800.0 / step_s))
-    logy = np.log(np.maximum(filled, 1e-9))
-    sm = pd.Series(logy).rolling(smooth_w, center=True, min_periods=1).median().to_numpy()
+    sm = _smoothed_log(np.log(np.maximum(filled, 1e-9)), step_s) if smoothed is None else smoothed
     idx = np.arange(n)
     # Only the days the history reaches back to (a day of history gives one row, not seven).
     rows = min(days, (n - 1) // s)
@@ -214,6 +230,7 @@ def path_seasonal_ar(
     fit_window_s: float = 7 * DAY_S,
     clip_log: float = 1.0,
     ridge: float = 1.0,
+    start: int = 0,
 ) -> np.ndarray:
     """Direct h-step regression of the log change: log y[i+h] - log y[i] = beta . x_i, where x_i
     holds the recent log changes (log y[i-k] - log y[i] per lag) and the daily shape
@@ -227,11 +244,105 @@ def path_seasonal_ar(
     near-zero drop-out or a 3x burst counts as a large move, not an unbounded one. The ridge term
     shrinks toward beta = 0, i.e. last-value: with no pairs yet the method *is* last-value.
     Defaults (lags, ridge, clip, window) were chosen on ServeGen days 2-7 only (docs/forecasting.md).
+    Origins before `start` are not solved (NaN): `select_forecaster` scores the last two days only.
     """
-    n = len(y)
     hi = max(1, round(h))
     filled = _ffill(y)
     logy = np.log(np.maximum(filled, 1e-9))
+    cols = _lag_changes(logy, lags_s, step_s)
+    cols.append(daily_shape_log_change(filled, hi, step_s, days=days))
+    return _direct_ridge(
+        y, filled, logy, hi, cols, step_s, fit_window_s=fit_window_s, clip_log=clip_log, ridge=ridge, start=start
+    )
+
+
+def path_profile_ar(
+    y: np.ndarray,
+    h: float,
+    step_s: float,
+    *,
+    lags_s: tuple[float, ...] = (600.0, 1200.0),
+    level_s: float = 3600.0,
+    days: int = 7,
+    fit_window_s: float = 7 * DAY_S,
+    clip_log: float = 1.0,
+    ridge: float = 1.0,
+    start: int = 0,
+) -> np.ndarray:
+    """`seasonal-ar` plus two mean-reversion features, same per-origin ridge refit:
+
+    * recent level: log(median of the last `level_s`) - log y[i] (a burst above the last hour's
+      median tends to fade; a dip tends to recover);
+    * profile deviation (`profile_deviation`): where the daily profile, shifted to the level of
+      the last `level_s`, puts the target, minus log y[i] — reversion toward the seasonal profile
+      rather than toward a flat level.
+
+    Chosen on ServeGen days 2-7 only (docs/forecasting.md): on m-small 30 min ahead it takes the
+    train MAPE from -11.7% (seasonal-ar) to -20.2% vs last-value. m-mid's day-to-day shape is not
+    stable and the feature adds noise there; `auto` chooses per series. With no pairs yet (under a
+    day of history, or h steps) the method is last-value, like seasonal-ar.
+    """
+    hi = max(1, round(h))
+    filled = _ffill(y)
+    logy = np.log(np.maximum(filled, 1e-9))
+    k = max(1, round(level_s / step_s))
+    cols = _lag_changes(logy, lags_s, step_s)
+    sm = _smoothed_log(logy, step_s)
+    cols.append(daily_shape_log_change(filled, hi, step_s, days=days, smoothed=sm))
+    # The level uses observed samples only (a forward-filled gap is not a measurement).
+    raw = np.log(np.maximum(y, 1e-9))
+    level = pd.Series(raw).rolling(k, min_periods=1).median().ffill().to_numpy()
+    cols.append(level - logy)
+    cols.append(profile_deviation(logy, hi, step_s, level_n=k, days=days, smoothed=sm))
+    return _direct_ridge(
+        y, filled, logy, hi, cols, step_s, fit_window_s=fit_window_s, clip_log=clip_log, ridge=ridge, start=start
+    )
+
+
+def profile_deviation(
+    logy: np.ndarray,
+    hi: int,
+    step_s: float,
+    *,
+    level_n: int,
+    days: int = 7,
+    season_s: float = DAY_S,
+    smoothed: np.ndarray | None = None,
+) -> np.ndarray:
+    """From every origin i: P(i + hi) + mean_{last level_n}(log y - P) - log y[i], where P(t) is
+    the median over the last `days` days of the (30-minute median smoothed) log level at the same
+    time of day. Only samples up to i are read. NaN under a day of history. `smoothed`: a
+    precomputed `_smoothed_log(logy, step_s)`."""
+    n = len(logy)
+    s = round(season_s / step_s)
+    smooth_w = max(1, round(SMOOTH_S / step_s))
+    if n <= s or s <= hi + smooth_w:
+        return np.full(n, np.nan)
+    sm = _smoothed_log(logy, step_s) if smoothed is None else smoothed
+    idx = np.arange(n)
+    rows = min(days, (n - 1) // s)
+    at_target = np.full((rows, n), np.nan)
+    at_now = np.full((rows, n), np.nan)
+    for j in range(1, rows + 1):
+        # sm[k] reads logy up to k + smooth_w // 2 <= i - s + hi + smooth_w // 2 < i.
+        src = idx - j * s
+        ok = src >= 0
+        at_now[j - 1, ok] = sm[src[ok]]
+        at_target[j - 1, ok] = sm[src[ok] + hi]
+    p_target, p_now = _nanmedian_rows(at_target), _nanmedian_rows(at_now)
+    offset = pd.Series(logy - p_now).rolling(level_n, min_periods=1).mean().to_numpy()
+    return p_target + offset - logy
+
+
+def _smoothed_log(logy: np.ndarray, step_s: float) -> np.ndarray:
+    """The centred SMOOTH_S rolling median of the log series (the seasonal features' input)."""
+    w = max(1, round(SMOOTH_S / step_s))
+    return pd.Series(logy).rolling(w, center=True, min_periods=1).median().to_numpy()
+
+
+def _lag_changes(logy: np.ndarray, lags_s: tuple[float, ...], step_s: float) -> list[np.ndarray]:
+    """log y[i - k] - log y[i] per lag (0 where the lag reaches before the start)."""
+    n = len(logy)
     cols = []
     for lag_s in lags_s:
         k = max(1, round(lag_s / step_s))
@@ -239,7 +350,27 @@ def path_seasonal_ar(
         if k < n:
             c[k:] = logy[:-k] - logy[k:]
         cols.append(c)
-    cols.append(daily_shape_log_change(filled, hi, step_s, days=days))
+    return cols
+
+
+def _direct_ridge(
+    y: np.ndarray,
+    filled: np.ndarray,
+    logy: np.ndarray,
+    hi: int,
+    cols: list[np.ndarray],
+    step_s: float,
+    *,
+    fit_window_s: float,
+    clip_log: float,
+    ridge: float,
+    start: int = 0,
+) -> np.ndarray:
+    """filled[i] * exp(beta_i . x_i), beta_i the ridge fit of the clipped log change hi ahead on
+    the feature columns `cols` over the pairs whose targets are known at origin i (see
+    `path_seasonal_ar`). NaN features count as 0 (no move). Only origins >= `start` are solved
+    (the rest are NaN): the live selection scores the last two days only."""
+    n = len(y)
     x = np.clip(np.nan_to_num(np.column_stack(cols)), -clip_log, clip_log)  # no data = no move
     p = x.shape[1]
     target = np.full(n, np.nan)
@@ -249,20 +380,26 @@ def path_seasonal_ar(
     ok = ~np.isnan(target) & ~np.isnan(filled)
     t = np.where(ok, np.clip(np.nan_to_num(target), -clip_log, clip_log), 0.0)
     xo = x * ok[:, None]
-    # Running sums of X'X, X't and the pair count; origin i sums pairs j with i - w < j + hi <= i.
-    xtx = np.concatenate([np.zeros((1, p, p)), np.cumsum(xo[:, :, None] * xo[:, None, :], axis=0)])
+    # Running sums of X'X (upper triangle) and X't; origin i sums pairs j with i - w < j + hi <= i.
+    iu, il = np.triu_indices(p)
+    xtx = np.concatenate([np.zeros((1, len(iu))), np.cumsum(xo[:, iu] * xo[:, il], axis=0)])
     xty = np.concatenate([np.zeros((1, p)), np.cumsum(xo * t[:, None], axis=0)])
     w = max(1, round(fit_window_s / step_s))
-    i = np.arange(n)
+    i = np.arange(min(max(start, 0), n), n)  # only these origins are solved (the rest stay NaN)
     hi_end = np.clip(i - hi + 1, 0, n)  # exclusive end of pair indices j <= i - hi
     lo_end = np.clip(i - hi + 1 - w, 0, n)
-    a = xtx[hi_end] - xtx[lo_end]
+    tri = xtx[hi_end] - xtx[lo_end]
+    a = np.empty((len(i), p, p))
+    a[:, iu, il] = tri
+    a[:, il, iu] = tri
     b = xty[hi_end] - xty[lo_end]
     # A fixed ridge: log changes are ~0.1, so 1.0 weighs like a few dozen pairs early on and is
     # negligible after a day; it also makes the system solvable with no pairs (beta = 0).
     a = a + ridge * np.eye(p)
     beta = np.linalg.solve(a, b[:, :, None])[:, :, 0]
-    return filled * np.exp(np.sum(beta * x, axis=1))
+    out = np.full(n, np.nan)
+    out[i] = filled[i] * np.exp(np.sum(beta * x[i], axis=1))
+    return out
 
 
 def _nanmedian_rows(x: np.ndarray) -> np.ndarray:
@@ -283,7 +420,10 @@ PATHS: dict[str, PathFn] = {
     "holt": path_holt,
     "seasonal-blend": path_seasonal_blend,
     "seasonal-ar": path_seasonal_ar,
+    "profile-ar": path_profile_ar,
 }
+# Paths whose cost is a per-origin solve: they accept `start` (origins before it are not solved).
+_START_AWARE: dict[str, Callable[..., np.ndarray]] = {"seasonal-ar": path_seasonal_ar, "profile-ar": path_profile_ar}
 
 
 # --- backtest and selection --------------------------------------------------------------
@@ -328,33 +468,64 @@ def select_forecaster(
     candidates: Sequence[str] = tuple(PATHS),
     window_s: float = SELECT_WINDOW_S,
     select_by: str = SELECT_BY,
+    combine: int = COMBINE_TOP,
 ) -> tuple[str, dict[str, np.ndarray]]:
-    """The candidate with the lowest `select_by` error ("median" or "mean" absolute % error) over
-    origins whose target falls in the last `window_s`.
+    """The `combine` candidates with the lowest `select_by` error ("median" or "mean" absolute %
+    error) over origins whose target falls in the last `window_s`, best first, joined by "+" (the
+    forecast is their combination, `combine_paths`); one name when `combine` is 1.
 
-    Ties and too little history (fewer than MIN_SCORED_ORIGINS scored origins) go to the first
-    candidate (last-value). Returns the choice and every candidate's forecast path.
+    Ties go to the earlier candidate; too little history (fewer than MIN_SCORED_ORIGINS scored
+    origins for the first candidate, last-value) gives the first candidate alone. Returns the
+    choice and every candidate's forecast path (solved only from the first scored origin on).
     """
     h = _h_steps(horizon_s, grid.step_s)
     hi = max(1, round(h))
-    paths = {m: PATHS[m](grid.y, h, grid.step_s) for m in candidates}
     first_origin = max(0, len(grid.y) - hi - round(window_s / grid.step_s))
-    best, best_err = candidates[0], math.inf
-    for m in candidates:
+    paths = {m: _path(m, grid.y, h, grid.step_s, start=first_origin) for m in candidates}
+    ranked: list[tuple[float, int, str]] = []
+    for k, m in enumerate(candidates):
         err = abs_pct_errors(paths[m], grid.y, hi)[first_origin:]
         err = err[~np.isnan(err)]
         if len(err) < MIN_SCORED_ORIGINS:
-            if m == candidates[0]:
-                return best, paths
+            if k == 0:
+                return candidates[0], paths
             continue
-        err_stat = float(np.median(err) if select_by == "median" else np.mean(err))
-        if err_stat < best_err - 1e-12:
-            best, best_err = m, err_stat
-    return best, paths
+        ranked.append((float(np.median(err) if select_by == "median" else np.mean(err)), k, m))
+    ranked.sort()
+    return COMBINE_SEP.join(m for _e, _k, m in ranked[: max(1, combine)]), paths
+
+
+def combine_paths(paths: Sequence[np.ndarray]) -> np.ndarray:
+    """Combination of forecasts: the geometric mean (load moves multiplicatively), or the plain
+    mean where a member is not positive (a trend extrapolated below zero). NaN members are skipped."""
+    stack = np.vstack(paths)
+    ok = ~np.isnan(stack)
+    cnt = ok.sum(axis=0)
+    pos = np.all(~ok | (stack > 0), axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.where(ok & (stack > 0), np.log(np.where(stack > 0, stack, 1.0)), 0.0)
+        geo = np.exp(logs.sum(axis=0) / cnt)
+        arith = np.where(ok, stack, 0.0).sum(axis=0) / cnt
+    return np.where(cnt == 0, np.nan, np.where(pos, geo, arith))
+
+
+def _parts(method: str) -> list[str]:
+    return method.split(COMBINE_SEP)
+
+
+def _path(method: str, y: np.ndarray, h: float, step_s: float, *, start: int = 0) -> np.ndarray:
+    """PATHS[method] (or a "+" combination of them), solving the per-origin ridge methods only
+    from origin `start` on."""
+    if COMBINE_SEP in method:
+        return combine_paths([_path(m, y, h, step_s, start=start) for m in _parts(method)])
+    if method in _START_AWARE:
+        return _START_AWARE[method](y, h, step_s, start=start)
+    return PATHS[method](y, h, step_s)
 
 
 def forecast_with(method: str, history: History, horizon_s: float) -> tuple[float | None, str]:
-    """Forecast `horizon_s` ahead with `method` (or `auto`); returns (value, method used)."""
+    """Forecast `horizon_s` ahead with `method` (a name, a "+" combination of PATHS names, or
+    `auto`); returns (value, method used: "auto:<choice>" for auto)."""
     if method == "last-value":
         return last_value(history, horizon_s), method
     grid = to_grid(history)
@@ -364,8 +535,9 @@ def forecast_with(method: str, history: History, horizon_s: float) -> tuple[floa
         chosen, paths = select_forecaster(grid, horizon_s)
         if chosen == "last-value":
             return last_value(history, horizon_s), f"{AUTO}:{chosen}"
-        return _finite(paths[chosen][-1]), f"{AUTO}:{chosen}"
-    path = PATHS[method](grid.y, _h_steps(horizon_s, grid.step_s), grid.step_s)
+        value = combine_paths([paths[m][-1:] for m in _parts(chosen)])[0]
+        return _finite(value), f"{AUTO}:{chosen}"
+    path = _path(method, grid.y, _h_steps(horizon_s, grid.step_s), grid.step_s, start=len(grid.y) - 1)
     return _finite(path[-1]), method
 
 
@@ -400,15 +572,20 @@ FORECASTERS: dict[str, Forecaster] = {
     "holt": _named("holt"),
     "seasonal-blend": _named("seasonal-blend"),
     "seasonal-ar": _named("seasonal-ar"),
+    "profile-ar": _named("profile-ar"),
     AUTO: _named(AUTO),
 }
 
 
 def get_forecaster(name: str) -> Forecaster:
-    try:
+    """A forecaster by name; also a "+" combination of PATHS names (what `auto` records, e.g.
+    "profile-ar+holt", so a replay can re-use the last selection between re-selections)."""
+    if name in FORECASTERS:
         return FORECASTERS[name]
-    except KeyError:
-        raise ValueError(f"unknown forecaster {name!r}; choose one of {sorted(FORECASTERS)}") from None
+    parts = _parts(name)
+    if len(parts) > 1 and all(m in PATHS for m in parts):
+        return _named(name)
+    raise ValueError(f"unknown forecaster {name!r}; choose one of {sorted(FORECASTERS)}")
 
 
 # --- offline backtest over a whole series (bench) -------------------------------------------
@@ -422,14 +599,16 @@ def backtest_errors(
     candidates: Sequence[str] = tuple(PATHS),
     window_s: float = SELECT_WINDOW_S,
     select_by: str = SELECT_BY,
+    combine: int = COMBINE_TOP,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Per-origin absolute % errors of every method and of `auto` over a whole series.
 
     `errors[m][i]` scores the forecast from origin i against y[i + h] (NaN: target missing or not
-    positive). `auto` at origin i uses the method with the lowest `select_by` error ("mean", or
-    "median" for a burst-robust choice) over origins whose targets are known at i (target index
-    <= i) within `window_s` — what the live selection sees — so its score is honest, not a
-    best-in-hindsight. Also returns the index into `candidates` chosen at each origin.
+    positive). `auto` at origin i combines (`combine_paths`) the `combine` methods with the lowest
+    `select_by` error ("mean", or "median" for a burst-robust choice) over origins whose targets
+    are known at i (target index <= i) within `window_s` — what the live selection sees — so its
+    score is honest, not a best-in-hindsight. Also returns `choice`, shape (combine, n): the
+    indices into `candidates` used at each origin, best first (-1: slot unused).
     """
     h = _h_steps(horizon_s, step_s)
     hi = max(1, round(h))
@@ -443,10 +622,26 @@ def backtest_errors(
         s = (roll.median() if select_by == "median" else roll.mean()).to_numpy()
         known[m] = np.concatenate([np.full(hi, np.nan), s[: n - hi]])
     stack = np.vstack([np.where(np.isnan(known[m]), np.inf, known[m]) for m in candidates])
-    choice = np.argmin(stack, axis=0)  # ties and no data -> first candidate (last-value)
-    err_stack = np.vstack([errs[m] for m in candidates])
-    errs[AUTO] = err_stack[choice, np.arange(n)]
+    k = max(1, min(combine, len(candidates)))
+    cols = np.arange(n)
+    choice = np.argsort(stack, axis=0, kind="stable")[:k]  # ties -> earlier candidate
+    used = np.isfinite(stack[choice, cols])
+    # Too little history for the first candidate (last-value): it alone, as in the live selection.
+    alone = ~np.isfinite(stack[0])
+    choice[0, alone], used[0, alone] = 0, True
+    used[1:, alone] = False
+    choice = np.where(used, choice, -1)
+    path_stack = np.vstack([paths[m] for m in candidates])
+    members = np.where(used, path_stack[np.maximum(choice, 0), cols], np.nan)
+    errs[AUTO] = abs_pct_errors(combine_paths(list(members)), y, hi)
     return errs, choice
+
+
+def chosen_shares(choice: np.ndarray, candidates: Sequence[str]) -> dict[str, float]:
+    """Share of origins at which `auto` used each candidate (alone or in its combination)."""
+    if choice.shape[-1] == 0:
+        return {m: 0.0 for m in candidates}
+    return {m: float(np.mean(np.any(choice == i, axis=0))) for i, m in enumerate(candidates)}
 
 
 def backtest_series(
@@ -457,15 +652,14 @@ def backtest_series(
     warmup_s: float = 2 * DAY_S,
     candidates: Sequence[str] = tuple(PATHS),
     window_s: float = SELECT_WINDOW_S,
+    combine: int = COMBINE_TOP,
 ) -> tuple[dict[str, BacktestScore], dict[str, float]]:
     """Rolling-origin backtest of every method and of `auto` (`backtest_errors`) over a whole series.
 
     Returns the scores over origins from `warmup_s` on and the share of those origins at which
-    `auto` chose each method.
+    `auto` used each method.
     """
-    errs, choice = backtest_errors(y, step_s, horizon_s, candidates=candidates, window_s=window_s)
+    errs, choice = backtest_errors(y, step_s, horizon_s, candidates=candidates, window_s=window_s, combine=combine)
     start = min(len(y), round(warmup_s / step_s))
     out = {m: score(m, e[start:]) for m, e in errs.items()}
-    picked = choice[start:]
-    shares = {m: float(np.mean(picked == i)) if len(picked) else 0.0 for i, m in enumerate(candidates)}
-    return out, shares
+    return out, chosen_shares(choice[:, start:], candidates)

@@ -111,3 +111,82 @@ def test_near_zero_dropout_does_not_collapse_seasonal_ar() -> None:
     f = path_seasonal_ar(y, 3, 600.0)
     # Clipped log changes: the recovered last sample is followed, the drop-out is a bounded move.
     assert 0.3 * y[-1] < f[-1] < 3.0 * y[-1]
+
+
+def _noisy_profile(days: int, seed: int, phi: float = 0.3, sd: float = 0.15) -> np.ndarray:
+    """A daily profile times AR(1) log deviations that revert toward it within a few windows."""
+    n = days * 144
+    rng = np.random.default_rng(seed)
+    u = np.zeros(n)
+    for i in range(1, n):
+        u[i] = phi * u[i - 1] + rng.normal(0.0, sd)
+    return 1000.0 * np.exp(0.5 * np.sin(2 * np.pi * np.arange(n) / 144) + u)
+
+
+def test_profile_ar_reverts_toward_the_daily_profile() -> None:
+    y = _noisy_profile(5, seed=0)
+    scores, _ = backtest_series(
+        y, 600.0, 1800.0, candidates=("last-value", "seasonal-ar", "profile-ar"), warmup_s=3 * 86400.0
+    )
+    lv, ar, pa = (scores[m].mape for m in ("last-value", "seasonal-ar", "profile-ar"))
+    assert lv is not None and ar is not None and pa is not None
+    assert pa < 0.97 * ar and pa < 0.9 * lv
+
+
+def test_profile_ar_is_last_value_without_pairs_and_uses_only_the_past() -> None:
+    from tasks.core.forecast import path_last_value, path_profile_ar
+
+    short = np.array([100.0, 120.0, 90.0])
+    np.testing.assert_allclose(path_profile_ar(short, 3, 600.0), path_last_value(short, 3, 600.0))
+    y = _noisy_profile(3, seed=3)
+    full = path_profile_ar(y, 3, 600.0)
+    cut = 300
+    changed = y.copy()
+    changed[cut + 1 :] *= 3.0
+    np.testing.assert_allclose(path_profile_ar(changed, 3, 600.0)[: cut + 1], full[: cut + 1])
+
+
+def test_ridge_paths_solved_from_start_equal_the_full_path() -> None:
+    from tasks.core.forecast import path_profile_ar, path_seasonal_ar
+
+    y = _noisy_profile(3, seed=2)
+    for fn in (path_seasonal_ar, path_profile_ar):
+        full, tail = fn(y, 3, 600.0), fn(y, 3, 600.0, start=400)
+        assert np.isnan(tail[:400]).all()
+        np.testing.assert_allclose(tail[400:], full[400:])
+
+
+def test_combine_paths_geometric_mean_with_fallbacks() -> None:
+    from tasks.core.forecast import combine_paths
+
+    got = combine_paths(
+        [np.array([100.0, 100.0, -10.0, np.nan, np.nan]), np.array([400.0, np.nan, 30.0, 50.0, np.nan])]
+    )
+    np.testing.assert_allclose(got[:4], [200.0, 100.0, 10.0, 50.0])  # geometric; NaN skipped; arithmetic if <= 0
+    assert math.isnan(got[4])
+
+
+def test_auto_records_a_combination_that_resolves_to_the_same_forecast() -> None:
+    from tasks.core.forecast import get_forecaster
+
+    y = _noisy_profile(4, seed=1)
+    history = [(i * 600.0, float(v)) for i, v in enumerate(y)]
+    value, method = forecast_with("auto", history, 1800.0)
+    chosen = method.removeprefix("auto:")
+    assert value is not None and "+" in chosen  # the best two by median error
+    again = get_forecaster(chosen)(history, 1800.0)  # what a replay re-uses between selections
+    assert again is not None and abs(again - value) < 1e-9 * value
+
+
+def test_backtest_auto_scores_the_combination_it_chose() -> None:
+    from tasks.core.forecast import PATHS, abs_pct_errors, backtest_errors, combine_paths
+
+    y = _noisy_profile(4, seed=4)
+    errs, choice = backtest_errors(y, 600.0, 1800.0)
+    names = tuple(PATHS)
+    i = len(y) - 10
+    members = [names[k] for k in choice[:, i] if k >= 0]
+    assert len(members) == 2 and members[0] != members[1]
+    f = combine_paths([PATHS[m](y, 3.0, 600.0) for m in members])
+    np.testing.assert_allclose(errs["auto"][i], abs_pct_errors(f, y, 3)[i])
+    assert choice[0, 10] == 0 and choice[1, 10] == -1  # no history yet: last-value alone
