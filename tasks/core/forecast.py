@@ -278,8 +278,9 @@ def path_profile_ar(
       rather than toward a flat level.
 
     Chosen on ServeGen days 2-7 only (docs/forecasting.md): on m-small 30 min ahead it takes the
-    train MAPE from -11.7% (seasonal-ar) to -20.2% vs last-value. m-mid's day-to-day shape is not
-    stable and the feature adds noise there; `auto` chooses per series. With no pairs yet (under a
+    train MAPE from -11.7% (seasonal-ar) to -19.6% vs last-value (on eval: -11.9% and -12.2%, the
+    gain did not carry over). m-mid's day-to-day shape is not stable and the features add noise
+    there; `auto` chooses per series. With no pairs yet (under a
     day of history, or h steps) the method is last-value, like seasonal-ar.
     """
     hi = max(1, round(h))
