@@ -38,7 +38,9 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import pulp
 
 from models.config import AffinityLevel, ClusterConfig, PlacementSettings, Role, Service
@@ -50,6 +52,8 @@ _EPS = 1e-6
 # Unmet demand costs this many times the dearest way to serve one reference instance, so the
 # solver leaves demand unmet only when no placement can serve it.
 _UNMET_FACTOR = 100.0
+# RINS gets at most this long (and at most half the time left).
+_RINS_CAP_S = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +265,14 @@ class _Model:
     # aggregate=True: integer instances per (service, role, GPU type, group domain) of services
     # whose group spans S1s; their per-S1 x are then continuous shares (split by `_split`).
     z: dict[tuple[str, Role, str, str], pulp.LpVariable] = field(default_factory=dict)
+    # Every variable in creation order (x, z, up, down, unmet, nodes): the column order of
+    # `_Arrays` and of the HiGHS model passed in bulk.
+    cols: list[pulp.LpVariable] = field(default_factory=list)
+
+
+def _add(prob: pulp.LpProblem, terms: list[tuple[pulp.LpVariable, float]], sense: int, rhs: float, name: str) -> None:
+    """Add the named constraint sum(terms) <sense> rhs (terms on distinct variables)."""
+    prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), sense=sense, rhs=rhs), name)
 
 
 def build_model(
@@ -274,13 +286,18 @@ def build_model(
     """The PuLP model, built sets -> parameters -> variables -> objective -> constraints.
 
     `relax` makes every integer continuous (the LP bound); `only` restricts the cells to that set
-    (plus the running ones), for the second phase of `place_ilp` on large clusters.
+    (plus the running ones), for the second phase of `place_ilp` on large clusters. Expressions
+    are built from (variable, coefficient) lists, not PuLP's operators (each of which copies the
+    expression): the same model in about half the time at 20k GPUs.
     """
     cat = pulp.LpContinuous if relax else pulp.LpInteger
+    le, ge, eq = pulp.LpConstraintLE, pulp.LpConstraintGE, pulp.LpConstraintEQ
     # Sets.
     types_at: dict[str, list[str]] = defaultdict(list)
     for g, s1 in pb.free:
         types_at[g].append(s1)
+    for s1s in types_at.values():
+        s1s.sort()
     cells: list[CellKey] = []
     for s in pb.services:
         both = pb.targets[s.name].num_prefill > 0 and pb.targets[s.name].num_decode > 0
@@ -295,7 +312,7 @@ def build_model(
             for g in s.role(role).gpu_types:
                 cells.extend(
                     CellKey(s.name, role, g, s1)
-                    for s1 in sorted(types_at.get(g, ()))
+                    for s1 in types_at.get(g, ())
                     if not both or len(hosts[pb.group_of[(s.name, s1)]]) == 2
                 )
     if only is not None:
@@ -304,33 +321,47 @@ def build_model(
     # A running cell on a type the service no longer allows can only go to zero.
     stale = [k for k in pb.current if k not in known]
     cells.extend(stale)
+    stale_set = set(stale)
     by_name = {s.name: s for s in pb.services}
 
+    # Parameters per cell, by position in `cells` (lists: CellKey hashes are not free).
+    gpi = [pb.gpi[(k.service, k.role.value)] for k in cells]
+    weight = [_weight(by_name[k.service], k.role, k.gpu_type) for k in cells]
+
+    prob = pulp.LpProblem("placement", pulp.LpMinimize)
+    cols: list[pulp.LpVariable] = []
+
+    def var(name: str, lo: float, hi: float | None, kind: str) -> pulp.LpVariable:
+        v = prob.add_variable(name, lo, hi, kind)
+        cols.append(v)
+        return v
+
     # Variables.
-    x: dict[CellKey, pulp.LpVariable] = {}
+    xs: list[pulp.LpVariable] = []
     for i, k in enumerate(cells):
-        gpi = pb.gpi[(k.service, k.role.value)]
-        ub = 0 if k in stale else max(0, pb.free.get((k.gpu_type, k.s1), 0) // gpi)
+        ub = 0 if k in stale_set else max(0, pb.free.get((k.gpu_type, k.s1), 0) // gpi[i])
         flexible = aggregate and pb.group_of[(k.service, k.s1)] != k.s1
-        x[k] = pulp.LpVariable(f"x{i}", lowBound=0, upBound=ub, cat=pulp.LpContinuous if flexible else cat)
-        x[k].setInitialValue(min(pb.current.get(k, 0), ub))
-    agg_cells: dict[tuple[str, Role, str, str], list[CellKey]] = defaultdict(list)
+        v = var(f"x{i}", 0, ub, pulp.LpContinuous if flexible else cat)
+        v.varValue = min(pb.current.get(k, 0), ub)
+        xs.append(v)
+    x = dict(zip(cells, xs, strict=True))
+    agg_cells: dict[tuple[str, Role, str, str], list[int]] = defaultdict(list)
     if aggregate:
-        for k in cells:
+        for i, k in enumerate(cells):
             dom = pb.group_of[(k.service, k.s1)]
             if dom != k.s1:
-                agg_cells[(k.service, k.role, k.gpu_type, dom)].append(k)
+                agg_cells[(k.service, k.role, k.gpu_type, dom)].append(i)
     z = {
-        key: pulp.LpVariable(f"z{i}", lowBound=0, upBound=sum(x[k].upBound for k in ks), cat=cat)
-        for i, (key, ks) in enumerate(sorted(agg_cells.items()))
+        key: var(f"z{j}", 0, sum(xs[i].upBound for i in ks), cat)
+        for j, (key, ks) in enumerate(sorted(agg_cells.items()))
     }
     up: dict[CellKey, pulp.LpVariable] = {}
     down: dict[CellKey, pulp.LpVariable] = {}
     for i, k in enumerate(sorted(pb.current)):
-        up[k] = pulp.LpVariable(f"up{i}", lowBound=0)
-        down[k] = pulp.LpVariable(f"down{i}", lowBound=0)
+        up[k] = var(f"up{i}", 0, None, pulp.LpContinuous)
+        down[k] = var(f"down{i}", 0, None, pulp.LpContinuous)
     unmet = {
-        (s.name, role): pulp.LpVariable(f"unmet__{s.name}__{role.value}", lowBound=0)
+        (s.name, role): var(f"unmet__{s.name}__{role.value}", 0, None, pulp.LpContinuous)
         for s in pb.services
         for role in Role
     }
@@ -338,99 +369,166 @@ def build_model(
     if st.fragmentation_weight > 0:
         for g, s1 in sorted(pb.free):
             gpn = pb.gpus_per_node[(g, s1)]
-            nodes[(g, s1)] = pulp.LpVariable(
-                f"nodes__{g}__{s1}", lowBound=0, upBound=math.ceil(pb.gpus_total[(g, s1)] / gpn), cat=cat
-            )
-
-    prob = pulp.LpProblem("placement", pulp.LpMinimize)
+            nodes[(g, s1)] = var(f"nodes__{g}__{s1}", 0, math.ceil(pb.gpus_total[(g, s1)] / gpn), cat)
 
     # Objective.
-    def gpus(k: CellKey) -> int:
-        return pb.gpi[(k.service, k.role.value)]
-
-    terms = [(x[k], gpus(k) * (pb.cost[k.gpu_type] + st.priority_weight * pb.prio.get(k.s1, 0))) for k in cells]
-    for k in cells:
+    coef: dict[pulp.LpVariable, float] = {}
+    for i, k in enumerate(cells):
+        c = gpi[i] * (pb.cost[k.gpu_type] + st.priority_weight * pb.prio.get(k.s1, 0))
         if k not in pb.current:
-            c = st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type] + _move_coef(pb, st, k, start=True)
-            terms.append((x[k], c))
+            c += st.churn_weight_h * gpi[i] * pb.cost[k.gpu_type] + _move_coef(pb, st, k, start=True)
+        coef[xs[i]] = c
     for k in pb.current:
-        c = st.churn_weight_h * gpus(k) * pb.cost[k.gpu_type]
-        terms += [(up[k], c + _move_coef(pb, st, k, start=True)), (down[k], c + _move_coef(pb, st, k, start=False))]
-    terms += [(v, pb.unmet_penalty[key]) for key, v in unmet.items()]
-    by_pool: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
-    for k in cells:
-        by_pool[(k.gpu_type, k.s1)].append(k)
+        c = st.churn_weight_h * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
+        coef[up[k]] = c + _move_coef(pb, st, k, start=True)
+        coef[down[k]] = c + _move_coef(pb, st, k, start=False)
+    for key, v in unmet.items():
+        coef[v] = pb.unmet_penalty[key]
+    by_pool: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, k in enumerate(cells):
+        by_pool[(k.gpu_type, k.s1)].append(i)
     for key, v in nodes.items():
         # Stranded GPUs = GPUs on touched nodes - GPUs used; the constant part is dropped.
-        terms.append((v, st.fragmentation_weight * pb.gpus_per_node[key]))
-        terms += [(x[k], -st.fragmentation_weight * gpus(k)) for k in by_pool[key]]
-    # LpAffineExpression keeps the last coefficient of a repeated variable: sum them first.
-    coef: dict[pulp.LpVariable, float] = defaultdict(float)
-    for v, c in terms:
-        coef[v] += c
+        coef[v] = st.fragmentation_weight * pb.gpus_per_node[key]
+        for i in by_pool[key]:
+            coef[xs[i]] -= st.fragmentation_weight * gpi[i]
     prob += pulp.LpAffineExpression(list(coef.items())), "cost"
 
     # Constraints.
     for (g, s1), ks in sorted(by_pool.items()):
         if (g, s1) not in pb.free:
             continue
-        usage = pulp.LpAffineExpression([(x[k], gpus(k)) for k in ks])
-        prob += usage <= max(0, pb.free[(g, s1)]), f"cap__{g}__{s1}"
+        usage = [(xs[i], float(gpi[i])) for i in ks]
+        _add(prob, usage, le, max(0, pb.free[(g, s1)]), f"cap__{g}__{s1}")
         if (g, s1) in nodes:
             fixed = pb.fixed_used.get((g, s1), 0)
-            prob += usage - pb.gpus_per_node[(g, s1)] * nodes[(g, s1)] <= -fixed, f"nodes__{g}__{s1}"
+            _add(prob, [*usage, (nodes[(g, s1)], -pb.gpus_per_node[(g, s1)])], le, -fixed, f"nodes__{g}__{s1}")
     for k in pb.current:
-        prob += x[k] - up[k] + down[k] == pb.current[k], f"churn__{k.service}__{k.role.value}__{k.gpu_type}__{k.s1}"
-    of_role: dict[tuple[str, Role], list[CellKey]] = defaultdict(list)
-    for k in cells:
-        of_role[(k.service, k.role)].append(k)
+        name = f"churn__{k.service}__{k.role.value}__{k.gpu_type}__{k.s1}"
+        _add(prob, [(x[k], 1.0), (up[k], -1.0), (down[k], 1.0)], eq, pb.current[k], name)
+    of_role: dict[tuple[str, Role], list[int]] = defaultdict(list)
+    for i, k in enumerate(cells):
+        of_role[(k.service, k.role)].append(i)
     for s in pb.services:
         for role in Role:
-            have = pulp.LpAffineExpression([(x[k], _weight(s, role, k.gpu_type)) for k in of_role[(s.name, role)]])
-            prob += have + unmet[(s.name, role)] >= pb.targets[s.name].of(role), f"demand__{s.name}__{role.value}"
-        total = pulp.lpSum(x[k] for role in Role for k in of_role[(s.name, role)])
-        prob += total <= s.policy.max_instances, f"max_instances__{s.name}"
-    groups: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
-    for k in cells:
-        groups[(k.service, pb.group_of[(k.service, k.s1)])].append(k)
+            have = [(xs[i], weight[i]) for i in of_role[(s.name, role)]]
+            have.append((unmet[(s.name, role)], 1.0))
+            _add(prob, have, ge, pb.targets[s.name].of(role), f"demand__{s.name}__{role.value}")
+        total = [(xs[i], 1.0) for role in Role for i in of_role[(s.name, role)]]
+        _add(prob, total, le, s.policy.max_instances, f"max_instances__{s.name}")
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for i, k in enumerate(cells):
+        groups[(k.service, pb.group_of[(k.service, k.s1)])].append(i)
     tol = st.ratio_tolerance
+    links = {s.name: _link_factors(s, tol) for s in pb.services}
     for (name, dom), ks in sorted(groups.items()):
         s = by_name[name]
         t = pb.targets[name]
-        p = [k for k in ks if k.role is Role.PREFILL]
-        d = [k for k in ks if k.role is Role.DECODE]
         if t.num_prefill == 0 or t.num_decode == 0:
             continue
+        p = [i for i in ks if cells[i].role is Role.PREFILL]
+        d = [i for i in ks if cells[i].role is Role.DECODE]
         rho = s.pd_ratio.prefill_per_decode
-        p_units = pulp.LpAffineExpression([(x[k], _weight(s, Role.PREFILL, k.gpu_type)) for k in p])
-        d_units = pulp.LpAffineExpression([(x[k], _weight(s, Role.DECODE, k.gpu_type)) for k in d])
         tag = f"{name}__{'all' if dom == '*' else dom}"
-        prob += p_units - rho * (1 - tol) * d_units >= -1, f"ratio_lo__{tag}"
-        prob += p_units - rho * (1 + tol) * d_units <= 1, f"ratio_hi__{tag}"
-        k_p, k_d = _link_factors(s, tol)
-        p_n, d_n = pulp.lpSum(x[k] for k in p), pulp.lpSum(x[k] for k in d)
-        prob += p_n - k_p * d_n <= 0, f"pair_p__{tag}"
-        prob += d_n - k_d * p_n <= 0, f"pair_d__{tag}"
+        p_units = [(xs[i], weight[i]) for i in p]
+        _add(prob, p_units + [(xs[i], -rho * (1 - tol) * weight[i]) for i in d], ge, -1, f"ratio_lo__{tag}")
+        _add(prob, p_units + [(xs[i], -rho * (1 + tol) * weight[i]) for i in d], le, 1, f"ratio_hi__{tag}")
+        k_p, k_d = links[name]
+        _add(prob, [(xs[i], 1.0) for i in p] + [(xs[i], -float(k_p)) for i in d], le, 0, f"pair_p__{tag}")
+        _add(prob, [(xs[i], 1.0) for i in d] + [(xs[i], -float(k_d)) for i in p], le, 0, f"pair_d__{tag}")
     if pb.budget_left is not None:
-        prob += pulp.lpSum(gpus(k) * x[k] for k in cells) <= pb.budget_left, "gpu_budget"
+        _add(prob, [(xs[i], float(gpi[i])) for i in range(len(cells))], le, pb.budget_left, "gpu_budget")
     for (name, role, g, dom), ks in sorted(agg_cells.items()):
         tag = f"{name}__{role.value}__{g}__{'all' if dom == '*' else dom}"
-        prob += pulp.lpSum(x[k] for k in ks) - z[(name, role, g, dom)] == 0, f"agg__{tag}"
-    return _Model(prob, x, unmet, up, down, z)
+        _add(prob, [(xs[i], 1.0) for i in ks] + [(z[(name, role, g, dom)], -1.0)], eq, 0, f"agg__{tag}")
+    return _Model(prob, x, unmet, up, down, z, cols)
+
+
+@dataclass(slots=True)
+class _Arrays:
+    """A PuLP model as HiGHS arrays: columns in `cols` order, rows in constraint order (CSR)."""
+
+    cols: list[pulp.LpVariable]
+    cost: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    integer: np.ndarray  # 1 for integer columns
+    row_lo: np.ndarray
+    row_hi: np.ndarray
+    indptr: np.ndarray  # CSR, row-wise
+    index: np.ndarray
+    value: np.ndarray
+    sense: int  # 1 minimise, -1 maximise (HiGHS's ObjSense)
+
+    def pass_to(self, h: Any, *, mip: bool = True) -> None:
+        """Hand the whole model to `h` (a highspy.Highs) in one call."""
+        integer = self.integer if mip else np.zeros_like(self.integer)
+        h.passModel(
+            len(self.cols), len(self.row_lo), len(self.value), 2, self.sense, 0.0,  # a_format 2: row-wise
+            self.cost, self.lo, self.hi, self.row_lo, self.row_hi, self.indptr, self.index, self.value, integer,
+        )  # fmt: skip
+
+    def feasible(self, v: np.ndarray, eps: float = 1e-6) -> bool:
+        """True when `v` keeps every bound and row (integrality is the caller's business)."""
+        if np.any(v < self.lo - eps) or np.any(v > self.hi + eps):
+            return False
+        rows = np.repeat(np.arange(len(self.row_lo)), np.diff(self.indptr))
+        act = np.bincount(rows, weights=self.value * v[self.index], minlength=len(self.row_lo))
+        return bool(np.all(act >= self.row_lo - eps) and np.all(act <= self.row_hi + eps))
+
+
+def _arrays(prob: pulp.LpProblem, cols: Sequence[pulp.LpVariable]) -> _Arrays:
+    inf = math.inf
+    col = {v.name: i for i, v in enumerate(cols)}
+    obj = prob.objective if prob.objective is not None else {}
+    cost = np.array([obj.get(v, 0.0) for v in cols], dtype=np.float64)
+    lo = np.array([-inf if v.lowBound is None else v.lowBound for v in cols], dtype=np.float64)
+    hi = np.array([inf if v.upBound is None else v.upBound for v in cols], dtype=np.float64)
+    integer = np.array([v.cat == pulp.LpInteger for v in cols], dtype=np.int32)
+    indptr, index, value, row_lo, row_hi = [0], [], [], [], []
+    for c in prob.constraints():
+        for v, a in c.items():
+            if a != 0:
+                index.append(col[v.name])
+                value.append(a)
+        indptr.append(len(index))
+        lb, ub = c.getLb(), c.getUb()
+        row_lo.append(-inf if lb is None else lb)
+        row_hi.append(inf if ub is None else ub)
+    sense = -1 if prob.sense == pulp.LpMaximize else 1
+    return _Arrays(
+        cols=list(cols),
+        cost=cost,
+        lo=lo,
+        hi=hi,
+        integer=integer,
+        row_lo=np.array(row_lo, dtype=np.float64),
+        row_hi=np.array(row_hi, dtype=np.float64),
+        indptr=np.array(indptr, dtype=np.int32),
+        index=np.array(index, dtype=np.int32),
+        value=np.array(value, dtype=np.float64),
+        sense=sense,
+    )
 
 
 class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, name-defined]
-    """PuLP's HiGHS API solver plus a MIP start from the variables' initial values.
+    """PuLP's HiGHS API solver, with the model passed in bulk and a MIP start.
 
-    PuLP's `HiGHS` class takes no warmStart; highspy accepts a (possibly partial) solution after
-    the model is passed, and HiGHS ignores a start that is infeasible for the new targets.
+    PuLP's `HiGHS` adds the model one column and one row at a time (~0.3 s at 20k GPUs); here it
+    goes in as arrays in one `passModel`. PuLP's `HiGHS` takes no warmStart; highspy accepts a
+    (possibly partial) solution after the model is passed, and HiGHS ignores a start that is
+    infeasible for the new targets. The variables' values are that start.
     """
 
     def buildSolverModel(self, lp: pulp.LpProblem) -> None:
-        super().buildSolverModel(lp)
         import highspy
 
         cols = lp.variables()
+        for i, v in enumerate(cols):
+            v.index = i
+        for i, c in enumerate(lp.constraints()):
+            c.index = i
+        _arrays(lp, cols).pass_to(lp.solverModel, mip=self.mip)
         sol = highspy.HighsSolution()
         sol.col_value = [float(v.varValue or 0.0) for v in cols]
         sol.value_valid = True
@@ -743,7 +841,225 @@ def _left(st: PlacementSettings, started: float) -> float:
     return max(0.1, st.time_limit_s - (time.perf_counter() - started))
 
 
+class _Runner:
+    """The full model handed to HiGHS once; each phase changes column bounds, not the model.
+
+    Phases (LP, RINS sub-MIPs, the restricted MIP) differ only in which cells may be non-zero
+    (upper bound 0 elsewhere) and which are fixed, so one `highspy.Highs` holds the model for all
+    of them: no PuLP rebuild of the restricted model, no second pass of rows to HiGHS. HiGHS's
+    presolve drops the fixed columns in a few milliseconds.
+    """
+
+    def __init__(self, model: _Model, pb: _Problem, st: PlacementSettings) -> None:
+        import highspy
+
+        self.model, self.pb, self.st = model, pb, st
+        self.arr = _arrays(model.prob, model.cols)
+        col = {v.name: i for i, v in enumerate(model.cols)}
+        self.x_col = {k: col[v.name] for k, v in model.x.items()}
+        self.up_col = {k: col[v.name] for k, v in model.up.items()}
+        self.down_col = {k: col[v.name] for k, v in model.down.items()}
+        self.unmet_col = {key: col[v.name] for key, v in model.unmet.items()}
+        self.by_name = {s.name: s for s in pb.services}
+        self.h = highspy.Highs()
+        for key, value in (("output_flag", False), ("threads", 1), ("mip_rel_gap", st.mip_gap)):
+            self.h.setOptionValue(key, value)
+        self.arr.pass_to(self.h)
+        self.status = ""
+        self.optimal = False  # the last `mip` stopped at its gap
+
+    def lp(self) -> np.ndarray | None:
+        """The LP relaxation's column values, or None when it is not solved to optimality."""
+        import highspy
+
+        self.h.setOptionValue("solve_relaxation", True)
+        try:
+            self.h.run()
+        finally:
+            self.h.setOptionValue("solve_relaxation", False)
+        if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            self.status = self.h.modelStatusToString(self.h.getModelStatus())
+            return None
+        return np.array(self.h.getSolution().col_value)
+
+    def vector(self, cells: Mapping[CellKey, int]) -> np.ndarray:
+        """All columns for instances per cell: up/down and unmet derived."""
+        v = np.zeros(len(self.arr.cols))
+        for k, n in cells.items():
+            v[self.x_col[k]] = n
+        for k, c in self.up_col.items():
+            v[c] = max(0, cells.get(k, 0) - self.pb.current[k])
+            v[self.down_col[k]] = max(0, self.pb.current[k] - cells.get(k, 0))
+        have: dict[tuple[str, Role], float] = defaultdict(float)
+        for k, n in cells.items():
+            have[(k.service, k.role)] += n * _weight(self.by_name[k.service], k.role, k.gpu_type)
+        for (name, role), c in self.unmet_col.items():
+            v[c] = max(0.0, self.pb.targets[name].of(role) - have[(name, role)])
+        return v
+
+    def cells(self, v: np.ndarray) -> dict[CellKey, int]:
+        return {k: n for k, c in self.x_col.items() if (n := round(v[c])) > 0}
+
+    def objective(self, v: np.ndarray) -> float:
+        return float(self.arr.cost @ v)
+
+    def mip(
+        self, lo: np.ndarray, hi: np.ndarray, start: np.ndarray | None, time_limit_s: float, gap: float
+    ) -> np.ndarray | None:
+        """The MIP within [lo, hi] from `start`; the incumbent's columns, or None without one."""
+        import highspy
+
+        h = self.h
+        self.optimal = False
+        h.changeColsBounds(len(lo), np.arange(len(lo), dtype=np.int32), lo, hi)
+        h.setOptionValue("time_limit", max(0.05, float(time_limit_s)))
+        h.setOptionValue("mip_rel_gap", gap)
+        if start is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = start.tolist()
+            sol.value_valid = True
+            h.setSolution(sol)
+        h.run()
+        status = h.getModelStatus()
+        self.status = h.modelStatusToString(status)
+        if h.getInfo().primal_solution_status != 2:  # kSolutionStatusFeasible
+            return None
+        self.optimal = status == highspy.HighsModelStatus.kOptimal
+        return np.array(h.getSolution().col_value)
+
+    def write_back(self, v: np.ndarray) -> None:
+        """Put `v` into the PuLP variables (what `_values` and `pulp.value` read)."""
+        for var, value in zip(self.arr.cols, v.tolist(), strict=True):
+            var.varValue = value
+        self.model.prob.solverModel = self.h
+
+
 def _solve_large(
+    pb: _Problem,
+    st: PlacementSettings,
+    full: _Model,
+    stats: dict[str, float | int | str],
+    started: float,
+    decompose: str = "none",
+    mip_start: str = "ratio",
+    aggregate: bool = False,
+) -> tuple[str, str, list[str], _Model, dict[CellKey, int] | None]:
+    """LP relaxation, then the MIP on the cells the LP uses plus the start's and the running ones.
+
+    Why: the full MIP (10k+ integer cells at 20k GPUs) is hard for HiGHS's primal heuristics, but
+    its LP is solved in ~0.3 s and uses a few hundred cells. Returns (solver, status, failures,
+    model, instances per cell); an empty solver name means "nothing usable: solve `full` the
+    ordinary way".
+
+    All phases run on one HiGHS model (`_Runner`): the LP; `_Start` from it (`mip_start="ratio"`);
+    RINS rounds from the start (`_rins_arrays`); then the restricted MIP (every other cell's upper
+    bound 0) from the best start, until `mip_gap` or the time limit. If the solver ends above the
+    start, the start is the answer (solver name "start", `stats["kept_start"]`).
+    `decompose="tiers"` and `aggregate=True` take the earlier PuLP-rebuild path
+    (`_solve_large_pulp`).
+
+    Tried and dropped (docs/placement.md): RENS, the MIP in a box of one instance around the LP
+    solution, as a warm start; the plain [floor, ceil] box was infeasible on every 20k case and
+    the widened one gave worse placements in the same time.
+    """
+    if decompose != "none" or aggregate:
+        return _solve_large_pulp(pb, st, full, stats, started, decompose, mip_start, aggregate)
+    try:
+        run = _Runner(full, pb, st)
+        lp = run.lp()
+    except (OSError, RuntimeError, ValueError) as exc:
+        return "", "", [f"LP: {exc}"], full, None
+    if lp is None:
+        return "", "", [f"LP: {run.status}"], full, None
+    stats["lp_bound"] = round(run.objective(lp), 4)
+    lp_x = {k: float(lp[c]) for k, c in run.x_col.items()}
+    support = {k for k, v in lp_x.items() if v > _EPS}
+    stats["lp_fractional"] = sum(1 for v in lp_x.values() if abs(v - round(v)) > _EPS)
+    stats["phases"] = 2
+    start: dict[CellKey, int] = {}
+    if mip_start == "ratio":
+        lp_floor = {k: math.floor(v + _EPS) for k, v in lp_x.items()}
+        start = _Start(pb, st, list(full.x), prefer=support).run({k: n for k, n in lp_floor.items() if n > 0})
+    keep = support | set(start) | set(pb.current)
+    lo, hi = run.arr.lo.copy(), run.arr.hi.copy()
+    for k, c in run.x_col.items():
+        if k not in keep:
+            hi[c] = 0.0
+    stats["phase2_variables"] = int(np.count_nonzero(hi > 0))
+    stats["phase2_constraints"] = len(run.arr.row_lo)
+    best: np.ndarray | None = None
+    best_obj = math.inf
+    if start:
+        vec = run.vector(start)
+        if run.arr.feasible(vec) and np.all(vec <= hi + _EPS):
+            best, best_obj = vec, run.objective(vec)
+            stats["start_objective"] = round(best_obj, 4)
+    stats["start_s"] = round(time.perf_counter() - started, 4)
+    if best is not None:
+        # Repeated while it improves: each round frees the pools the new incumbent still leaves
+        # short. At most half the time left goes here; the whole MIP gets the rest.
+        rins_until = time.perf_counter() + min(_left(st, started) / 2, _RINS_CAP_S)
+        rounds = 0
+        while time.perf_counter() < rins_until - 0.05:
+            # The first round is narrow (fast); later ones also free the services in the way.
+            better = _rins_arrays(run, lo, hi, best, lp_x, rins_until - time.perf_counter(), wide=rounds > 0)
+            rounds += 1
+            if better is None or not run.arr.feasible(better) or run.objective(better) >= best_obj - _EPS:
+                break
+            best, best_obj = better, run.objective(better)
+            stats["rins_objective"] = round(best_obj, 4)
+        stats["rins_rounds"] = rounds
+        stats["rins_s"] = round(time.perf_counter() - started - float(stats["start_s"]), 4)
+    sol = run.mip(lo, hi, best, _left(st, started), st.mip_gap)
+    name = "WarmHiGHS" if sol is not None else ""
+    status = pulp.LpSolution[pulp.LpSolutionOptimal if run.optimal else pulp.LpSolutionIntegerFeasible] if name else ""
+    failures = [] if name else [f"WarmHiGHS: {run.status}"]
+    if sol is not None and not run.arr.feasible(sol):
+        sol, name, failures = None, "", [f"WarmHiGHS: infeasible solution ({run.status})"]
+    if best is not None and (sol is None or run.objective(sol) > best_obj + _EPS):
+        # The solver found nothing better than the start in its time (or it failed): keep the start.
+        stats["kept_start"] = 1
+        run.write_back(best)
+        return "start", status or "start", failures, full, run.cells(best)
+    if sol is None:
+        return "", "", [f"restricted {f}" for f in failures], full, None
+    run.write_back(sol)
+    return name, status, failures, full, run.cells(sol)
+
+
+def _rins_arrays(
+    run: _Runner,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    start: np.ndarray,
+    lp_x: Mapping[CellKey, float],
+    time_limit_s: float,
+    *,
+    wide: bool,
+) -> np.ndarray | None:
+    """RINS on `run`'s model: every cell fixed where the start and the LP agree, from the start.
+
+    Why: what is left free are the cells the rounding had to decide (a few hundred of 10k+), a
+    sub-MIP HiGHS usually closes in well under a second, where the whole MIP spends seconds in
+    root cuts before its first sub-MIP incumbent. Pools where a service the start leaves short
+    could go stay free too (the instances there may have to make room); with `wide`, so do all
+    cells of the services running in those pools, so they can move out. Returns the sub-MIP's
+    incumbent (all columns) or None.
+    """
+    short = {name for key, c in run.unmet_col.items() if start[c] > _EPS for name in (key[0],)}
+    contested = {(k.gpu_type, k.s1) for k, c in run.x_col.items() if k.service in short and hi[c] > 0}
+    movers = set(short)
+    if wide:
+        movers |= {k.service for k, c in run.x_col.items() if start[c] > _EPS and (k.gpu_type, k.s1) in contested}
+    lo_f, hi_f = lo.copy(), hi.copy()
+    for k, c in run.x_col.items():
+        free = k.service in movers or (k.gpu_type, k.s1) in contested
+        if not free and abs(lp_x.get(k, 0.0) - start[c]) < _EPS:
+            lo_f[c] = hi_f[c] = start[c]
+    return run.mip(lo_f, hi_f, start, time_limit_s, run.st.mip_gap / 2)
+
+
+def _solve_large_pulp(
     pb: _Problem,
     st: PlacementSettings,
     full: _Model,
