@@ -19,7 +19,9 @@ service-priority tier at a time (to measure what that decomposition costs). `--m
 turns off the constructive start and its RINS polish (`ilp.start_objective`, `ilp.rins_objective`:
 the start's objective before and after RINS) to measure what they bring. `--aggregate` counts
 S2- and none-affinity services per (GPU type, domain) in the large-cluster MIP and splits the
-counts onto S1s after the solve (measured worse: docs/placement.md).
+counts onto S1s after the solve (measured worse: docs/placement.md). `--sequential` runs RINS and
+then the large-cluster MIP on one core instead of side by side on two (`ilp.rins_rounds`,
+`ilp.injected`: RINS rounds, RINS finds handed to the MIP).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def run_placement_bench(
     decompose: str = "none",
     mip_start: str = "ratio",
     aggregate: bool = False,
+    parallel: bool = True,
 ) -> dict[str, Any]:
     from tasks.core.greedy import place_greedy
     from tasks.core.ilp import evaluate, lp_bound, place_ilp, reference_solve
@@ -59,7 +62,13 @@ def run_placement_bench(
         started = time.perf_counter()
         if name == "ilp":
             plan = place_ilp(
-                case.config, case.view, case.targets, decompose=decompose, mip_start=mip_start, aggregate=aggregate
+                case.config,
+                case.view,
+                case.targets,
+                decompose=decompose,
+                mip_start=mip_start,
+                aggregate=aggregate,
+                parallel=parallel,
             )
             stats = dict(plan.stats)
             ilp_plan = plan
@@ -81,7 +90,10 @@ def run_placement_bench(
         }
         if name == "ilp":
             out[name]["kept"] = str(stats.get("kept", plan.method))
-            for key in ("start_objective", "rins_objective", "start_s", "rins_s", "gap", "bound"):
+            for key in ("rins_rounds", "injected"):
+                if key in stats:
+                    out[name][key] = int(stats[key])
+            for key in ("start_objective", "rins_objective", "start_s", "rins_s", "gap", "bound", "build_s"):
                 if key in stats:
                     out[name][key] = round(float(stats[key]), 4)
     started = time.perf_counter()
@@ -100,6 +112,7 @@ def run_placement_bench(
     out["decompose"] = decompose
     out["mip_start"] = mip_start
     out["aggregate"] = aggregate
+    out["parallel"] = parallel
     out["variables"] = int(stats.get("variables", 0))
     out["constraints"] = int(stats.get("constraints", 0))
     out["gpus"] = case.view.total_gpus
@@ -130,6 +143,9 @@ def bench_placement(
     aggregate: Annotated[
         bool, typer.Option("--aggregate", help="Large-cluster MIP: S2/none-affinity services counted per domain.")
     ] = False,
+    sequential: Annotated[
+        bool, typer.Option("--sequential", help="Large-cluster MIP: RINS then the MIP on one core (not side by side).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """ILP vs greedy placement: solve time, cost, unmet, violations, churn."""
@@ -146,6 +162,7 @@ def bench_placement(
             decompose=decompose,
             mip_start=mip_start,
             aggregate=aggregate,
+            parallel=not sequential,
         )
     )
     if as_json:

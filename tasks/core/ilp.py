@@ -34,6 +34,7 @@ and ratio violations with the same rules the model enforces, so the two can be c
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -54,6 +55,8 @@ _EPS = 1e-6
 _UNMET_FACTOR = 100.0
 # RINS gets at most this long (and at most half the time left).
 _RINS_CAP_S = 1.5
+# RINS sub-MIPs stop at this relative gap (half the default `mip_gap`; 1 % and 2 % measured worse).
+_RINS_GAP = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -850,11 +853,11 @@ class _Runner:
     presolve drops the fixed columns in a few milliseconds.
     """
 
-    def __init__(self, model: _Model, pb: _Problem, st: PlacementSettings) -> None:
+    def __init__(self, model: _Model, pb: _Problem, st: PlacementSettings, arr: _Arrays | None = None) -> None:
         import highspy
 
         self.model, self.pb, self.st = model, pb, st
-        self.arr = _arrays(model.prob, model.cols)
+        self.arr = arr if arr is not None else _arrays(model.prob, model.cols)
         col = {v.name: i for i, v in enumerate(model.cols)}
         self.x_col = {k: col[v.name] for k, v in model.x.items()}
         self.up_col = {k: col[v.name] for k, v in model.up.items()}
@@ -904,7 +907,14 @@ class _Runner:
         return float(self.arr.cost @ v)
 
     def mip(
-        self, lo: np.ndarray, hi: np.ndarray, start: np.ndarray | None, time_limit_s: float, gap: float
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        start: np.ndarray | None,
+        time_limit_s: float,
+        gap: float,
+        *,
+        seed: int = 0,
     ) -> np.ndarray | None:
         """The MIP within [lo, hi] from `start`; the incumbent's columns, or None without one."""
         import highspy
@@ -914,6 +924,7 @@ class _Runner:
         h.changeColsBounds(len(lo), np.arange(len(lo), dtype=np.int32), lo, hi)
         h.setOptionValue("time_limit", max(0.05, float(time_limit_s)))
         h.setOptionValue("mip_rel_gap", gap)
+        h.setOptionValue("random_seed", seed)
         if start is not None:
             sol = highspy.HighsSolution()
             sol.col_value = start.tolist()
@@ -943,6 +954,7 @@ def _solve_large(
     decompose: str = "none",
     mip_start: str = "ratio",
     aggregate: bool = False,
+    parallel: bool = True,
 ) -> tuple[str, str, list[str], _Model, dict[CellKey, int] | None]:
     """LP relaxation, then the MIP on the cells the LP uses plus the start's and the running ones.
 
@@ -995,36 +1007,194 @@ def _solve_large(
             best, best_obj = vec, run.objective(vec)
             stats["start_objective"] = round(best_obj, 4)
     stats["start_s"] = round(time.perf_counter() - started, 4)
+    search: _Search | None = None
     if best is not None:
-        # Repeated while it improves: each round frees the pools the new incumbent still leaves
-        # short. At most half the time left goes here; the whole MIP gets the rest.
-        rins_until = time.perf_counter() + min(_left(st, started) / 2, _RINS_CAP_S)
-        rounds = 0
-        while time.perf_counter() < rins_until - 0.05:
-            # The first round is narrow (fast); later ones also free the services in the way.
-            better = _rins_arrays(run, lo, hi, best, lp_x, rins_until - time.perf_counter(), wide=rounds > 0)
-            rounds += 1
-            if better is None or not run.arr.feasible(better) or run.objective(better) >= best_obj - _EPS:
-                break
-            best, best_obj = better, run.objective(better)
+        search = _Search(run, lo, hi, best, lp_x, started + st.time_limit_s)
+        if parallel:
+            search.start()
+            search.attach(run)
+        else:
+            # One core: RINS first (at most half the time left), then the restricted MIP.
+            search.until = time.perf_counter() + min(_left(st, started) / 2, _RINS_CAP_S)
+            search.run()
+            best = search.best
+    sol: np.ndarray | None = None
+    crash = ""
+    try:
+        sol = run.mip(lo, hi, best, _left(st, started), st.mip_gap)
+    except (RuntimeError, ValueError, OSError) as exc:
+        crash = f"WarmHiGHS: {exc}"
+    finally:
+        if search is not None:
+            search.halt(run)
+    if search is not None:
+        best, best_obj = search.best, search.best_obj
+        stats["rins_rounds"] = search.rounds
+        stats["rins_s"] = round(search.last_s - started - float(stats["start_s"]), 4) if search.improved else 0.0
+        stats["injected"] = search.injected
+        if search.improved:
             stats["rins_objective"] = round(best_obj, 4)
-        stats["rins_rounds"] = rounds
-        stats["rins_s"] = round(time.perf_counter() - started - float(stats["start_s"]), 4)
-    sol = run.mip(lo, hi, best, _left(st, started), st.mip_gap)
-    name = "WarmHiGHS" if sol is not None else ""
-    status = pulp.LpSolution[pulp.LpSolutionOptimal if run.optimal else pulp.LpSolutionIntegerFeasible] if name else ""
-    failures = [] if name else [f"WarmHiGHS: {run.status}"]
+        if search.error:
+            stats["search_error"] = search.error
+    proven = run.optimal or (search is not None and search.proven)
+    name = "WarmHiGHS" if sol is not None or (search is not None and search.proven) else ""
+    status = pulp.LpSolution[pulp.LpSolutionOptimal if proven else pulp.LpSolutionIntegerFeasible] if name else ""
+    failures = [crash] if crash else [] if name else [f"WarmHiGHS: {run.status}"]
     if sol is not None and not run.arr.feasible(sol):
         sol, name, failures = None, "", [f"WarmHiGHS: infeasible solution ({run.status})"]
+    answer = sol
     if best is not None and (sol is None or run.objective(sol) > best_obj + _EPS):
-        # The solver found nothing better than the start in its time (or it failed): keep the start.
-        stats["kept_start"] = 1
-        run.write_back(best)
-        return "start", status or "start", failures, full, run.cells(best)
-    if sol is None:
+        # RINS's last find (or the MIP's, seen by the search) beats the solver's final answer; or
+        # the solver found nothing better than the start in its time, or failed: keep that.
+        answer = best
+        if search is None or search.version == 0:
+            stats["kept_start"] = 1
+            name = "start"
+            status = status or "start"
+    if answer is None:
         return "", "", [f"restricted {f}" for f in failures], full, None
-    run.write_back(sol)
-    return name, status, failures, full, run.cells(sol)
+    run.write_back(answer)
+    info = run.h.getInfo()
+    bound = max(float(info.mip_dual_bound), search.bound if search is not None else -math.inf)
+    obj = run.objective(answer)
+    stats["bound"] = bound
+    stats["gap"] = (obj - bound) / max(abs(obj), _EPS)
+    return name, status, failures, full, run.cells(answer)
+
+
+class _Search(threading.Thread):
+    """RINS rounds from the best placement found so far, beside the MIP that proves the gap.
+
+    Why: at 20k GPUs HiGHS spends its first second in root cuts, and its own incumbents come late
+    and by luck of its random seed; RINS from the start finds good ones in 0.3-1.5 s but has no
+    bound. On a second core both run at once: every RINS find is handed to the MIP
+    (`cbMipUserSolution`), every MIP find comes back as the next round's start
+    (`cbMipImprovingSolution`), and the MIP stops as soon as its bound is within `mip_gap`.
+    Rounds alternate narrow and wide neighbourhoods and change HiGHS's random seed when one does
+    not improve. `run()` on the calling thread is the sequential variant.
+    """
+
+    def __init__(
+        self,
+        main: _Runner,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        start: np.ndarray,
+        lp_x: Mapping[CellKey, float],
+        until: float,
+    ) -> None:
+        super().__init__(name="placement-rins", daemon=True)
+        self.main, self.lo, self.hi, self.lp_x, self.until = main, lo, hi, lp_x, until
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.best, self.best_obj = start, main.objective(start)
+        self.version = 0  # bumped on every improvement
+        self.sent = 0  # last version handed to the MIP
+        self.rounds = self.injected = 0
+        self.improved = False
+        self.last_s = time.perf_counter()
+        self.error = ""
+        self._subs: list[tuple[Any, Any]] = []
+        self.gap = main.st.mip_gap
+        self.bound = -math.inf  # the attached MIP's proven bound, as last seen
+        self.proven = False  # the best is within `gap` of that bound: the MIP was stopped for it
+
+    def offer(self, v: np.ndarray, *, own: bool) -> bool:
+        """Keep `v` when it is feasible and better than the best so far."""
+        obj = self.main.objective(v)
+        if obj >= self.best_obj - _EPS or not self.main.arr.feasible(v):
+            return False
+        with self.lock:
+            if obj >= self.best_obj - _EPS:
+                return False
+            self.best, self.best_obj = v, obj
+            self.version += 1
+            if own:
+                self.improved = True
+                self.last_s = time.perf_counter()
+        return True
+
+    def attach(self, run: _Runner) -> None:
+        """Connect `run`'s next MIP to the search: finds go both ways."""
+
+        def user_solution(e: Any) -> None:
+            if self.version == self.sent or self.best_obj >= e.data_out.mip_primal_bound - _EPS:
+                return
+            with self.lock:
+                best, self.sent = self.best, self.version
+            e.data_in.setSolution(best)
+            self.injected += 1
+
+        def check(e: Any) -> None:
+            # HiGHS takes user solutions only during its root cuts; later finds are checked here
+            # against its proven bound, and the MIP is stopped once one is within the gap.
+            self.bound = max(self.bound, float(e.data_out.mip_dual_bound))
+            if self.best_obj - self.bound <= self.gap * max(abs(self.best_obj), _EPS):
+                self.proven = True
+                e.interrupt()
+
+        self._subs = [
+            (run.h.cbMipUserSolution, self._guard(user_solution)),
+            (run.h.cbMipImprovingSolution, lambda e: self._offer_from(e, own=False)),
+            (run.h.cbMipInterrupt, self._guard(check)),
+        ]
+        for hook, fn in self._subs:
+            hook.subscribe(fn)
+
+    def _guard(self, fn: Any) -> Any:
+        """`fn` as a HiGHS callback that never raises into the solver (the error is kept)."""
+
+        def safe(e: Any) -> None:
+            try:
+                fn(e)
+            except Exception as exc:  # a failed hand-over must not fail the solve
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+        return safe
+
+    def _offer_from(self, e: Any, *, own: bool) -> None:
+        try:
+            self.offer(np.array(e.data_out.mip_solution), own=own)
+        except Exception as exc:  # as in `_guard`
+            self.error = self.error or f"{type(exc).__name__}: {exc}"
+
+    def halt(self, run: _Runner) -> None:
+        self.stop.set()
+        for hook, fn in self._subs:
+            hook.unsubscribe(fn)
+        self._subs = []
+        if self.is_alive():
+            self.join(timeout=1.0)
+
+    def run(self) -> None:
+        try:
+            self._rounds()
+        except Exception as exc:  # a failed search must not fail the placement
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _rounds(self) -> None:
+        threaded = threading.current_thread() is self
+        runner = _Runner(self.main.model, self.main.pb, self.main.st, self.main.arr) if threaded else self.main
+        if threaded:
+            runner.h.cbMipInterrupt.subscribe(lambda e: e.interrupt() if self.stop.is_set() else None)
+            # A sub-MIP's finds count at once (the proving MIP may stop on one), not at its end.
+            runner.h.cbMipImprovingSolution.subscribe(lambda e: self._offer_from(e, own=True))
+        wide = misses = 0
+        while not self.stop.is_set() and time.perf_counter() < self.until - 0.05 and misses < 4:
+            with self.lock:
+                start = self.best
+            better = _rins_arrays(
+                runner, self.lo, self.hi, start, self.lp_x, self.until - time.perf_counter(),
+                wide=bool(wide), seed=self.rounds,
+            )  # fmt: skip
+            self.rounds += 1
+            if better is not None and self.offer(better, own=True):
+                wide, misses = 1, 0
+            else:
+                # The first round is narrow (fast); later ones also free the services in the way.
+                wide, misses = 1 - wide if self.rounds > 1 else 1, misses + 1
+                if not threaded:
+                    break
 
 
 def _rins_arrays(
@@ -1036,6 +1206,7 @@ def _rins_arrays(
     time_limit_s: float,
     *,
     wide: bool,
+    seed: int = 0,
 ) -> np.ndarray | None:
     """RINS on `run`'s model: every cell fixed where the start and the LP agree, from the start.
 
@@ -1056,7 +1227,7 @@ def _rins_arrays(
         free = k.service in movers or (k.gpu_type, k.s1) in contested
         if not free and abs(lp_x.get(k, 0.0) - start[c]) < _EPS:
             lo_f[c] = hi_f[c] = start[c]
-    return run.mip(lo_f, hi_f, start, time_limit_s, run.st.mip_gap / 2)
+    return run.mip(lo_f, hi_f, start, time_limit_s, _RINS_GAP, seed=seed)
 
 
 def _solve_large_pulp(
@@ -1399,6 +1570,7 @@ def place_ilp(
     decompose: str = "none",
     mip_start: str = "ratio",
     aggregate: bool = False,
+    parallel: bool = True,
 ) -> PlacementPlan:
     """Optimal placement of `targets`; the greedy plan (with the reason) when the solve fails.
 
@@ -1433,7 +1605,7 @@ def place_ilp(
     values: dict[CellKey, int] | None = None
     if solvers is None and len(model.x) > st.restrict_above_cells and pulp.HiGHS().available():
         name, sol, failures, model, values = _solve_large(
-            pb, st, model, stats, started, decompose, mip_start, aggregate
+            pb, st, model, stats, started, decompose, mip_start, aggregate, parallel
         )
     if not name:
         time_left = max(0.1, st.time_limit_s - (time.perf_counter() - started))
@@ -1458,7 +1630,7 @@ def place_ilp(
 
     values, stats["polish_steps"] = polish(pb, st, values)
     solver_model = getattr(model.prob, "solverModel", None)
-    if decompose == "none" and solver_model is not None:
+    if decompose == "none" and solver_model is not None and "bound" not in stats:
         info = solver_model.getInfo()
         stats["gap"] = float(info.mip_gap)
         stats["bound"] = float(info.mip_dual_bound)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
+import numpy as np
 import pulp
 import pytest
 
@@ -242,3 +243,63 @@ def test_aggregated_model_splits_onto_s1s_within_capacity_and_ratio() -> None:
     for key, used in _used_gpus(case.config, plan.placement).items():
         assert used <= caps[key], key
     assert float(plan.stats["objective"]) <= float(plan.stats["start_objective"]) + 1e-6
+
+
+def test_bulk_pass_to_highs_solves_the_same_lp_as_pulp() -> None:
+    # `_arrays` hands the PuLP model to HiGHS as CSR arrays: the same LP optimum as PuLP's own
+    # HiGHS interface, and the solution keeps every row by `_Arrays.feasible`.
+    highspy = pytest.importorskip("highspy")
+    from tasks.core.ilp import _arrays, _problem, build_model
+
+    case = synth_cluster(gpus=2000, services=12, gpu_types=3, seed=4)
+    st = case.config.cluster.placement
+    model = build_model(_problem(case.config, case.view, case.targets), st, relax=True)
+    model.prob.solve(pulp.HiGHS(msg=False))
+    arr = _arrays(model.prob, model.cols)
+    assert len(arr.cols) == model.prob.numVariables() and len(arr.row_lo) == model.prob.numConstraints()
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    arr.pass_to(h)
+    h.run()
+    v = np.array(h.getSolution().col_value)
+    assert float(arr.cost @ v) == pytest.approx(float(pulp.value(model.prob.objective)), rel=1e-7)
+    assert arr.feasible(v)
+    v[0] = arr.hi[0] + 1  # out of bounds
+    assert not arr.feasible(v)
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_large_path_parallel_and_sequential_keep_rules_and_beat_start(parallel: bool) -> None:
+    # The large-cluster path on one HiGHS model, with RINS beside the MIP (parallel) or before it:
+    # a valid placement (capacity, groups, ratio), never worse than the start, gap and bound set.
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
+    plan = place_ilp(case.config, case.view, case.targets, settings=settings, parallel=parallel)
+    assert plan.method == "ilp" and plan.stats["phases"] == 2
+    assert "search_error" not in plan.stats
+    assert float(plan.stats["objective"]) <= float(plan.stats["start_objective"]) + 1e-6
+    assert float(plan.stats["bound"]) <= float(plan.stats["objective"]) + 1e-6
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
+    caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
+    for key, used in _used_gpus(case.config, plan.placement).items():
+        assert used <= caps[key], key
+    if plan.stats["status"] == pulp.LpSolution[pulp.LpSolutionOptimal]:
+        assert float(plan.stats["gap"]) <= settings.mip_gap + 1e-9
+
+
+def test_model_build_is_unchanged_by_the_list_built_expressions(tmp_path) -> None:
+    # Every constraint named, and the LP file stable for a fixed case (sets -> ... -> constraints).
+    from tasks.core.ilp import _problem, build_model
+
+    case = synth_cluster(gpus=2000, services=12, gpu_types=3, seed=4)
+    st = case.config.cluster.placement
+    pb = _problem(case.config, case.view, case.targets)
+    a, b = build_model(pb, st), build_model(pb, st)
+    names = [c.name for c in a.prob.constraints()]
+    assert all(names) and len(set(names)) == len(names)
+    assert {n.split("__")[0] for n in names} >= {"cap", "demand", "max_instances", "ratio_lo", "ratio_hi", "pair_p"}
+    a.prob.writeLP(str(tmp_path / "a.lp"))
+    b.prob.writeLP(str(tmp_path / "b.lp"))
+    assert (tmp_path / "a.lp").read_text() == (tmp_path / "b.lp").read_text()
+    assert [v.name for v in a.cols][: len(a.x)] == [v.name for v in a.x.values()]
