@@ -1182,13 +1182,22 @@ class _Search(threading.Thread):
         wide = misses = 0
         while not self.stop.is_set() and time.perf_counter() < self.until - 0.05 and misses < 4:
             with self.lock:
-                start = self.best
+                start, start_obj = self.best, self.best_obj
+            left = self.until - time.perf_counter()
             better = _rins_arrays(
-                runner, self.lo, self.hi, start, self.lp_x, self.until - time.perf_counter(),
-                wide=bool(wide), seed=self.rounds,
-            )  # fmt: skip
+                runner,
+                self.lo,
+                self.hi,
+                start,
+                self.lp_x,
+                left,
+                wide=bool(wide),
+                seed=self.rounds,
+            )
             self.rounds += 1
-            if better is not None and self.offer(better, own=True):
+            if better is not None:
+                self.offer(better, own=True)  # usually offered already, by the callback
+            if self.best_obj < start_obj - _EPS:
                 wide, misses = 1, 0
             else:
                 # The first round is narrow (fast); later ones also free the services in the way.
