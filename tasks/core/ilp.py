@@ -57,6 +57,16 @@ _UNMET_FACTOR = 100.0
 _RINS_CAP_S = 1.5
 # RINS sub-MIPs stop at this relative gap (half the default `mip_gap`; 1 % and 2 % measured worse).
 _RINS_GAP = 0.005
+# RINS rounds beside the MIP, in turn: (wide, loose, time cap in s). Tight rounds (loose=False:
+# only the short services and their pools free) first: 0.1-0.3 s each and most of the gain; then
+# the loose ones (also the cells where start and LP disagree). Measured against loose-only rounds
+# and against a 0.8 s cap on the tight wide round: docs/placement.md.
+_ROUNDS: tuple[tuple[bool, bool, float], ...] = (
+    (False, False, math.inf),
+    (True, False, math.inf),
+    (False, True, math.inf),
+    (True, True, math.inf),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1179,30 +1189,31 @@ class _Search(threading.Thread):
             runner.h.cbMipInterrupt.subscribe(lambda e: e.interrupt() if self.stop.is_set() else None)
             # A sub-MIP's finds count at once (the proving MIP may stop on one), not at its end.
             runner.h.cbMipImprovingSolution.subscribe(lambda e: self._offer_from(e, own=True))
-        wide = misses = 0
-        while not self.stop.is_set() and time.perf_counter() < self.until - 0.05 and misses < 4:
+        step = misses = 0
+        while not self.stop.is_set() and time.perf_counter() < self.until - 0.05 and misses < len(_ROUNDS):
             with self.lock:
                 start, start_obj = self.best, self.best_obj
-            left = self.until - time.perf_counter()
+            wide, loose, cap = _ROUNDS[step % len(_ROUNDS)]
             better = _rins_arrays(
                 runner,
                 self.lo,
                 self.hi,
                 start,
                 self.lp_x,
-                left,
-                wide=bool(wide),
+                min(cap, self.until - time.perf_counter()),
+                wide=wide,
+                loose=loose,
                 seed=self.rounds,
             )
             self.rounds += 1
+            step += 1
             if better is not None:
                 self.offer(better, own=True)  # usually offered already, by the callback
             if self.best_obj < start_obj - _EPS:
-                wide, misses = 1, 0
+                misses = 0
             else:
-                # The first round is narrow (fast); later ones also free the services in the way.
-                wide, misses = 1 - wide if self.rounds > 1 else 1, misses + 1
-                if not threaded:
+                misses += 1
+                if not threaded and step >= len(_ROUNDS):
                     break
 
 
@@ -1215,6 +1226,7 @@ def _rins_arrays(
     time_limit_s: float,
     *,
     wide: bool,
+    loose: bool = True,
     seed: int = 0,
 ) -> np.ndarray | None:
     """RINS on `run`'s model: every cell fixed where the start and the LP agree, from the start.
@@ -1223,7 +1235,8 @@ def _rins_arrays(
     sub-MIP HiGHS usually closes in well under a second, where the whole MIP spends seconds in
     root cuts before its first sub-MIP incumbent. Pools where a service the start leaves short
     could go stay free too (the instances there may have to make room); with `wide`, so do all
-    cells of the services running in those pools, so they can move out. Returns the sub-MIP's
+    cells of the services running in those pools, so they can move out. With `loose=False` the
+    cells where start and LP disagree are fixed too (a tight, fast round). Returns the sub-MIP's
     incumbent (all columns) or None.
     """
     short = {name for key, c in run.unmet_col.items() if start[c] > _EPS for name in (key[0],)}
@@ -1234,7 +1247,7 @@ def _rins_arrays(
     lo_f, hi_f = lo.copy(), hi.copy()
     for k, c in run.x_col.items():
         free = k.service in movers or (k.gpu_type, k.s1) in contested
-        if not free and abs(lp_x.get(k, 0.0) - start[c]) < _EPS:
+        if not free and (not loose or abs(lp_x.get(k, 0.0) - start[c]) < _EPS):
             lo_f[c] = hi_f[c] = start[c]
     return run.mip(lo_f, hi_f, start, time_limit_s, _RINS_GAP, seed=seed)
 
