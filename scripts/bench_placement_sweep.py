@@ -57,6 +57,7 @@ def main() -> None:
     labels = [f"{r['gpus']}/{r['services']}/s{r['seed']}" for r in rows]
     ax[0].plot(labels, [r["ilp"]["solve_s"] for r in rows], "o-", label="ILP")
     ax[0].plot(labels, [r["greedy"]["solve_s"] for r in rows], "s-", label="greedy")
+    ax[0].axhline(2.0, color="grey", lw=0.5, ls="--", label="target: 20k/100 median 2 s")
     ax[0].set_xlabel("GPUs / services")
     ax[0].set_ylabel("wall time per placement (s)")
     ax[0].legend()
