@@ -871,7 +871,7 @@ class _Runner:
 
         self.model, self.pb, self.st = model, pb, st
         self.arr = arr if arr is not None else _arrays(model.prob, model.cols)
-        col = {v.name: i for i, v in enumerate(model.cols)}
+        col = {v.name: i for i, v in enumerate(self.arr.cols)}
         self.x_col = {k: col[v.name] for k, v in model.x.items()}
         self.up_col = {k: col[v.name] for k, v in model.up.items()}
         self.down_col = {k: col[v.name] for k, v in model.down.items()}
