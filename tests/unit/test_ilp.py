@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from dataclasses import replace
 
@@ -286,6 +287,8 @@ def test_large_path_parallel_and_sequential_keep_rules_and_beat_start(parallel: 
         assert used <= caps[key], key
     if plan.stats["status"] == pulp.LpSolution[pulp.LpSolutionOptimal]:
         assert float(plan.stats["gap"]) <= settings.mip_gap + 1e-9
+    # The RINS thread is stopped before the call returns.
+    assert not any(t.name == "placement-rins" and t.is_alive() for t in threading.enumerate())
 
 
 def test_model_build_is_unchanged_by_the_list_built_expressions(tmp_path) -> None:
