@@ -56,6 +56,11 @@ _UNMET_FACTOR = 100.0
 # A fallback solve (another solver, or the full model after the large path failed) is not started
 # with less than this left of `time_limit_s`: it could not finish in it (the greedy is used).
 _MIN_SOLVE_S = 1.0
+# The start's last repair (`_Start._relieve`): cells tried per domain, instances moved per cell.
+_RELIEVE_CELLS = 4
+_RELIEVE_MOVES = 8
+# ... and at most this long in all (seconds).
+_RELIEVE_S = 0.3
 # RINS gets at most this long (and at most half the time left).
 _RINS_CAP_S = 1.5
 # RINS sub-MIPs stop at this relative gap (half the default `mip_gap`; 1 % and 2 % measured worse).
@@ -64,15 +69,16 @@ _RINS_GAP = 0.005
 # only the short services and their pools free) first: 0.1-0.3 s each and most of the gain; then
 # the loose ones (also the cells where start and LP disagree). Measured against loose-only rounds
 # and against a 0.8 s cap on the tight wide round: docs/placement.md.
-_ROUNDS: tuple[tuple[bool, bool, float], ...] = (
-    (False, False, math.inf),
-    (True, False, math.inf),
-    (False, True, math.inf),
-    (True, True, math.inf),
+_ROUNDS: tuple[tuple[str, bool, float], ...] = (
+    ("narrow", False, math.inf),
+    ("near", False, math.inf),
+    ("wide", False, math.inf),
+    ("narrow", True, math.inf),
+    ("wide", True, math.inf),
 )
 # On one core (RINS first, then the MIP): the loose rounds only, as before the second core was used
 # (the tight ones measured worse there: seed 3 left at 33,957 when RINS's half of the time ran out).
-_ROUNDS_SEQUENTIAL: tuple[tuple[bool, bool, float], ...] = ((False, True, math.inf), (True, True, math.inf))
+_ROUNDS_SEQUENTIAL: tuple[tuple[str, bool, float], ...] = (("narrow", True, math.inf), ("wide", True, math.inf))
 
 
 @dataclass(frozen=True, slots=True)
@@ -635,6 +641,8 @@ class _Start:
         self.pb, self.st = pb, st
         self.prefer = prefer or set()
         self.strict = False  # True: only cells in `prefer` may grow
+        self.deadline = math.inf  # `_relieve` stops trying after this (perf_counter)
+        self.closed: set[tuple[str, str]] = set()  # (GPU type, S1) pools being emptied: nothing grows there
         self.by_name = {s.name: s for s in pb.services}
         self.cells: dict[CellKey, int] = defaultdict(int)
         self.free: dict[tuple[str, str], int] = dict(pb.free)
@@ -713,12 +721,16 @@ class _Start:
         allowed = [k for k in self.options.get((name, role, dom), ()) if not self.strict or k in self.prefer]
         if not allowed or self.budget < self._gpi(allowed[0]):
             return None
-        fits = [k for k in allowed if self.free.get((k.gpu_type, k.s1), 0) >= self._gpi(k)]
+        fits = [
+            k
+            for k in allowed
+            if self.free.get((k.gpu_type, k.s1), 0) >= self._gpi(k) and (k.gpu_type, k.s1) not in self.closed
+        ]
         best = min(fits, key=lambda k: (k not in self.prefer, self._step_cost(k), k), default=None)
         if best is not None or log is None:
             return best
         for k in sorted(allowed, key=lambda k: (self._step_cost(k), k)):
-            if self._make_room(k.gpu_type, k.s1, self._gpi(k), log):
+            if (k.gpu_type, k.s1) not in self.closed and self._make_room(k.gpu_type, k.s1, self._gpi(k), log):
                 return k
         return None
 
@@ -814,7 +826,104 @@ class _Start:
         for self.strict in (True, False):
             for svc in sorted(order, key=lambda s: (hosts(s), -s.priority, s.name)):
                 self._cover(svc, log)
+        self.deadline = time.perf_counter() + _RELIEVE_S
+        for svc in sorted(order, key=lambda s: (hosts(s), -s.priority, s.name)):
+            self._relieve(svc, log)
         return {k: n for k, n in self.cells.items() if n > 0}
+
+    def _have(self, name: str, role: Role) -> float:
+        return sum(self.units[(name, d, role)] for d in self.domains[name])
+
+    def _shortfall(self, name: str) -> dict[Role, float]:
+        t = self.pb.targets[name]
+        return {r: v for r in Role if (v := t.of(r) - self._have(name, r)) > _EPS}
+
+    def _relieve(self, svc: Service, log: list[tuple[CellKey, int]]) -> None:
+        """Serve what `svc` still lacks by moving other services' instances out of the way.
+
+        Why: the cover step only moves S2/none-affinity instances to other S1s on the same GPU
+        type; a short S1-affinity service whose only domains are full stays short, and each
+        unmet unit costs ~100x a served one. Here one instance at a time of another service
+        leaves a pool the short service could use, and that service is covered again elsewhere
+        (a whole P+D pair when its group needs it); a step is kept only when no other service
+        ends up serving less, and undone otherwise.
+        """
+        name = svc.name
+        for _ in range(svc.policy.max_instances):
+            short = self._shortfall(name)
+            if not short:
+                return
+            role = max(short, key=lambda r: (short[r] / max(self.pb.targets[name].of(r), 1), r is Role.DECODE))
+            doms = [d for d in self.domains[name] if all((name, r, d) in self.options for r in Role)]
+            doms.sort(key=lambda d: (self.count[(name, d, Role.PREFILL)] + self.count[(name, d, Role.DECODE)] == 0, d))
+            if not any(self._relieve_in(name, role, dom, log) for dom in doms):
+                return
+
+    def _relieve_in(self, name: str, role: Role, dom: str, log: list[tuple[CellKey, int]]) -> bool:
+        have = self._have(name, role)
+        mark = len(log)
+        k = self._cheapest(name, role, dom, log) or self._room_for(name, role, dom, log)
+        if k is not None:
+            self._add(k, 1, log)
+            if self._balance_hard(name, dom, log) and self._have(name, role) > have + _EPS:
+                return True
+        self._undo(log, mark)
+        return False
+
+    def _balance_hard(self, name: str, dom: str, log: list[tuple[CellKey, int]]) -> bool:
+        """`_balance` that may also move other services out of the way (`_room_for`)."""
+        for _ in range(_RELIEVE_MOVES):
+            if self._in_ratio(name, dom):
+                return True
+            role = self._short_role(name, dom)
+            k = self._cheapest(name, role, dom, log) or self._room_for(name, role, dom, log)
+            if k is None:
+                return False
+            self._add(k, 1, log)
+        return self._in_ratio(name, dom)
+
+    def _room_for(self, name: str, role: Role, dom: str, log: list[tuple[CellKey, int]]) -> CellKey | None:
+        """A cell of (service, role, domain) made room in by moving other services out, or None."""
+        svc = self.by_name[name]
+        if self.total[name] + 1 > svc.policy.max_instances or time.perf_counter() > self.deadline:
+            return None
+        cells = sorted(self.options.get((name, role, dom), ()), key=lambda k: (self._step_cost(k), k))
+        for k in cells[:_RELIEVE_CELLS]:
+            pool = (k.gpu_type, k.s1)
+            if pool in self.closed or self.budget < self._gpi(k):
+                continue
+            self.closed.add(pool)
+            try:
+                if self._empty(pool, self._gpi(k), name, log):
+                    return k
+            finally:
+                self.closed.discard(pool)
+        return None
+
+    def _empty(self, pool: tuple[str, str], gpus: int, keep: str, log: list[tuple[CellKey, int]]) -> bool:
+        """Move other services' instances off `pool` until `gpus` GPUs are free there."""
+        for _ in range(_RELIEVE_MOVES):
+            if self.free.get(pool, 0) >= gpus:
+                return True
+            if time.perf_counter() > self.deadline:
+                return False
+            movable = [k for k, n in self.cells.items() if n > 0 and (k.gpu_type, k.s1) == pool and k.service != keep]
+            moved = False
+            for k in sorted(movable, key=lambda k: (self._gpi(k), self.by_name[k.service].priority, k)):
+                mark = len(log)
+                before = {r: self._have(k.service, r) for r in Role}
+                dom = self.pb.group_of[(k.service, k.s1)]
+                self._add(k, -1, log)
+                if not self._in_ratio(k.service, dom):
+                    self._balance(k.service, dom, log) or self._shrink(k.service, dom, log)
+                self._cover(self.by_name[k.service], log)
+                if all(self._have(k.service, r) >= before[r] - _EPS for r in Role) and self._in_ratio(k.service, dom):
+                    moved = True
+                    break
+                self._undo(log, mark)
+            if not moved:
+                return False
+        return self.free.get(pool, 0) >= gpus
 
     def _cover(self, svc: Service, log: list[tuple[CellKey, int]]) -> None:
         name, target = svc.name, self.pb.targets[svc.name]
@@ -1214,7 +1323,7 @@ class _Search(threading.Thread):
         while not self.stop.is_set() and time.perf_counter() < self.until - 0.05 and misses < len(rounds):
             with self.lock:
                 start, start_obj = self.best, self.best_obj
-            wide, loose, cap = rounds[step % len(rounds)]
+            reach, loose, cap = rounds[step % len(rounds)]
             better = _rins_arrays(
                 runner,
                 self.lo,
@@ -1222,7 +1331,7 @@ class _Search(threading.Thread):
                 start,
                 self.lp_x,
                 min(cap, self.until - time.perf_counter()),
-                wide=wide,
+                reach=reach,
                 loose=loose,
                 seed=self.rounds,
             )
@@ -1246,7 +1355,7 @@ def _rins_arrays(
     lp_x: Mapping[CellKey, float],
     time_limit_s: float,
     *,
-    wide: bool,
+    reach: str,
     loose: bool = True,
     seed: int = 0,
 ) -> np.ndarray | None:
@@ -1262,12 +1371,23 @@ def _rins_arrays(
     """
     short = {name for key, c in run.unmet_col.items() if start[c] > _EPS for name in (key[0],)}
     contested = {(k.gpu_type, k.s1) for k, c in run.x_col.items() if k.service in short and hi[c] > 0}
-    movers = set(short)
-    if wide:
-        movers |= {k.service for k, c in run.x_col.items() if start[c] > _EPS and (k.gpu_type, k.s1) in contested}
+    occupants = {k.service for k, c in run.x_col.items() if start[c] > _EPS and (k.gpu_type, k.s1) in contested}
+    movers = short | occupants if reach == "wide" else set(short)
+    # "near": the services running in contested pools may move within the group domains they
+    # hold there (none-affinity ones: among the S1s they already use), not everywhere.
+    near: set[tuple[str, str]] = set()
+    if reach == "near":
+        for k, c in run.x_col.items():
+            if start[c] > _EPS and k.service in occupants:
+                dom = run.pb.group_of[(k.service, k.s1)]
+                if dom == "*" or (k.gpu_type, k.s1) in contested:
+                    near.add((k.service, k.s1 if dom == "*" else dom))
     lo_f, hi_f = lo.copy(), hi.copy()
     for k, c in run.x_col.items():
         free = k.service in movers or (k.gpu_type, k.s1) in contested
+        if not free and near:
+            dom = run.pb.group_of[(k.service, k.s1)]
+            free = (k.service, k.s1 if dom == "*" else dom) in near
         if not free and (not loose or abs(lp_x.get(k, 0.0) - start[c]) < _EPS):
             lo_f[c] = hi_f[c] = start[c]
     return run.mip(lo_f, hi_f, start, time_limit_s, _RINS_GAP, seed=seed)
