@@ -92,6 +92,11 @@ class Score:
     ratio_violations: int  # groups whose P/D is outside tolerance plus rounding
     churn: int  # instances started plus stopped vs the current placement
     moves: int = 0  # of those, relocations: stopped while the role grows, started while it shrinks
+    # The same with only what working groups can serve: a group holding one role serves nothing,
+    # an out-of-ratio group only up to the edge of the ratio band (its excess idles). Equal to
+    # `unmet` / `cost` for any placement without violations (every ILP answer).
+    usable_unmet: float = 0.0
+    usable_cost: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,27 +261,40 @@ def evaluate(
         total = u + pb.fixed_used.get(key, 0)
         gpn = pb.gpus_per_node.get(key, 1)
         frag += st.fragmentation_weight * (math.ceil(total / gpn) * gpn - total)
+    affinity = ratio = 0
+    usable: dict[tuple[str, Role], float] = defaultdict(float)
+    for (name, _dom), units in groups.items():
+        svc = by_name[name]
+        n = counts[(name, _dom)]
+        p_units, d_units = units[Role.PREFILL], units[Role.DECODE]
+        if (n[Role.PREFILL] > 0) != (n[Role.DECODE] > 0):
+            affinity += 1
+            continue
+        if not _ratio_ok(svc, p_units, d_units, st.ratio_tolerance):
+            ratio += 1
+        rho, tol = svc.pd_ratio.prefill_per_decode, st.ratio_tolerance
+        usable[(name, Role.PREFILL)] += min(p_units, rho * (1 + tol) * d_units + 1)
+        usable[(name, Role.DECODE)] += min(d_units, (p_units + 1) / (rho * (1 - tol)))
+    usable_total = usable_cost = 0.0
     for s in pb.services:
         for role in Role:
             short = max(0.0, targets[s.name].of(role) - have[(s.name, role)])
             unmet_total += short
             unmet_cost += short * pb.unmet_penalty[(s.name, role)]
-    affinity = ratio = 0
-    for (name, _dom), units in groups.items():
-        svc = by_name[name]
-        n = counts[(name, _dom)]
-        if (n[Role.PREFILL] > 0) != (n[Role.DECODE] > 0):
-            affinity += 1
-        elif not _ratio_ok(svc, units[Role.PREFILL], units[Role.DECODE], st.ratio_tolerance):
-            ratio += 1
+            short = max(0.0, targets[s.name].of(role) - usable[(s.name, role)])
+            usable_total += short
+            usable_cost += short * pb.unmet_penalty[(s.name, role)]
+    base = gpu_cost + prio_pen + churn_cost + frag
     return Score(
-        cost=gpu_cost + prio_pen + churn_cost + frag + unmet_cost,
+        cost=base + unmet_cost,
         gpu_cost_per_h=gpu_cost,
         unmet=unmet_total,
         affinity_violations=affinity,
         ratio_violations=ratio,
         churn=churn,
         moves=moves,
+        usable_unmet=usable_total,
+        usable_cost=base + usable_cost,
     )
 
 
@@ -1817,10 +1835,14 @@ def place_ilp(
     stats["kept"] = "ilp"
     if solvers is None and sol != pulp.LpSolution[pulp.LpSolutionOptimal]:
         # Stopped at the time limit without a proven gap: the incumbent can be poor (docs: 20k/200
-        # once left 99 instances unmet); the greedy is a second opinion on the same objective.
+        # once left 99 instances unmet); the greedy is a second opinion on the same objective, with
+        # only the demand its working groups can serve counted as served (`Score.usable_cost`: the
+        # greedy may break groups, whose capacity serves nothing; the ILP's answer never does).
         greedy = place_greedy(config, view, targets)
-        greedy_obj = evaluate(config, view, targets, greedy.placement, st).cost
+        greedy_score = evaluate(config, view, targets, greedy.placement, st)
+        greedy_obj = greedy_score.usable_cost
         stats["greedy_objective"] = round(greedy_obj, 4)
+        stats["greedy_violations"] = greedy_score.affinity_violations + greedy_score.ratio_violations
         if greedy_obj < obj:
             stats["kept"] = "greedy"
             stats["solve_s"] = round(time.perf_counter() - built, 4)

@@ -54,6 +54,33 @@ def test_affinity_and_ratio_kept_in_every_group() -> None:
     assert groups and all(roles == {Role.PREFILL, Role.DECODE} for roles in groups.values())
 
 
+def test_usable_score_counts_only_what_working_groups_serve() -> None:
+    # "code" (S1 affinity, P:D 1:1, ratio tolerance 10 %). In a1: 4 h100 prefill beside 1 h100
+    # decode (w reference units), out of ratio: only up to the band's edge (1.1 w + 1 rounding)
+    # of prefill serves. In b1: 2 a100 decode with no prefill: an orphan group, serves nothing.
+    config = _two_service_config()
+    view = view_from_config(config)
+    targets = {"code": RoleCounts(4, 3)}
+    placement = Placement.of(
+        [
+            (CellKey("code", Role.PREFILL, "h100", "a1"), 4),
+            (CellKey("code", Role.DECODE, "h100", "a1"), 1),
+            (CellKey("code", Role.DECODE, "a100", "b1"), 2),
+        ]
+    )
+    score = evaluate(config, view, targets, placement)
+    assert (score.affinity_violations, score.ratio_violations) == (1, 1)
+    decode = config.service("code").decode
+    w = decode.weight("h100")
+    assert score.unmet == pytest.approx(max(0.0, 3 - w - 2 * decode.weight("a100")))  # prefill covered
+    assert score.usable_unmet == pytest.approx((4 - (1.1 * w + 1)) + (3 - w))
+    assert score.usable_cost > score.cost
+    # Every ILP answer keeps its groups, so both scores agree there.
+    plan = place_ilp(config, view, {"code": RoleCounts(3, 3)})
+    ok = evaluate(config, view, {"code": RoleCounts(3, 3)}, plan.placement)
+    assert ok.usable_cost == pytest.approx(ok.cost) and ok.usable_unmet == pytest.approx(ok.unmet)
+
+
 def test_capacity_never_exceeded_and_unmet_reported_when_cluster_too_small() -> None:
     config = _two_service_config()
     view = view_from_config(config)
@@ -151,7 +178,8 @@ def test_steps_place_chooses_method(method: str) -> None:
 
 def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy() -> None:
     # A 1 ms limit stops HiGHS before it proves anything: the greedy is consulted, and whichever
-    # placement is kept must score no worse than the other by evaluate().
+    # placement is kept must score no worse than the other by evaluate(), counting only what
+    # working groups serve (usable_cost; equal to cost for the ILP's placements).
     from tasks.core.greedy import place_greedy
 
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
@@ -164,9 +192,9 @@ def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy() -> None:
         case.config, case.view, case.targets, place_greedy(case.config, case.view, case.targets).placement
     )
     kept = evaluate(case.config, case.view, case.targets, plan.placement, settings)
-    assert kept.cost <= greedy.cost + 1e-6
+    assert kept.usable_cost <= greedy.usable_cost + 1e-6
     assert plan.method == plan.stats["kept"]
-    assert float(plan.stats["greedy_objective"]) == pytest.approx(greedy.cost, rel=1e-9)
+    assert float(plan.stats["greedy_objective"]) == pytest.approx(greedy.usable_cost, rel=1e-9)
 
 
 def test_tier_decomposition_keeps_groups_and_capacity() -> None:
