@@ -246,6 +246,38 @@ def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
     assert _Start(pb, st, list(full.x), prefer=set()).run({k: n for k, n in lp_floor.items() if n > 0}) == start
 
 
+def test_start_relieve_serves_more_by_moving_others_out_of_the_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The start's last repair (`_Start._relieve`): on this case the cover step leaves 6 reference
+    # instances unmet; moving other services out of the pools the short ones could use serves 2
+    # of them, and the placement stays valid (capacity, every group whole and in ratio).
+    import math
+
+    import tasks.core.ilp as ilp_mod
+    from tasks.core.ilp import _problem, _Start, build_model
+
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    st = case.config.cluster.placement
+    pb = _problem(case.config, case.view, case.targets)
+    full = build_model(pb, st, relax=True)
+    full.prob.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
+    base = {k: n for k, v in full.x.items() if (n := math.floor((v.varValue or 0.0) + 1e-6)) > 0}
+    fixed = {k: n for k, n in case.view.placement.cells.items() if k.service not in case.targets}
+
+    def score(cap_s: float):
+        monkeypatch.setattr(ilp_mod, "_RELIEVE_S", cap_s)
+        start = _Start(pb, st, list(full.x), prefer=set()).run(base)
+        return evaluate(case.config, case.view, case.targets, Placement.of({**fixed, **start}.items())), start
+
+    without, _ = score(0.0)
+    relieved, start = score(30.0)  # no time cap in play: the result is the repair's, not the clock's
+    assert relieved.unmet < without.unmet - 1
+    assert relieved.cost < without.cost
+    assert relieved.affinity_violations == relieved.ratio_violations == 0
+    caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
+    for key, used in _used_gpus(case.config, Placement.of({**fixed, **start}.items())).items():
+        assert used <= caps[key], key
+
+
 def test_mip_start_used_on_large_path_and_placement_valid() -> None:
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
