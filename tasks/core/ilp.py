@@ -200,9 +200,16 @@ def _weight(svc: Service, role: Role, gpu_type: str) -> float:
     return spec.weight(gpu_type) if gpu_type in spec.capacity_tokens_per_s else 0.0
 
 
-def _ratio_ok(svc: Service, p_units: float, d_units: float, tolerance: float) -> bool:
+def _prefill_band(svc: Service, d_units: float, tolerance: float) -> tuple[float, float]:
+    """The prefill units a group with `d_units` of decode may hold: pd_ratio +- tolerance, plus one
+    instance of rounding either way."""
     rho = svc.pd_ratio.prefill_per_decode
-    return rho * (1 - tolerance) * d_units - 1 - _EPS <= p_units <= rho * (1 + tolerance) * d_units + 1 + _EPS
+    return rho * (1 - tolerance) * d_units - 1, rho * (1 + tolerance) * d_units + 1
+
+
+def _ratio_ok(svc: Service, p_units: float, d_units: float, tolerance: float) -> bool:
+    lo, hi = _prefill_band(svc, d_units, tolerance)
+    return lo - _EPS <= p_units <= hi + _EPS
 
 
 def _link_factors(svc: Service, tolerance: float) -> tuple[int, int]:
@@ -272,9 +279,11 @@ def evaluate(
             continue
         if not _ratio_ok(svc, p_units, d_units, st.ratio_tolerance):
             ratio += 1
-        rho, tol = svc.pd_ratio.prefill_per_decode, st.ratio_tolerance
-        usable[(name, Role.PREFILL)] += min(p_units, rho * (1 + tol) * d_units + 1)
-        usable[(name, Role.DECODE)] += min(d_units, (p_units + 1) / (rho * (1 - tol)))
+        # Each role up to the band's edge: P up to its upper edge at D, D up to where the lower
+        # edge, rho (1 - tol) D - 1, reaches P.
+        usable[(name, Role.PREFILL)] += min(p_units, _prefill_band(svc, d_units, st.ratio_tolerance)[1])
+        rho_lo = svc.pd_ratio.prefill_per_decode * (1 - st.ratio_tolerance)
+        usable[(name, Role.DECODE)] += min(d_units, (p_units + 1) / rho_lo)
     usable_total = usable_cost = 0.0
     for s in pb.services:
         for role in Role:
@@ -932,8 +941,8 @@ class _Start:
                 before = {r: self._have(k.service, r) for r in Role}
                 dom = self.pb.group_of[(k.service, k.s1)]
                 self._add(k, -1, log)
-                if not self._in_ratio(k.service, dom):
-                    self._balance(k.service, dom, log) or self._shrink(k.service, dom, log)
+                if not self._in_ratio(k.service, dom) and not self._balance(k.service, dom, log):
+                    self._shrink(k.service, dom, log)
                 self._cover(self.by_name[k.service], log)
                 if all(self._have(k.service, r) >= before[r] - _EPS for r in Role) and self._in_ratio(k.service, dom):
                     moved = True
@@ -1391,21 +1400,25 @@ def _rins_arrays(
     contested = {(k.gpu_type, k.s1) for k, c in run.x_col.items() if k.service in short and hi[c] > 0}
     occupants = {k.service for k, c in run.x_col.items() if start[c] > _EPS and (k.gpu_type, k.s1) in contested}
     movers = short | occupants if reach == "wide" else set(short)
+
     # "near": the services running in contested pools may move within the group domains they
     # hold there (none-affinity ones: among the S1s they already use), not everywhere.
+    def home(k: CellKey) -> tuple[str, str]:  # the group domain of a cell; its S1 for none-affinity
+        dom = run.pb.group_of[(k.service, k.s1)]
+        return (k.service, k.s1 if dom == "*" else dom)
+
     near: set[tuple[str, str]] = set()
     if reach == "near":
-        for k, c in run.x_col.items():
-            if start[c] > _EPS and k.service in occupants:
-                dom = run.pb.group_of[(k.service, k.s1)]
-                if dom == "*" or (k.gpu_type, k.s1) in contested:
-                    near.add((k.service, k.s1 if dom == "*" else dom))
+        near = {
+            home(k)
+            for k, c in run.x_col.items()
+            if start[c] > _EPS
+            and k.service in occupants
+            and (run.pb.group_of[(k.service, k.s1)] == "*" or (k.gpu_type, k.s1) in contested)
+        }
     lo_f, hi_f = lo.copy(), hi.copy()
     for k, c in run.x_col.items():
-        free = k.service in movers or (k.gpu_type, k.s1) in contested
-        if not free and near:
-            dom = run.pb.group_of[(k.service, k.s1)]
-            free = (k.service, k.s1 if dom == "*" else dom) in near
+        free = k.service in movers or (k.gpu_type, k.s1) in contested or (bool(near) and home(k) in near)
         if not free and (not loose or abs(lp_x.get(k, 0.0) - start[c]) < _EPS):
             lo_f[c] = hi_f[c] = start[c]
     return run.mip(lo_f, hi_f, start, time_limit_s, _RINS_GAP, seed=seed)
