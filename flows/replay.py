@@ -26,8 +26,8 @@ from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
-from tasks.core.greedy import place_greedy
 from tasks.core.invariants import plan_violations
+from tasks.core.placement import place_greedy
 from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
 from tasks.core.topology import view_from_config
 

@@ -114,7 +114,7 @@ class TwinExporter(Collector):
         state_path: Path | None = None,
     ) -> None:
         from flows.replay import initial_counts
-        from tasks.core.greedy import place_greedy
+        from tasks.core.placement import place_greedy
         from tasks.core.topology import view_from_config
 
         if speed <= 0:

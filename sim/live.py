@@ -29,7 +29,7 @@ from models.config import ClusterConfig, Role
 from models.values import ApplyMode, ApplyResult, CellKey, PlacementPlan, ServiceSignals
 from sim.traces import LoadCurve, load_curve
 from sim.twin import Twin
-from tasks.core.greedy import place_greedy
+from tasks.core.placement import place_greedy
 from tasks.core.topology import ClusterView, view_from_config
 
 

@@ -24,10 +24,10 @@ from models.values import (
 )
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.forecast import History, forecast_with, get_forecaster
-from tasks.core.greedy import place_greedy
-from tasks.core.ilp import place_ilp
+from tasks.core.placement import place_greedy
 from tasks.core.policy import PolicyContext, get_policy
 from tasks.core.topology import ClusterView
+from tasks.placement_runner import run_ilp
 
 
 def collect_signals(backend: SignalsBackend, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
@@ -158,7 +158,7 @@ def place(
         return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
     chosen = PlacementMethod(method) if method is not None else config.cluster.placement.method
     if chosen is PlacementMethod.ILP:
-        return place_ilp(config, view, moving)
+        return run_ilp(config, view, moving)
     return place_greedy(config, view, moving)
 
 

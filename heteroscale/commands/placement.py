@@ -1,8 +1,8 @@
 """`heteroscale bench placement`: the ILP against the paper's greedy on a synthetic cluster.
 
 Builds one case with `tasks.core.synth` (same arguments, same case), places its new targets with
-the ILP and with the greedy from the same current placement, scores both with
-`tasks.core.ilp.evaluate` (one objective, one set of violation rules) and prints a table, or with
+the ILP (`tasks.placement_runner.run_ilp`) and with the greedy from the same current placement,
+scores both with `tasks.core.placement.evaluate` (one objective, one set of violation rules) and prints a table, or with
 `--json` one object: {"ilp": {...}, "greedy": {...}, "lp_bound", "variables", "constraints"}.
 `solve_s` is wall time of the whole placement call (model build + solve + read-back).
 
@@ -14,14 +14,12 @@ LP bound ignores integrality, so when unmet demand is priced the gap to it is mo
 gap, and `ref_bound` says how far from the integer optimum the ILP can at most be. The ILP's
 placement is also realised on nodes (`realize.py`): `realize_s`, `unplaced` (instances no node fits).
 `ilp.kept` is "greedy" when the ILP stopped at its time limit and the greedy scored lower (the
-"ilp" row is then the greedy's placement). `--decompose tiers` solves the large-cluster MIP one
-service-priority tier at a time (to measure what that decomposition costs). `--mip-start none`
-turns off the constructive start and its RINS polish (`ilp.start_objective`, `ilp.rins_objective`:
-the start's objective before and after RINS) to measure what they bring. `--aggregate` counts
-S2- and none-affinity services per (GPU type, domain) in the large-cluster MIP and splits the
-counts onto S1s after the solve (measured worse: docs/placement.md). `--sequential` runs RINS and
-then the large-cluster MIP on one core instead of side by side on two (`ilp.rins_rounds`,
-`ilp.injected`: RINS rounds, RINS finds handed to the MIP).
+"ilp" row is then the greedy's placement). `--mip-start none` turns off the constructive start
+and its RINS polish (`ilp.start_objective`, `ilp.rins_objective`: the start's objective before and
+after RINS) to measure what they bring. `--sequential` runs RINS and then the large-cluster MIP
+on one core instead of side by side on two (`ilp.rins_rounds`, `ilp.injected`: RINS rounds, RINS
+finds handed to the MIP). The tier decomposition and the aggregated model were measured worse
+and removed (docs/placement.md).
 """
 
 from __future__ import annotations
@@ -44,16 +42,13 @@ def run_placement_bench(
     seed: int,
     current: str = "ratio",
     reference_s: float = 0.0,
-    decompose: str = "none",
     mip_start: str = "ratio",
-    aggregate: bool = False,
     parallel: bool = True,
 ) -> dict[str, Any]:
-    from tasks.core.greedy import place_greedy
-    from tasks.core.ilp import evaluate, lp_bound, place_ilp, reference_solve
-    from tasks.core.realize import nodes_from_config, realize
+    from tasks.core.placement import evaluate, lp_bound, nodes_from_config, place_greedy, realize, reference_solve
     from tasks.core.synth import synth_cluster
     from tasks.core.topology import gpus_per_instance_map
+    from tasks.placement_runner import run_ilp
 
     case = synth_cluster(gpus=gpus, services=services, gpu_types=gpu_types, seed=seed, current=current)
     out: dict[str, Any] = {}
@@ -61,15 +56,7 @@ def run_placement_bench(
     for name in ("ilp", "greedy"):
         started = time.perf_counter()
         if name == "ilp":
-            plan = place_ilp(
-                case.config,
-                case.view,
-                case.targets,
-                decompose=decompose,
-                mip_start=mip_start,
-                aggregate=aggregate,
-                parallel=parallel,
-            )
+            plan = run_ilp(case.config, case.view, case.targets, mip_start=mip_start, parallel=parallel)
             stats = dict(plan.stats)
             ilp_plan = plan
         else:
@@ -111,9 +98,7 @@ def run_placement_bench(
         ref = reference_solve(case.config, case.view, case.targets, time_limit_s=reference_s)
         out["ref_objective"], out["ref_bound"] = (None, None) if ref is None else (round(ref[0], 2), round(ref[1], 2))
     out["current"] = current
-    out["decompose"] = decompose
     out["mip_start"] = mip_start
-    out["aggregate"] = aggregate
     out["parallel"] = parallel
     out["variables"] = int(stats.get("variables", 0))
     out["constraints"] = int(stats.get("constraints", 0))
@@ -136,15 +121,9 @@ def bench_placement(
     reference_s: Annotated[
         float, typer.Option("--reference-s", help="Also solve the full MIP for up to this long (0: skip).")
     ] = 0.0,
-    decompose: Annotated[
-        str, typer.Option("--decompose", help="Large-cluster MIP: none (whole) | tiers (by service priority).")
-    ] = "none",
     mip_start: Annotated[
         str, typer.Option("--mip-start", help="Large-cluster MIP start: ratio (constructive + RINS) | none.")
     ] = "ratio",
-    aggregate: Annotated[
-        bool, typer.Option("--aggregate", help="Large-cluster MIP: S2/none-affinity services counted per domain.")
-    ] = False,
     sequential: Annotated[
         bool, typer.Option("--sequential", help="Large-cluster MIP: RINS then the MIP on one core (not side by side).")
     ] = False,
@@ -161,9 +140,7 @@ def bench_placement(
             seed=seed,
             current=current,
             reference_s=reference_s,
-            decompose=decompose,
             mip_start=mip_start,
-            aggregate=aggregate,
             parallel=not sequential,
         )
     )

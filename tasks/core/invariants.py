@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from models.config import ClusterConfig, Role
 from models.values import Action, PlacementPlan, ServiceSignals, Targets
-from tasks.core.greedy import group_counts
+from tasks.core.placement import group_counts
 from tasks.core.topology import ClusterView, gpus_per_instance_map, gpus_used
 from tasks.errors import PermanentError
 

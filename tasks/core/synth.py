@@ -37,7 +37,7 @@ from typing import Any
 
 from models.config import AffinityLevel, ClusterConfig, Role, Service, parse_config
 from models.values import CellKey, Placement, RoleCounts
-from tasks.core.greedy import place_greedy
+from tasks.core.placement import place_greedy
 from tasks.core.topology import ClusterView, gpus_per_instance_map, view_from_config
 
 # name, $/GPU-hour, relative prefill speed, relative decode speed (per GPU, rough public figures).

@@ -122,7 +122,7 @@ def test_crash_between_apply_steps_then_rerun_converges(tmp_path: Path) -> None:
     from models.values import ApplyMode, RoleCounts
     from sim.faults import FaultPlan, FaultyCluster, InjectedFault
     from sim.live import TwinBackend, demo_curves
-    from tasks.core.greedy import place_greedy
+    from tasks.core.placement import place_greedy
 
     cfg = load_config(CFG)
     twin = TwinBackend(cfg, state_path=tmp_path / "twin.json", curves=demo_curves(cfg, settings.BUNDLED_TRACE))

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from models.config import Role
 from models.values import Placement, RoleCounts
-from tasks.core.greedy import group_counts, place_greedy
+from tasks.core.placement import group_counts, place_greedy
 from tasks.core.topology import gpus_per_instance_map, view_from_config
 from tests.builders import make_config, service_dict
 

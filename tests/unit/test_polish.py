@@ -9,10 +9,11 @@ import pytest
 
 from models.config import AffinityLevel
 from models.values import CellKey, Placement
-from tasks.core.ilp import _problem, evaluate, place_ilp
-from tasks.core.polish import polish
+from tasks.core.placement import build_problem, evaluate
+from tasks.core.placement.polish import polish
 from tasks.core.synth import synth_cluster
 from tasks.core.topology import gpus_per_instance_map
+from tasks.placement_runner import run_ilp
 
 
 def _relocated(case, plan: Placement) -> tuple[Placement, CellKey, CellKey] | None:
@@ -40,12 +41,12 @@ def _relocated(case, plan: Placement) -> tuple[Placement, CellKey, CellKey] | No
 
 def test_polish_undoes_an_unneeded_relocation() -> None:
     case = synth_cluster(gpus=1200, services=10, gpu_types=3, seed=4)
-    solved = place_ilp(case.config, case.view, case.targets).placement
+    solved = run_ilp(case.config, case.view, case.targets).placement
     view = replace(case.view, placement=solved)  # the solved fleet now runs; the targets stand
     moved = _relocated(case, solved)
     assert moved is not None, "the case must have a multi-S1 group with room elsewhere in its domain"
     wasteful, src, dst = moved
-    pb = _problem(case.config, view, case.targets)
+    pb = build_problem(case.config, view, case.targets)
     st = case.config.cluster.placement
     before = evaluate(case.config, view, case.targets, wasteful)
     assert before.churn == 2
@@ -61,9 +62,9 @@ def test_polish_undoes_an_unneeded_relocation() -> None:
 def test_polish_never_raises_churn_or_cost_and_keeps_constraints(seed: int) -> None:
     case = synth_cluster(gpus=2000, services=20, gpu_types=3, seed=seed)
     st = case.config.cluster.placement
-    pb = _problem(case.config, case.view, case.targets)
-    plan = place_ilp(case.config, case.view, case.targets, settings=st)
-    # place_ilp already polished its result: polishing again is a fixed point; polishing a copy
+    pb = build_problem(case.config, case.view, case.targets)
+    plan = run_ilp(case.config, case.view, case.targets, settings=st)
+    # run_ilp already polished its result: polishing again is a fixed point; polishing a copy
     # with one needless relocation must not make churn, cost or the constraints worse.
     mine = {k: n for k, n in plan.placement.cells.items() if k.service in case.targets}
     again, steps = polish(pb, st, mine)
@@ -88,7 +89,7 @@ def test_polish_never_raises_churn_or_cost_and_keeps_constraints(seed: int) -> N
 
 def test_relocation_is_counted_and_priced_only_against_the_direction_of_change() -> None:
     case = synth_cluster(gpus=1200, services=10, gpu_types=3, seed=4)
-    solved = place_ilp(case.config, case.view, case.targets).placement
+    solved = run_ilp(case.config, case.view, case.targets).placement
     view = replace(case.view, placement=solved)
     moved = _relocated(case, solved)
     assert moved is not None

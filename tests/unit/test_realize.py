@@ -7,10 +7,10 @@ from collections import defaultdict
 
 from models.config import Role
 from models.values import CellKey, Placement
-from tasks.core.ilp import place_ilp
-from tasks.core.realize import NodeSlot, Realization, nodes_from_config, realize
+from tasks.core.placement import NodeSlot, Realization, nodes_from_config, realize
 from tasks.core.synth import synth_cluster
 from tasks.core.topology import gpus_per_instance_map
+from tasks.placement_runner import run_ilp
 
 GPI = {("a", "prefill"): 4, ("a", "decode"): 2, ("b", "prefill"): 8, ("b", "decode"): 1}
 P_A = CellKey("a", Role.PREFILL, "h100", "s1-1")
@@ -71,7 +71,7 @@ def test_running_instances_keep_their_nodes() -> None:
 
 def test_ilp_placement_on_a_synthetic_cluster_realises_completely_and_deterministically() -> None:
     case = synth_cluster(gpus=800, services=8, gpu_types=3, seed=2)
-    plan = place_ilp(case.config, case.view, case.targets)
+    plan = run_ilp(case.config, case.view, case.targets)
     gpi = gpus_per_instance_map(case.config)
     nodes = nodes_from_config(case.config)
     r = realize(nodes, plan.placement, gpus_per_instance=gpi)

@@ -8,7 +8,7 @@ from collections import defaultdict
 import pytest
 
 from models.config import AffinityLevel
-from tasks.core.ilp import evaluate
+from tasks.core.placement import evaluate
 from tasks.core.synth import synth_cluster
 from tasks.core.topology import gpus_per_instance_map
 

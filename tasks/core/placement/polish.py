@@ -4,7 +4,7 @@ Contract: `polish(pb, st, cells)` takes the moving services' instances per cell 
 (or any placement that keeps the model's constraints) and returns a placement that keeps every
 constraint the model has (per-pool capacity, GPU budget, `max_instances`, each group holding both
 roles or neither, each group's P/D ratio within tolerance plus rounding) and scores no worse on
-`ilp.evaluate`'s objective, plus the number of steps taken. Every step moves cells back toward
+`score.evaluate`'s objective, plus the number of steps taken. Every step moves cells back toward
 the current placement, so churn never rises; a step is taken only when the objective falls.
 
 Why: the MIP stops at a relative gap (1 % of an objective of tens of thousands of $/h), which
@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from models.config import PlacementSettings, Role, Service
 from models.values import CellKey
-from tasks.core.ilp import _move_coef, _Problem, _ratio_ok, _weight
+from tasks.core.placement.problem import Problem, move_coef, ratio_ok, weight
 
 _EPS = 1e-9
 _MAX_ROUNDS = 50
@@ -37,7 +37,7 @@ _MAX_QUADS = 400
 
 
 class _State:
-    def __init__(self, pb: _Problem, st: PlacementSettings, cells: Mapping[CellKey, int]) -> None:
+    def __init__(self, pb: Problem, st: PlacementSettings, cells: Mapping[CellKey, int]) -> None:
         self.pb, self.st = pb, st
         self.by_name: dict[str, Service] = {s.name: s for s in pb.services}
         self.cells: dict[CellKey, int] = {k: n for k, n in cells.items() if k.service in self.by_name}
@@ -59,7 +59,7 @@ class _State:
     def _apply(self, k: CellKey, d: int) -> None:
         svc = self.by_name[k.service]
         dom = self.pb.group_of[(k.service, k.s1)]
-        w = _weight(svc, k.role, k.gpu_type)
+        w = weight(svc, k.role, k.gpu_type)
         self.used[(k.gpu_type, k.s1)] += d * self._gpi(k)
         self.units[(k.service, k.role)] += d * w
         self.g_units[(k.service, dom, k.role)] += d * w
@@ -79,12 +79,12 @@ class _State:
             cur, n = pb.current.get(k, 0), self.cells.get(k, 0)
             total += st.churn_weight_h * gpi * cost * (abs(n + d - cur) - abs(n - cur))
             if pb.growing[(k.service, k.role)]:
-                total += _move_coef(pb, st, k, start=False) * (max(0, cur - n - d) - max(0, cur - n))
+                total += move_coef(pb, st, k, start=False) * (max(0, cur - n - d) - max(0, cur - n))
             else:
-                total += _move_coef(pb, st, k, start=True) * (max(0, n + d - cur) - max(0, n - cur))
+                total += move_coef(pb, st, k, start=True) * (max(0, n + d - cur) - max(0, n - cur))
             key = (k.service, k.role)
             short_before.setdefault(key, max(0.0, pb.targets[k.service].of(k.role) - self.units[key]))
-            shift[key] += d * _weight(self.by_name[k.service], k.role, k.gpu_type)
+            shift[key] += d * weight(self.by_name[k.service], k.role, k.gpu_type)
         for key, before in short_before.items():
             after = max(0.0, pb.targets[key[0]].of(key[1]) - self.units[key] - shift[key])
             total += (after - before) * pb.unmet_penalty[key]
@@ -118,7 +118,7 @@ class _State:
             n_p, n_d = self.g_count[(name, dom, Role.PREFILL)], self.g_count[(name, dom, Role.DECODE)]
             if (n_p > 0) != (n_d > 0):
                 return False
-            if n_p and not _ratio_ok(
+            if n_p and not ratio_ok(
                 self.by_name[name],
                 self.g_units[(name, dom, Role.PREFILL)],
                 self.g_units[(name, dom, Role.DECODE)],
@@ -158,7 +158,7 @@ def _candidates(state: _State, name: str) -> list[list[tuple[CellKey, int]]]:
 
 
 def polish(
-    pb: _Problem, st: PlacementSettings, cells: Mapping[CellKey, int], *, max_candidates: int = 200_000
+    pb: Problem, st: PlacementSettings, cells: Mapping[CellKey, int], *, max_candidates: int = 200_000
 ) -> tuple[dict[CellKey, int], int]:
     """`cells` with unneeded starts and stops undone (see the module doc), and the steps taken."""
     state = _State(pb, st, cells)

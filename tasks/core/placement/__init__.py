@@ -1,0 +1,51 @@
+"""Placement: where each moving service's prefill and decode instances run (pure).
+
+Contract: the public API below; every name is defined in one module of this package, which
+imports only from the modules listed before it (no cycles, no private names across files):
+
+  deadline   `Deadline` (a time limit on an injected clock)
+  problem    `Problem`, `build_problem`, the rules (`weight`, `ratio_ok`, `prefill_band`, ...)
+  score      `Score`, `evaluate` (any placement, by the ILP's objective and rules)
+  greedy     `place_greedy` (HeteroScale's Algorithm 4), `group_counts`
+  model      `build_model`, `solve`, `lp_bound`, `reference_solve`
+  highs      `Runner` (one HiGHS model for every phase)
+  start      `Start` (the constructive, ratio-keeping MIP start)
+  search     `Search` (RINS rounds), `Parallel` (a second core, injected)
+  large      `solve_large` (LP, start, RINS beside the MIP)
+  polish     `polish` (undo unneeded churn)
+  ilp        `place_ilp` (the entry)
+  realize    `realize` (instances onto nodes)
+
+Nothing here reads a clock, starts a thread or does I/O: `tasks/placement_runner.py` runs
+`place_ilp` on the wall clock with the RINS search on a thread.
+"""
+
+from tasks.core.placement.deadline import Clock, Deadline
+from tasks.core.placement.greedy import group_counts, place_greedy
+from tasks.core.placement.ilp import MIP_STARTS, place_ilp
+from tasks.core.placement.model import lp_bound, reference_solve
+from tasks.core.placement.problem import Problem, build_problem
+from tasks.core.placement.realize import NodeSlot, Realization, nodes_from_config, realize
+from tasks.core.placement.score import Score, evaluate
+from tasks.core.placement.search import Joinable, Parallel
+
+__all__ = [
+    "MIP_STARTS",
+    "Clock",
+    "Deadline",
+    "Joinable",
+    "NodeSlot",
+    "Parallel",
+    "Problem",
+    "Realization",
+    "Score",
+    "build_problem",
+    "evaluate",
+    "group_counts",
+    "lp_bound",
+    "nodes_from_config",
+    "place_greedy",
+    "place_ilp",
+    "realize",
+    "reference_solve",
+]

@@ -1,0 +1,119 @@
+"""One HiGHS model for every phase of the large-cluster solve (LP, RINS sub-MIPs, the MIP).
+
+Contract: `Runner(model, pb, st)` hands `model` to a `highspy.Highs` once (`model.to_arrays`);
+each phase then changes column bounds only (cells that may not be used get upper bound 0, fixed
+ones lo = hi), never rows. `lp()` and `mip()` return all column values or None when the phase
+found nothing usable (the HiGHS status is kept in `status`); they never raise for a solver
+outcome. `vector` and `cells` convert between instances per cell and column values; `write_back`
+puts an answer into the PuLP variables. Time limits are seconds given by the caller; no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping
+
+import highspy
+import numpy as np
+
+from models.config import PlacementSettings, Role
+from models.values import CellKey
+from tasks.core.placement.model import Arrays, Model, to_arrays
+from tasks.core.placement.problem import Problem, weight
+
+
+class Runner:
+    """The full model handed to HiGHS once; each phase changes column bounds, not the model.
+
+    Phases (LP, RINS sub-MIPs, the restricted MIP) differ only in which cells may be non-zero
+    (upper bound 0 elsewhere) and which are fixed, so one `highspy.Highs` holds the model for all
+    of them: no PuLP rebuild of the restricted model, no second pass of rows to HiGHS. HiGHS's
+    presolve drops the fixed columns in a few milliseconds.
+    """
+
+    def __init__(self, model: Model, pb: Problem, st: PlacementSettings, arr: Arrays | None = None) -> None:
+        self.model, self.pb, self.st = model, pb, st
+        self.arr = arr if arr is not None else to_arrays(model.prob, model.cols)
+        col = {v.name: i for i, v in enumerate(self.arr.cols)}
+        self.x_col = {k: col[v.name] for k, v in model.x.items()}
+        self.up_col = {k: col[v.name] for k, v in model.up.items()}
+        self.down_col = {k: col[v.name] for k, v in model.down.items()}
+        self.unmet_col = {key: col[v.name] for key, v in model.unmet.items()}
+        self.by_name = {s.name: s for s in pb.services}
+        self.h = highspy.Highs()
+        for key, value in (("output_flag", False), ("threads", 1), ("mip_rel_gap", st.mip_gap)):
+            self.h.setOptionValue(key, value)
+        self.arr.pass_to(self.h)
+        self.status = ""
+        self.optimal = False  # the last `mip` stopped at its gap
+
+    def lp(self, time_limit_s: float = math.inf) -> np.ndarray | None:
+        """The LP relaxation's column values, or None when it is not solved to optimality."""
+        self.h.setOptionValue("solve_relaxation", True)
+        self.h.setOptionValue("time_limit", max(0.05, float(time_limit_s)))
+        try:
+            self.h.run()
+        finally:
+            self.h.setOptionValue("solve_relaxation", False)
+        if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            self.status = self.h.modelStatusToString(self.h.getModelStatus())
+            return None
+        return np.array(self.h.getSolution().col_value)
+
+    def vector(self, cells: Mapping[CellKey, int]) -> np.ndarray:
+        """All columns for instances per cell: up/down and unmet derived."""
+        v = np.zeros(len(self.arr.cols))
+        for k, n in cells.items():
+            v[self.x_col[k]] = n
+        for k, c in self.up_col.items():
+            v[c] = max(0, cells.get(k, 0) - self.pb.current[k])
+            v[self.down_col[k]] = max(0, self.pb.current[k] - cells.get(k, 0))
+        have: dict[tuple[str, Role], float] = defaultdict(float)
+        for k, n in cells.items():
+            have[(k.service, k.role)] += n * weight(self.by_name[k.service], k.role, k.gpu_type)
+        for (name, role), c in self.unmet_col.items():
+            v[c] = max(0.0, self.pb.targets[name].of(role) - have[(name, role)])
+        return v
+
+    def cells(self, v: np.ndarray) -> dict[CellKey, int]:
+        return {k: n for k, c in self.x_col.items() if (n := round(v[c])) > 0}
+
+    def objective(self, v: np.ndarray) -> float:
+        return float(self.arr.cost @ v)
+
+    def mip(
+        self,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        start: np.ndarray | None,
+        time_limit_s: float,
+        gap: float,
+        *,
+        seed: int = 0,
+    ) -> np.ndarray | None:
+        """The MIP within [lo, hi] from `start`; the incumbent's columns, or None without one."""
+        h = self.h
+        self.optimal = False
+        h.changeColsBounds(len(lo), np.arange(len(lo), dtype=np.int32), lo, hi)
+        h.setOptionValue("time_limit", max(0.05, float(time_limit_s)))
+        h.setOptionValue("mip_rel_gap", gap)
+        h.setOptionValue("random_seed", seed)
+        if start is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = start.tolist()
+            sol.value_valid = True
+            h.setSolution(sol)
+        h.run()
+        status = h.getModelStatus()
+        self.status = h.modelStatusToString(status)
+        if h.getInfo().primal_solution_status != 2:  # kSolutionStatusFeasible
+            return None
+        self.optimal = status == highspy.HighsModelStatus.kOptimal
+        return np.array(h.getSolution().col_value)
+
+    def write_back(self, v: np.ndarray) -> None:
+        """Put `v` into the PuLP variables (what `Model.values` and `pulp.value` read)."""
+        for var, value in zip(self.arr.cols, v.tolist(), strict=True):
+            var.varValue = value
+        self.model.prob.solverModel = self.h

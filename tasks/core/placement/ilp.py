@@ -1,0 +1,162 @@
+"""Placement as an integer program: heterogeneous, topology-aware, ratio-keeping (the entry).
+
+Contract: `place_ilp(config, view, targets, deadline=...)` returns a `PlacementPlan` with the same
+meaning as `place_greedy`: every service in `targets` gets at least its target (reference-GPU
+instances per role) where the free GPUs allow, the shortfall is reported in `unmet`, and services
+not in `targets` keep their cells. It never raises for a solver problem: on a solver failure, or
+a time limit hit before any feasible solution, it returns the greedy plan with `method="greedy"`
+and the reason in `reason` and `stats["fallback"]`. It raises `ValueError` for an unknown
+`mip_start`.
+
+Small clusters: the whole model (`model.py`) to HiGHS, then CBC. Large ones (more cells than
+`restrict_above_cells`): `large.solve_large` (LP, constructive start, RINS, the MIP on the LP's
+cells). Every answer is then polished (`polish.py`) and scored by `score.evaluate`. The time
+limit is `deadline` (built by the caller from `time_limit_s` on its clock); the RINS search runs
+beside the MIP only on the second core the caller injects (`parallel`). This module reads no
+clock and starts no thread: the adapter `tasks/placement_runner.py` supplies both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import pulp
+
+from models.config import ClusterConfig, PlacementSettings, Role
+from models.values import CellKey, Placement, PlacementPlan, RoleCounts
+from tasks.core.placement.deadline import Deadline
+from tasks.core.placement.greedy import place_greedy
+from tasks.core.placement.large import solve_large
+from tasks.core.placement.model import MIN_SOLVE_S, build_model, make_solvers, solve
+from tasks.core.placement.polish import polish
+from tasks.core.placement.problem import EPS, build_problem, weight
+from tasks.core.placement.score import evaluate
+from tasks.core.placement.search import Parallel
+from tasks.core.topology import ClusterView
+
+MIP_STARTS = ("ratio", "none")
+
+
+def place_ilp(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, RoleCounts],
+    *,
+    deadline: Deadline,
+    settings: PlacementSettings | None = None,
+    solvers: Sequence[pulp.LpSolver] | None = None,
+    mip_start: str = "ratio",
+    parallel: Parallel | None = None,
+) -> PlacementPlan:
+    """Optimal placement of `targets` by `deadline`; the greedy plan (with the reason) on failure.
+
+    On large clusters (`restrict_above_cells`) the MIP is solved on the LP's cells
+    (`large.solve_large`). When the solver stops at its time limit without a proven gap, the
+    greedy is also run and kept if `evaluate()` scores it lower (it may break groups:
+    `stats["kept"]` says which was kept); this can overrun the deadline by the greedy's time
+    (0.7-3.4 s at 20k GPUs). `mip_start` ("ratio" | "none") chooses whether the large-cluster MIP
+    starts from the constructive start + RINS (docs/placement.md) or from nothing. `parallel`
+    runs the RINS search beside the MIP (two cores); None runs it before the MIP (one core).
+    `solvers` replaces the solver list (and the large path) with exactly those solvers.
+    """
+    if mip_start not in MIP_STARTS:
+        raise ValueError(f"mip_start must be one of {MIP_STARTS}, got {mip_start!r}")
+    st = settings or config.cluster.placement
+    started = deadline.now_s()
+    pb = build_problem(config, view, targets)
+    model = build_model(pb, st)
+    built = deadline.now_s()
+    stats: dict[str, float | int | str] = {
+        "variables": model.prob.numVariables(),
+        "constraints": model.prob.numConstraints(),
+        "build_s": round(built - started, 4),
+        "phases": 1,
+    }
+    name = sol = ""
+    failures: list[str] = []
+    values: dict[CellKey, int] | None = None
+    if solvers is None and len(model.x) > st.restrict_above_cells and pulp.HiGHS().available():
+        name, sol, failures, values = solve_large(
+            pb, st, model, stats, deadline, started_s=started, mip_start=mip_start, parallel=parallel
+        )
+    if not name:
+        time_left = deadline.left_s()
+        if solvers is not None:
+            name, sol, more = solve(model.prob, solvers)
+        elif not failures or time_left >= MIN_SOLVE_S:
+            # The full model once more (small clusters: the only solve), within what is left.
+            name, sol, more = solve(model.prob, make_solvers(st, max(0.1, time_left)), deadline)
+        else:
+            # The large path failed with too little time left for the full model (passing it to
+            # HiGHS alone takes ~0.8 s at 20k GPUs): the greedy, not an overrun.
+            more = [f"full model: skipped, {max(0.0, time_left):.2f} s left of the time limit"]
+        failures += more
+        values = model.values() if name else None
+    stats["solve_s"] = round(deadline.now_s() - built, 4)
+    if not name or values is None:
+        why = "; ".join(failures) or "no solver available"
+        plan = place_greedy(config, view, targets)
+        stats["fallback"] = why
+        return PlacementPlan(
+            placement=plan.placement,
+            method="greedy",
+            reason=f"ILP failed ({why}); {plan.reason}",
+            unmet=plan.unmet,
+            stats=stats,
+        )
+    stats["solver"] = name
+    stats["status"] = sol
+    values, stats["polish_steps"] = polish(pb, st, values)
+    solver_model = getattr(model.prob, "solverModel", None)
+    if solver_model is not None and "bound" not in stats:
+        info = solver_model.getInfo()
+        stats["gap"] = float(info.mip_gap)
+        stats["bound"] = float(info.mip_dual_bound)
+
+    cells = {k: n for k, n in view.placement.cells.items() if k.service not in targets}
+    cells.update(values)
+    placement = Placement.of(cells.items())
+    obj = evaluate(config, view, targets, placement, st).cost
+    stats["objective"] = round(obj, 4)
+    if "lp_bound" in stats:
+        stats["gap_to_lp_bound"] = round((obj - float(stats["lp_bound"])) / max(abs(obj), EPS), 6)
+    stats["kept"] = "ilp"
+    if solvers is None and sol != pulp.LpSolution[pulp.LpSolutionOptimal]:
+        # Stopped at the time limit without a proven gap: the incumbent can be poor (docs: 20k/200
+        # once left 99 instances unmet); the greedy is a second opinion on the same objective, with
+        # only the demand its working groups can serve counted as served (`Score.usable_cost`: the
+        # greedy may break groups, whose capacity serves nothing; the ILP's answer never does).
+        greedy = place_greedy(config, view, targets)
+        greedy_score = evaluate(config, view, targets, greedy.placement, st)
+        greedy_obj = greedy_score.usable_cost
+        stats["greedy_objective"] = round(greedy_obj, 4)
+        stats["greedy_violations"] = greedy_score.affinity_violations + greedy_score.ratio_violations
+        if greedy_obj < obj:
+            stats["kept"] = "greedy"
+            stats["solve_s"] = round(deadline.now_s() - built, 4)
+            return PlacementPlan(
+                placement=greedy.placement,
+                method="greedy",
+                reason=f"ILP ({name}, {sol}) stopped at its time limit at {obj:.0f}; greedy scores {greedy_obj:.0f}; "
+                f"{greedy.reason}",
+                unmet=greedy.unmet,
+                stats=stats,
+            )
+        stats["solve_s"] = round(deadline.now_s() - built, 4)
+    unmet: dict[tuple[str, Role], float] = {}
+    by_name = {s.name: s for s in pb.services}
+    for s_name, counts in targets.items():
+        svc = by_name[s_name]
+        for role in Role:
+            have = sum(
+                n * weight(svc, role, k.gpu_type) for k, n in cells.items() if k.service == s_name and k.role is role
+            )
+            if counts.of(role) - have > EPS:
+                unmet[(s_name, role)] = counts.of(role) - have
+    reason = f"ILP ({name}, {sol}, {stats['variables']} vars, {stats['solve_s']:.2f}s)"
+    if failures:
+        reason += f" after {'; '.join(failures)}"
+    if unmet:
+        short = ", ".join(f"{s}/{r.value} {v:.1f}" for (s, r), v in sorted(unmet.items()))
+        reason += f"; not enough free GPUs for: {short}"
+    return PlacementPlan(placement=placement, method="ilp", reason=reason, unmet=unmet, stats=stats)

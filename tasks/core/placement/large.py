@@ -1,0 +1,147 @@
+"""The large-cluster solve: LP, constructive start, RINS beside the MIP, on the LP's cells.
+
+Contract: `solve_large(pb, st, full, stats, deadline, started_s=..., mip_start=..., parallel=...)`
+returns (solver name, solution status, failures, instances per cell). An empty solver name
+means "nothing usable: solve `full` the ordinary way" (`ilp.place_ilp` does). The answer is
+never worse than the constructive start (`start.Start`), which it falls back to (solver name
+"start", `stats["kept_start"]`) when the MIP ends above it or fails. It records its phases'
+objectives and times in `stats`. Every time limit is what is left of `deadline`; the RINS
+search runs beside the MIP only on the second core `parallel` injects, else before it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pulp
+
+from models.config import PlacementSettings
+from models.values import CellKey
+from tasks.core.placement.deadline import Deadline
+from tasks.core.placement.highs import Runner
+from tasks.core.placement.model import Model
+from tasks.core.placement.problem import EPS, Problem
+from tasks.core.placement.search import RINS_CAP_S, Parallel, Search
+from tasks.core.placement.start import Start
+
+
+def _left(deadline: Deadline) -> float:
+    return max(0.1, deadline.left_s())
+
+
+def solve_large(
+    pb: Problem,
+    st: PlacementSettings,
+    full: Model,
+    stats: dict[str, float | int | str],
+    deadline: Deadline,
+    *,
+    started_s: float,
+    mip_start: str = "ratio",
+    parallel: Parallel | None = None,
+) -> tuple[str, str, list[str], dict[CellKey, int] | None]:
+    """LP relaxation, then the MIP on the cells the LP uses plus the start's and the running ones.
+
+    Why: the full MIP (10k+ integer cells at 20k GPUs) is hard for HiGHS's primal heuristics, but
+    its LP is solved in ~0.3 s and uses a few hundred cells. `started_s` is when the placement
+    began on `deadline`'s clock (for the times in `stats`).
+
+    All phases run on one HiGHS model (`highs.Runner`): the LP; `Start` from it
+    (`mip_start="ratio"`); RINS rounds from the start (`search.Search`, beside the MIP with
+    `parallel`, else before it for at most half the time left); then the restricted MIP (every
+    other cell's upper bound 0) from the best start, until `mip_gap` or the time limit. If the
+    solver ends above the start, the start is the answer (solver name "start",
+    `stats["kept_start"]`).
+
+    Tried and dropped (docs/placement.md): RENS, the MIP in a box of one instance around the LP
+    solution, as a warm start; the plain [floor, ceil] box was infeasible on every 20k case and
+    the widened one gave worse placements in the same time.
+    """
+    try:
+        run = Runner(full, pb, st)
+        lp = run.lp(_left(deadline))
+    except (OSError, RuntimeError, ValueError) as exc:
+        return "", "", [f"LP: {exc}"], None
+    if lp is None:
+        return "", "", [f"LP: {run.status}"], None
+    stats["lp_bound"] = round(run.objective(lp), 4)
+    lp_x = {k: float(lp[c]) for k, c in run.x_col.items()}
+    support = {k for k, v in lp_x.items() if v > EPS}
+    stats["lp_fractional"] = sum(1 for v in lp_x.values() if abs(v - round(v)) > EPS)
+    stats["phases"] = 2
+    start: dict[CellKey, int] = {}
+    if mip_start == "ratio":
+        lp_floor = {k: math.floor(v + EPS) for k, v in lp_x.items()}
+        start = Start(pb, st, list(full.x), prefer=support, clock=deadline.clock).run(
+            {k: n for k, n in lp_floor.items() if n > 0}
+        )
+    keep = support | set(start) | set(pb.current)
+    lo, hi = run.arr.lo.copy(), run.arr.hi.copy()
+    for k, c in run.x_col.items():
+        if k not in keep:
+            hi[c] = 0.0
+    stats["phase2_variables"] = int(np.count_nonzero(hi > 0))
+    stats["phase2_constraints"] = len(run.arr.row_lo)
+    best: np.ndarray | None = None
+    best_obj = math.inf
+    if start:
+        vec = run.vector(start)
+        if run.arr.feasible(vec) and np.all(vec <= hi + EPS):
+            best, best_obj = vec, run.objective(vec)
+            stats["start_objective"] = round(best_obj, 4)
+    stats["start_s"] = round(deadline.now_s() - started_s, 4)
+    search: Search | None = None
+    if best is not None:
+        if parallel is not None:
+            search = Search(run, lo, hi, best, lp_x, deadline)
+            search.start(parallel)
+            search.attach(run)
+        else:
+            # One core: RINS first (at most half the time left), then the restricted MIP.
+            until = Deadline.after(min(_left(deadline) / 2, RINS_CAP_S), deadline.clock)
+            search = Search(run, lo, hi, best, lp_x, until)
+            search.run()
+            best = search.best
+    sol: np.ndarray | None = None
+    crash = ""
+    try:
+        sol = run.mip(lo, hi, best, _left(deadline), st.mip_gap)
+    except (RuntimeError, ValueError, OSError) as exc:
+        crash = f"WarmHiGHS: {exc}"
+    finally:
+        if search is not None:
+            search.halt()
+    if search is not None:
+        best, best_obj = search.best, search.best_obj
+        stats["rins_rounds"] = search.rounds
+        stats["rins_s"] = round(search.last_s - started_s - float(stats["start_s"]), 4) if search.improved else 0.0
+        stats["injected"] = search.injected
+        if search.improved:
+            stats["rins_objective"] = round(best_obj, 4)
+        if search.error:
+            stats["search_error"] = search.error
+    proven = run.optimal or (search is not None and search.proven)
+    name = "WarmHiGHS" if sol is not None or (search is not None and search.proven) else ""
+    status = pulp.LpSolution[pulp.LpSolutionOptimal if proven else pulp.LpSolutionIntegerFeasible] if name else ""
+    failures = [crash] if crash else [] if name else [f"WarmHiGHS: {run.status}"]
+    if sol is not None and not run.arr.feasible(sol):
+        sol, name, failures = None, "", [f"WarmHiGHS: infeasible solution ({run.status})"]
+    answer = sol
+    if best is not None and (sol is None or run.objective(sol) > best_obj + EPS):
+        # RINS's last find (or the MIP's, seen by the search) beats the solver's final answer; or
+        # the solver found nothing better than the start in its time, or failed: keep that.
+        answer = best
+        if search is None or search.version == 0:
+            stats["kept_start"] = 1
+            name = "start"
+            status = status or "start"
+    if answer is None:
+        return "", "", [f"restricted {f}" for f in failures], None
+    run.write_back(answer)
+    info = run.h.getInfo()
+    bound = max(float(info.mip_dual_bound), search.bound if search is not None else -math.inf)
+    obj = run.objective(answer)
+    stats["bound"] = bound
+    stats["gap"] = (obj - bound) / max(abs(obj), EPS)
+    return name, status, failures, run.cells(answer)
