@@ -354,8 +354,8 @@ class Service(_Frozen):
 
 
 class PlacementMethod(StrEnum):
-    ILP = "ilp"  # tasks/core/ilp.py, with the greedy as fallback
-    GREEDY = "greedy"  # tasks/core/greedy.py (HeteroScale Algorithm 4)
+    ILP = "ilp"  # tasks/core/placement/ilp.py (run by tasks/placement_runner.py), the greedy as fallback
+    GREEDY = "greedy"  # tasks/core/placement/greedy.py (HeteroScale Algorithm 4)
 
 
 class PlacementSettings(_Frozen):
