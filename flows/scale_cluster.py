@@ -17,13 +17,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
-from heteroscale import settings
-from models.config import ClusterConfig, load_config
+from flows.backends import make_backends
+from models import settings
+from models.config import ClusterConfig
+from models.errors import redact, retry_transient
 from models.values import Action, ApplyMode
 from tasks import steps
-from tasks.backends import make_backends
 from tasks.core.invariants import InvariantViolation, group_warnings, plan_violations
-from tasks.errors import redact, retry_transient
+from tasks.core.registry import load_config
 from tasks.prometheus import bootstrap_history
 from tasks.report import run_markdown
 from tasks.store import Store

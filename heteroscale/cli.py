@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heteroscale import settings
+from models import settings
 
 app = typer.Typer(
     name="heteroscale",
@@ -61,7 +61,7 @@ def _per_service(values: list[str], services: list[str], what: str) -> dict[str,
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="Cluster config YAML.")]) -> None:
     """Check a cluster config; print what it declares."""
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     cfg = _user_errors(lambda: load_config(config))
     gpus = sum(p.nodes * p.gpus_per_node for p in cfg.topology.node_pools)
@@ -136,10 +136,10 @@ def _run_replay(
     placement: str | None = None,
     skip: float = 0.0,
 ) -> dict[str, Path]:
+    from flows.league import write_outputs
     from flows.replay import run_league
-    from heteroscale.league import write_outputs
-    from models.config import load_config
     from tasks.core.policy import POLICIES
+    from tasks.core.registry import load_config
 
     cfg = load_config(config)
     bad = [p for p in policies if p not in POLICIES]
@@ -257,7 +257,7 @@ def scale(
     import os
 
     from flows.scale_cluster import scale_cluster
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     _user_errors(lambda: load_config(config))
     if dry_run and advisory:

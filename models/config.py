@@ -1,7 +1,9 @@
 """Cluster configuration: YAML parsed once into frozen, validated pydantic models.
 
 Contract: `load_config(path)` returns a fully validated `ClusterConfig` or raises `ConfigError`
-whose message names the file, the field path and what is expected. Nothing is half-loaded: the
+whose message names the file, the field path and what is expected. Names chosen from a registry
+(`policy.name`, `policy.forecaster`) are checked by the registries' owner, `tasks.core.registry`,
+whose `load_config` is the one to run with: this module sits below them. Nothing is half-loaded: the
 models are frozen and every cross-field check (min <= max, GPU types that exist, ratio > 0, ...)
 runs before the object is returned. Unknown keys are rejected so a typo never silently becomes a
 default.
@@ -471,15 +473,6 @@ class ClusterConfig(_Frozen):
                 bad = [g for g in spec.gpu_types if g not in known]
                 if bad:
                     raise ValueError(f"services[{i}].{role}.gpu_types {bad} are not among gpu_types {sorted(known)}")
-            if svc.policy.forecaster not in _forecaster_names():
-                raise ValueError(
-                    f"services[{i}].policy.forecaster {svc.policy.forecaster!r} is unknown; "
-                    f"choose one of {sorted(_forecaster_names())}"
-                )
-            if svc.policy.name not in _policy_names():
-                raise ValueError(
-                    f"services[{i}].policy.name {svc.policy.name!r} is unknown; choose one of {sorted(_policy_names())}"
-                )
         return self
 
     def service(self, name: str) -> Service:
@@ -493,19 +486,6 @@ class ClusterConfig(_Frozen):
             if g.name == name:
                 return g
         raise KeyError(name)
-
-
-def _policy_names() -> set[str]:
-    # Imported late: the policy registry lives with the pure policies, which import this module.
-    from tasks.core.policy import POLICIES
-
-    return set(POLICIES)
-
-
-def _forecaster_names() -> set[str]:
-    from tasks.core.forecast import FORECASTERS
-
-    return set(FORECASTERS)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

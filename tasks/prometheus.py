@@ -35,8 +35,8 @@ from string import Template
 from typing import Any, Protocol
 
 from models.config import ClusterConfig, Role, SignalsProfile
+from models.errors import PermanentError, redact
 from models.values import ServiceSignals
-from tasks.errors import PermanentError, redact
 
 ENV_URL = "HETEROSCALE_PROMETHEUS_URL"
 ENV_TOKEN = "HETEROSCALE_PROMETHEUS_TOKEN"

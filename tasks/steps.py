@@ -13,6 +13,7 @@ from collections.abc import Mapping, MutableSequence
 
 from models.config import ClusterConfig, PlacementMethod, Role
 from models.values import (
+    Action,
     ApplyMode,
     ApplyResult,
     Forecast,
@@ -126,7 +127,7 @@ def compute_targets(
     targets: dict[str, Targets] = {}
     new_states: dict[str, ServicePolicyState] = {}
     for svc in config.services:
-        decide = get_policy(policy or svc.policy.name)
+        decide = get_policy(policy or svc.policy.name).decide
         ctx = PolicyContext(
             service=svc,
             now_s=now_s,
@@ -153,7 +154,7 @@ def place(
     `method` (ilp | greedy) overrides `cluster.placement.method`; the ILP falls back to the greedy
     on any solver failure and says why in the plan's reason.
     """
-    moving = {name: t.counts for name, t in targets.items() if t.action.value != "hold"}
+    moving = {name: t.counts for name, t in targets.items() if t.action is not Action.HOLD}
     if not moving:
         return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
     chosen = PlacementMethod(method) if method is not None else config.cluster.placement.method

@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from models.config import ClusterConfig
-from tasks.errors import PermanentError, redact
+from models.errors import PermanentError, redact
 
 ENV_API_URL = "HETEROSCALE_KUBE_API_URL"
 ENV_CONTEXT = "HETEROSCALE_KUBE_CONTEXT"

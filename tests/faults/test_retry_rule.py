@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from prefect.states import Failed
 
+from models.errors import retry_transient
 from sim.faults import InjectedFault
 from tasks.core.invariants import InvariantViolation
-from tasks.errors import retry_transient
 from tasks.kube.client import KubePermanentError, KubeTransientError
 from tasks.prometheus import PermanentQueryError, TransientQueryError
 
@@ -41,7 +41,7 @@ def test_retry_rule(exc: Exception, retried: bool) -> None:
     ],
 )
 def test_redact_removes_credentials(text: str) -> None:
-    from tasks.errors import redact
+    from models.errors import redact
 
     out = redact(text)
     assert "<redacted>" in out
@@ -50,7 +50,7 @@ def test_redact_removes_credentials(text: str) -> None:
 
 
 def test_redact_removes_known_secret_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.errors import redact
+    from models.errors import redact
 
     monkeypatch.setenv("HETEROSCALE_PROMETHEUS_TOKEN", "tok-9876")
     assert redact("upstream said tok-9876 is invalid") == "upstream said <redacted> is invalid"
