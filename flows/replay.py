@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models.config import ClusterConfig, PlacementMethod
+from models.errors import is_transient
 from models.values import Action, ApplyMode, Forecast, ServicePolicyState
 from sim.faults import FaultPlan
 from sim.faults import wrap as wrap_faults
@@ -37,9 +38,6 @@ DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
 DEMO_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper", "heteroscale")
 # Every policy, in the order the league tables list them (the registry's order).
 ALL_POLICIES = tuple(POLICIES)
-# Forecasters look back this far in a replay: one previous day for seasonal-blend's daily shape
-# plus its one-hour level window. The history is a deque extended in place (O(1) a period).
-HISTORY_KEEP_S = 25 * 3600.0
 # `auto` re-runs its backtest selection this often in a replay; between, the method it chose
 # forecasts alone (the selection scores a trailing 2-day window: an hour barely moves it).
 RESELECT_EVERY_S = 3600.0
@@ -100,7 +98,7 @@ def replay(
     keep_ticks: bool = True,
     progress: Callable[[float], None] | None = None,
     twin_params: TwinParams | None = None,
-    history_keep_s: float = HISTORY_KEEP_S,
+    history_keep_s: float | None = None,
     placement: PlacementMethod | str | None = None,
     forecast_every_s: float | None = None,
     reselect_every_s: float = RESELECT_EVERY_S,
@@ -121,6 +119,8 @@ def replay(
     `faults` wraps the twin in `sim.faults` injectors (the soak): a failed collect, cluster read
     or apply loses that period's decision, as a failed `scale_cluster` run would.
     `check_invariants` checks every plan with `tasks.core.invariants.plan_violations`.
+    `history_keep_s` overrides the config's `cluster.history_window_s`, the window the flow keeps
+    too; the history is a deque extended in place (O(1) a period).
     """
     spec = get_policy(policy)  # unknown names fail here with the list of valid ones
     started = time.perf_counter()
@@ -161,7 +161,8 @@ def replay(
         twin.advance(now)
         try:
             signals = steps.collect_signals(signals_src, config, now)
-        except (ConnectionError, TimeoutError):
+        except Exception as exc:
+            _transient_or_raise(exc, "collect signals")
             failed["collect"] += 1
             continue
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
@@ -179,7 +180,8 @@ def replay(
             next_forecast = _next_time(next_forecast, now - period, every)
         try:
             view = steps.read_cluster(cluster, config, now)
-        except (ConnectionError, TimeoutError):
+        except Exception as exc:
+            _transient_or_raise(exc, "read cluster")
             failed["read"] += 1
             continue
         targets, new_states = steps.compute_targets(
@@ -201,7 +203,8 @@ def replay(
                 continue  # as in the flow: a plan that breaks an invariant is never applied
         try:
             result = steps.apply_plan(cluster, config, plan, ApplyMode.APPLY, now)
-        except (ConnectionError, TimeoutError):
+        except Exception as exc:
+            _transient_or_raise(exc, "apply")
             failed["apply"] += 1
             continue  # the policy state (cooldowns) is kept only when the apply succeeded
         states = new_states
@@ -221,6 +224,15 @@ def replay(
         failed_applies=failed["apply"],
         invariant_violations=violations,
     )
+
+
+def _transient_or_raise(exc: Exception, step: str) -> None:
+    """The Prefect tasks' retry predicate (`models.errors.is_transient`): a transient failure
+    loses this period's decision, as a failed run would; anything else is a bug and fails the
+    replay at once, naming the step."""
+    if not is_transient(exc):
+        exc.add_note(f"in replay step {step!r}")
+        raise exc
 
 
 def _next_time(last: float, now: float, every: float) -> float:

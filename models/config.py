@@ -28,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.enums import SignalName
+
 # Names end up in Kubernetes object names, label values and PromQL label matchers: keep them to
 # the DNS-1123 label alphabet so nothing a config says can inject into a selector or a query.
 Name = Annotated[
@@ -267,17 +269,8 @@ class SignalsProfile(StrEnum):
 
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
-SIGNAL_QUERY_NAMES = (
-    "decode_tps",
-    "prefill_tps",
-    "ttft_p99_s",
-    "tbt_p99_s",
-    "running_requests",
-    "waiting_requests",
-    "gpu_util",
-    "freshness",
-    "gpu_freshness",
-)
+# Signals a service may override the PromQL of (the enum's values, in its order).
+SIGNAL_QUERY_NAMES = tuple(s.value for s in SignalName)
 
 
 class ServiceSignalsSource(_Frozen):
@@ -392,6 +385,25 @@ class ClusterSettings(_Frozen):
     timezone: str = "UTC"
     gpu_budget: Annotated[int, Field(ge=0)] | None = None
     placement: PlacementSettings = PlacementSettings()
+    # Policy-metric history the forecasters see, in the flow and in the replay alike: the 7 days
+    # profile-ar and the daily shape read, plus one (docs/forecasting.md).
+    history_window_s: PositiveFloat = 8 * 86400.0
+    # The store deletes a cluster's metric samples older than this each run (default: the window).
+    sample_retention_s: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _retention(self) -> Self:
+        if self.sample_retention_s is not None and self.sample_retention_s < self.history_window_s:
+            raise ValueError(
+                f"sample_retention_s ({self.sample_retention_s:g}) is below history_window_s "
+                f"({self.history_window_s:g}): the forecasters would lose history they read"
+            )
+        return self
+
+    @property
+    def retention_s(self) -> float:
+        """How long the store keeps metric samples."""
+        return self.sample_retention_s if self.sample_retention_s is not None else self.history_window_s
 
     @field_validator("timezone")
     @classmethod

@@ -47,14 +47,17 @@ def extend_history(
     config: ClusterConfig,
     now_s: float,
     *,
-    keep_s: float = 8 * 86400.0,
+    keep_s: float | None = None,
 ) -> dict[str, MutableSequence[tuple[float, float | None]]]:
-    """Append this run's policy metric per service (None when missing) and trim old samples.
+    """Append this run's policy metric per service (None when missing) and trim samples older
+    than `keep_s` (default: the config's `cluster.history_window_s`, both drivers).
 
     A service's history given as a `deque` is extended in place and trimmed from the front (O(1)
     per call: the replay runs this 20,000 times over 14 days); any other sequence is copied into
     a new list, as the flow's history from the store is.
     """
+    if keep_s is None:
+        keep_s = config.cluster.history_window_s
     out: dict[str, MutableSequence[tuple[float, float | None]]] = {}
     for svc in config.services:
         sig = signals.get(svc.name)
