@@ -37,8 +37,10 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q tests/unit
 
+## ruff, and the import layers (pyproject.toml [tool.importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 fmt: setup
 	$(VENV)/bin/ruff format .
