@@ -36,9 +36,6 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 T = TypeVar("T")
 
-# A fixed demo load (req/s at the trace's peak) for commands that need one, e.g. `plan`.
-DEMO_PEAKS = {"chat": 60.0, "code": 30.0, "summarize": 20.0}
-
 
 def _user_errors(fn: Callable[[], T]) -> T:
     from models.config import ConfigError
@@ -295,7 +292,8 @@ def runs(
     from tasks.store import Store
 
     store = Store(settings.database_url())
-    t = Table(title=f"scaling runs ({store.url})")
+    console.print(f"store: {store.where}", highlight=False, markup=False)
+    t = Table(title="scaling runs")
     for col in ("id", "cluster", "status", "mode", "backend", "started", "summary / error"):
         t.add_column(col)
     for r in store.runs(cluster, limit):

@@ -69,13 +69,17 @@ class Store:
         with self._unavailable_is_transient():
             SQLModel.metadata.create_all(self.engine)
 
+    @property
+    def where(self) -> str:
+        """The store's URL without its password: what `heteroscale runs` shows."""
+        return self.engine.url.render_as_string(hide_password=True)
+
     @contextmanager
     def _unavailable_is_transient(self) -> Iterator[None]:
         try:
             yield
         except OperationalError as exc:
-            where = self.engine.url.render_as_string(hide_password=True)
-            raise StoreUnavailable(f"store {where} unavailable: {exc.orig or exc}") from exc
+            raise StoreUnavailable(f"store {self.where} unavailable: {exc.orig or exc}") from exc
 
     @contextmanager
     def _session(self) -> Iterator[Session]:
