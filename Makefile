@@ -4,9 +4,7 @@ VENV := .venv
 UV := .tools/bin/uv
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 export UV_PYTHON_DOWNLOADS := never
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
-export DO_NOT_TRACK := 1
+# The Prefect settings the project needs are applied by the package (models/settings.py).
 
 .PHONY: setup demo serve test test-fast lint fmt clean
 
@@ -37,8 +35,10 @@ test: setup
 test-fast: setup
 	$(VENV)/bin/python -m pytest -q tests/unit
 
+## ruff, and the import layers (pyproject.toml [tool.importlinter]).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 fmt: setup
 	$(VENV)/bin/ruff format .

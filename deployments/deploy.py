@@ -72,7 +72,7 @@ def cluster_deployments(
     only: Sequence[str] = (),
 ) -> list[ClusterDeployment]:
     """One deployment per cluster config file. Raises `ConfigError` on an invalid config."""
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     out = []
     for path in sorted(clusters_dir.glob("*.yaml")):

@@ -10,7 +10,7 @@ Prefect flow around it with table and plot artifacts. Nothing here is a second m
   the service's SLOs on each GPU type), run at the utilisation the operator already chose for the
   live policy (`target_per_instance / capacity` of the policy metric's reference type), so the
   plan and the autoscaler agree on headroom. For an SLO other than the config's, the capacity
-  model re-derives them (`config_at_slo`: `tasks.core.curate.capacity_at_slo` on the
+  model re-derives them (`config_at_slo`: `flows.curate.capacity_at_slo` on the
   `sim.capacity` engines the twin uses, as a ratio new SLO / config SLO applied to the config's
   numbers);
 - per service, every (prefill GPU, decode GPU) pairing among the candidate types is sized for the
@@ -38,10 +38,12 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from heteroscale import settings
-from models.config import AffinityLevel, ClusterConfig, Metric, PdRatio, Role, Service, load_config
+from models import settings
+from models.config import AffinityLevel, ClusterConfig, Metric, PdRatio, Role, Service
+from models.enums import TargetSource
 from models.values import Action, Targets
 from sim.traces import LoadCurve
+from tasks.core.registry import load_config
 
 DEFAULT_SWEEP = (1.0, 1.25, 1.5, 2.0, 3.0)
 _EPS = 1e-9
@@ -184,7 +186,7 @@ def place_fleet(config: ClusterConfig, chosen: Mapping[str, Pairing]) -> dict[st
     from tasks.core.topology import view_from_config
 
     targets = {
-        name: Targets(name, p.num_prefill, p.num_decode, Action.SCALE_OUT, "capacity plan at peak", "plan")
+        name: Targets(name, p.num_prefill, p.num_decode, Action.SCALE_OUT, "capacity plan at peak", TargetSource.PLAN)
         for name, p in chosen.items()
     }
     plan = steps.place(config, view_from_config(config), targets)
@@ -292,7 +294,7 @@ def config_at_slo(
 ) -> tuple[ClusterConfig, list[dict[str, Any]]]:
     """The config with each service's capacities re-derived at the requested SLO.
 
-    The capacity model (`tasks.core.curate.capacity_at_slo` on `sim.capacity` engines, the ones
+    The capacity model (`flows.curate.capacity_at_slo` on `sim.capacity` engines, the ones
     the twin and curation use) gives each (role, GPU type)'s tokens/s at the config's SLO and at
     the new one; the config's `capacity_tokens_per_s` is scaled by that ratio (the config's
     measured numbers stay the anchor; the model says how they move with the SLO), and
@@ -307,7 +309,7 @@ def config_at_slo(
             "an SLO other than the config's needs request sizes for the capacity model: give a trace, "
             "not only peak_metrics"
         )
-    from tasks.core.curate import Lengths, capacity_at_slo
+    from flows.curate import Lengths, capacity_at_slo
 
     if engines is None:
         from sim.twin import TwinParams, engines_for

@@ -18,29 +18,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.config import ClusterConfig, Metric, PlacementMethod
-from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
+from models.config import ClusterConfig, PlacementMethod
+from models.errors import is_transient
+from models.values import Action, ApplyMode, Forecast, ServicePolicyState
 from sim.faults import FaultPlan
 from sim.faults import wrap as wrap_faults
+from sim.sizing import fit_to_cluster, future_peak, initial_counts, peak_metric, period_means
 from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.invariants import plan_violations
 from tasks.core.placement import place_greedy
-from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
+from tasks.core.policy import POLICIES, get_policy
 from tasks.core.topology import view_from_config
 
 DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
 # What `heteroscale demo` replays: the baselines, the paper's policy and ours.
 DEMO_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper", "heteroscale")
-# Every policy, in the order the league tables list them.
-ALL_POLICIES = ("static-peak", "hpa-gpu-util", "hpa-tps", "heteroscale-paper", "dynamo-sla", "heteroscale", "oracle")
-# Forecasters look back this far in a replay: one previous day for seasonal-blend's daily shape
-# plus its one-hour level window. The history is a deque extended in place (O(1) a period).
-HISTORY_KEEP_S = 25 * 3600.0
-# Policies that read `forecast_load`'s output; for the others the replay skips the forecaster.
-FORECAST_POLICIES = frozenset({"heteroscale-paper", "dynamo-sla", "heteroscale"})
+# Every policy, in the order the league tables list them (the registry's order).
+ALL_POLICIES = tuple(POLICIES)
 # `auto` re-runs its backtest selection this often in a replay; between, the method it chose
 # forecasts alone (the selection scores a trailing 2-day window: an hour barely moves it).
 RESELECT_EVERY_S = 3600.0
@@ -92,87 +89,6 @@ def _p99(samples: Sequence[float]) -> float | None:
     return round(v, 4) if math.isfinite(v) else v
 
 
-def future_peak(
-    config: ClusterConfig, curves: Mapping[str, LoadCurve], metric: Mapping[str, np.ndarray], now_s: float, t0_s: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The oracle's foresight from `metric` (= `period_means`): each service's true peak from
-    `now` until instances started now are Ready and have served one period, and the peak of
-    that last stretch alone (cold start .. cold start + period)."""
-    until, ready = {}, {}
-    for svc in config.services:
-        c = curves[svc.name]
-        series = metric[svc.name]
-        lo = c.at(now_s - t0_s)
-        mid = c.at(now_s - t0_s + svc.cold_start_s)
-        hi = c.at(now_s - t0_s + svc.cold_start_s + config.cluster.control_period_s)
-        until[svc.name] = float(np.max(series[lo : hi + 1]))
-        ready[svc.name] = float(np.max(series[mid : hi + 1]))
-    return until, ready
-
-
-def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
-    """Ground-truth policy metric per window of each service's curve (offered, not served)."""
-    out = {}
-    for svc in config.services:
-        c = curves[svc.name]
-        if svc.policy.metric is Metric.DECODE_TPS:
-            out[svc.name] = c.req_per_s * c.mean_output_tokens
-        else:
-            out[svc.name] = c.req_per_s * c.mean_input_tokens * (1 - svc.prefix_cache_hit)
-    return out
-
-
-def period_means(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
-    """The metric averaged over the control period starting at each window: what the oracle
-    foresees. Every policy sizes on period averages (static-peak too); the oracle's peak of raw
-    10-s windows would size for bursts no other policy is asked to absorb."""
-    out = {}
-    for name, series in metric_series(config, curves).items():
-        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
-        csum = np.concatenate([[0.0], np.cumsum(series)])
-        hi = np.minimum(np.arange(len(series)) + w, len(series))
-        out[name] = (csum[hi] - csum[: len(series)]) / (hi - np.arange(len(series)))
-    return out
-
-
-def peak_metric(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, float]:
-    """Peak of each service's metric, averaged over a control period (what static-peak sizes for)."""
-    out = {}
-    for name, series in metric_series(config, curves).items():
-        c = curves[name]
-        w = max(1, round(config.cluster.control_period_s / c.dt_s))
-        smooth = np.convolve(series, np.ones(w) / w, mode="valid") if len(series) >= w else series
-        out[name] = float(np.max(smooth)) if len(smooth) else 0.0
-    return out
-
-
-def initial_counts(config: ClusterConfig, curves: Mapping[str, LoadCurve], policy: str) -> dict[str, RoleCounts]:
-    """The fleet running when the replay starts: sized for the first period's load (static-peak:
-    for the peak), the same for every adaptive policy."""
-    first = {}
-    for name, series in metric_series(config, curves).items():
-        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
-        first[name] = float(np.mean(series[:w]))
-    peaks = peak_metric(config, curves)
-    out = {}
-    for svc in config.services:
-        value = peaks[svc.name] if policy == "static-peak" else first[svc.name]
-        d = value / svc.policy.target_per_instance
-        if svc.policy.metric is Metric.PREFILL_TPS:
-            d /= svc.pd_ratio.prefill_per_decode
-        out[svc.name] = split_by_ratio(svc, bound_decode(svc, math.ceil(d - 1e-9)))
-    return out
-
-
-# Placement per policy: the baselines place as the paper does (greedy, Algorithm 4); our own
-# `heteroscale` policy uses the ILP (greedy as its fallback). Unlisted policies get the greedy.
-PLACEMENT_BY_POLICY: Mapping[str, PlacementMethod] = {"heteroscale": PlacementMethod.ILP}
-
-
-def placement_method(policy: str) -> PlacementMethod:
-    return PLACEMENT_BY_POLICY.get(policy, PlacementMethod.GREEDY)
-
-
 def replay(
     config: ClusterConfig,
     curves: Mapping[str, LoadCurve],
@@ -182,15 +98,15 @@ def replay(
     keep_ticks: bool = True,
     progress: Callable[[float], None] | None = None,
     twin_params: TwinParams | None = None,
-    history_keep_s: float = HISTORY_KEEP_S,
+    history_keep_s: float | None = None,
     placement: PlacementMethod | str | None = None,
     forecast_every_s: float | None = None,
     reselect_every_s: float = RESELECT_EVERY_S,
     faults: FaultPlan | None = None,
     check_invariants: bool = False,
 ) -> ReplayResult:
-    """Replay one policy. `placement` overrides `placement_method(policy)` (e.g. the greedy for
-    a long replay: the ILP takes 0.3-0.5 s a solve).
+    """Replay one policy. `placement` overrides the policy's own (`PolicySpec.placement`; e.g. the
+    greedy for a long replay: the ILP takes 0.3-0.5 s a solve).
 
     `forecast_every_s` (default: the coarsest of the control period and the traces' finest
     window) is how often the forecast is recomputed; between, the last one is reused. A rate
@@ -203,9 +119,10 @@ def replay(
     `faults` wraps the twin in `sim.faults` injectors (the soak): a failed collect, cluster read
     or apply loses that period's decision, as a failed `scale_cluster` run would.
     `check_invariants` checks every plan with `tasks.core.invariants.plan_violations`.
+    `history_keep_s` overrides the config's `cluster.history_window_s`, the window the flow keeps
+    too; the history is a deque extended in place (O(1) a period).
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {sorted(POLICIES)}")
+    spec = get_policy(policy)  # unknown names fail here with the list of valid ones
     started = time.perf_counter()
     period = config.cluster.control_period_s
     dt = tick_s or min(period, *(c.dt_s for c in curves.values()))
@@ -216,7 +133,7 @@ def replay(
     twin = Twin(
         config=config, load=curves, tick_s=dt, t0_s=t0, keep_ticks=keep_ticks, params=twin_params or TwinParams()
     )
-    seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, policy))
+    seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, at_peak=spec.sized_for_peak))
     twin.seed(seed.placement)
     signals_src: SignalsBackend = twin
     cluster: ClusterBackend = twin
@@ -226,11 +143,11 @@ def replay(
     violations: list[str] = []
 
     peaks = peak_metric(config, curves)
-    truth = period_means(config, curves) if policy == "oracle" else {}
+    truth = period_means(config, curves) if spec.needs_foresight else {}
     ready_peaks: dict[str, float] = {}
     # Deques: extend_history appends and trims them in place.
     history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: deque() for s in config.services}
-    uses_forecast = policy in FORECAST_POLICIES
+    uses_forecast = spec.uses_forecast
     every = forecast_every_s or max(period, min(c.dt_s for c in curves.values()))
     forecasts: dict[str, Forecast] = {}
     chosen: dict[str, str] = {}  # service -> method `auto` chose at the last selection
@@ -244,11 +161,12 @@ def replay(
         twin.advance(now)
         try:
             signals = steps.collect_signals(signals_src, config, now)
-        except (ConnectionError, TimeoutError):
+        except Exception as exc:
+            _transient_or_raise(exc, "collect signals")
             failed["collect"] += 1
             continue
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
-        if policy == "oracle":
+        if spec.needs_foresight:
             peaks, ready_peaks = future_peak(config, curves, truth, now, t0)
         if uses_forecast and now - period >= next_forecast - 1e-9:
             # First period served of a new trace window: new load information, new forecast.
@@ -262,7 +180,8 @@ def replay(
             next_forecast = _next_time(next_forecast, now - period, every)
         try:
             view = steps.read_cluster(cluster, config, now)
-        except (ConnectionError, TimeoutError):
+        except Exception as exc:
+            _transient_or_raise(exc, "read cluster")
             failed["read"] += 1
             continue
         targets, new_states = steps.compute_targets(
@@ -276,7 +195,7 @@ def replay(
             peak_metric=peaks,
             ready_peak_metric=ready_peaks,
         )
-        plan = steps.place(config, view, targets, method=placement or placement_method(policy))
+        plan = steps.place(config, view, targets, method=placement or spec.placement)
         if check_invariants:
             broken = plan_violations(config, view, signals, targets, plan, now)
             if broken:
@@ -284,7 +203,8 @@ def replay(
                 continue  # as in the flow: a plan that breaks an invariant is never applied
         try:
             result = steps.apply_plan(cluster, config, plan, ApplyMode.APPLY, now)
-        except (ConnectionError, TimeoutError):
+        except Exception as exc:
+            _transient_or_raise(exc, "apply")
             failed["apply"] += 1
             continue  # the policy state (cooldowns) is kept only when the apply succeeded
         states = new_states
@@ -304,6 +224,15 @@ def replay(
         failed_applies=failed["apply"],
         invariant_violations=violations,
     )
+
+
+def _transient_or_raise(exc: Exception, step: str) -> None:
+    """The Prefect tasks' retry predicate (`models.errors.is_transient`): a transient failure
+    loses this period's decision, as a failed run would; anything else is a bug and fails the
+    replay at once, naming the step."""
+    if not is_transient(exc):
+        exc.add_note(f"in replay step {step!r}")
+        raise exc
 
 
 def _next_time(last: float, now: float, every: float) -> float:
@@ -330,39 +259,6 @@ def run_league(
             )
         )
     return results
-
-
-# `--peak-rps auto`: the share of the cluster's GPUs static-peak should need at the trace's peak.
-AUTO_GPU_SHARE = 0.8
-
-
-def static_peak_gpus(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> int:
-    """GPUs the static-peak fleet holds for these curves."""
-    counts = initial_counts(config, curves, "static-peak")
-    return sum(
-        c.num_prefill * config.service(n).prefill.gpus_per_instance
-        + c.num_decode * config.service(n).decode.gpus_per_instance
-        for n, c in counts.items()
-    )
-
-
-def fit_to_cluster(
-    config: ClusterConfig, curves: Mapping[str, LoadCurve], share: float = AUTO_GPU_SHARE
-) -> tuple[dict[str, LoadCurve], float]:
-    """Scale every curve by one factor so static-peak needs about `share` of the cluster's GPUs
-    ("this load shape, on my cluster"). Returns the scaled curves and the factor."""
-    total = sum(p.nodes * p.gpus_per_node for p in config.topology.node_pools)
-    goal = share * total
-    lo, hi = 1e-6, 1.0
-    while static_peak_gpus(config, {n: c.scaled(hi) for n, c in curves.items()}) < goal and hi < 1e9:
-        hi *= 2
-    for _ in range(50):
-        mid = math.sqrt(lo * hi)
-        if static_peak_gpus(config, {n: c.scaled(mid) for n, c in curves.items()}) <= goal:
-            lo = mid
-        else:
-            hi = mid
-    return {n: c.scaled(lo) for n, c in curves.items()}, lo
 
 
 # --- loading the load: one function for the CLI and the flows ------------------------------

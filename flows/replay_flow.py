@@ -1,7 +1,7 @@
 """Replay and the policy bench as Prefect flows, runnable from the UI with parameters.
 
 Orchestration only: the replay itself is `flows.replay.run_league` and the outputs are
-`heteroscale.league.write_outputs`, the same code `heteroscale replay` and `heteroscale demo`
+`flows.league.write_outputs`, the same code `heteroscale replay` and `heteroscale demo`
 run. Each policy replays in its own task (named after the policy) so the UI shows which one is
 running and how long each took; the league table, the per-service report and the plot are
 published as artifacts of the flow run, and the files land in `out_dir`.
@@ -26,9 +26,10 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
-from heteroscale import settings
-from models.config import ClusterConfig, load_config
+from models import settings
+from models.config import ClusterConfig
 from sim.traces import LoadCurve
+from tasks.core.registry import load_config
 
 # A UI run replays at most this much of each trace by default (a 14-day trace takes minutes).
 DEFAULT_HOURS = 24.0
@@ -69,7 +70,7 @@ def load_curves_task(
     curves, _factor = load_service_curves(config, trace, lengths, None if peak_rps == "auto" else peak_rps)
     curves = window(curves, hours)
     if peak_rps == "auto":
-        from flows.replay import fit_to_cluster
+        from sim.sizing import fit_to_cluster
 
         curves, _factor = fit_to_cluster(config, curves)
     return curves
@@ -89,7 +90,7 @@ def replay_policy_task(
 def write_outputs_task(
     results: list[Any], config: ClusterConfig, curves: dict[str, LoadCurve], out: Path, command: str
 ) -> dict[str, Path]:
-    from heteroscale.league import write_outputs
+    from flows.league import write_outputs
 
     return write_outputs(results, config, curves, out, command=command)
 
@@ -132,8 +133,8 @@ def replay_flow(
     `trace`: a path or `[SERVICE=]PATH[@SHIFT]` items; `peak_rps`: "auto" (static-peak needs ~80%
     of the cluster), `{service: req/s}` or None (as recorded); `hours`: replay the first hours only
     (None: all); `placement`: greedy | ilp for every policy (default: per policy)."""
+    from flows.league import table
     from flows.replay import DEFAULT_LEAGUE
-    from heteroscale.league import table
 
     logger = get_run_logger()
     config = load_config(config_path)

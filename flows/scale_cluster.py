@@ -17,13 +17,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 
-from heteroscale import settings
-from models.config import ClusterConfig, load_config
+from flows.backends import make_backends
+from models import settings
+from models.config import ClusterConfig
+from models.enums import RunStatus
+from models.errors import redact, retry_transient
 from models.values import Action, ApplyMode
 from tasks import steps
-from tasks.backends import make_backends
 from tasks.core.invariants import InvariantViolation, group_warnings, plan_violations
-from tasks.errors import redact, retry_transient
+from tasks.core.registry import load_config
 from tasks.prometheus import bootstrap_history
 from tasks.report import run_markdown
 from tasks.store import Store
@@ -61,7 +63,7 @@ apply_task = task(
 )
 
 
-@task(name="record run", retries=2, retry_delay_seconds=2, cache_policy=NO_CACHE)
+@task(name="record run", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def record_task(store: Store, run_id: int, **kwargs: Any) -> None:
     store.finish_run(run_id, **kwargs)
 
@@ -108,9 +110,9 @@ def scale_cluster(
     )
     if holder is not None:
         msg = f"another run (id {holder}) holds the lock of cluster {cluster!r}; this run changed nothing"
-        store.finish_run(run_id, status="skipped", error=msg)
+        store.finish_run(run_id, status=RunStatus.SKIPPED, error=msg)
         logger.warning("run %s skipped: %s", run_id, msg)
-        return {"run_id": run_id, "status": "skipped", "moving": False, "changes": 0, "decisions": {}}
+        return {"run_id": run_id, "status": RunStatus.SKIPPED.value, "moving": False, "changes": 0, "decisions": {}}
     step = "connect backends"
     record: dict[str, Any] = {}
     try:
@@ -132,7 +134,7 @@ def scale_cluster(
         view = read_cluster(be.cluster, config, now)
         record["current"] = steps.current_counts(config, view)
         step = "forecast load"
-        keep_s = 8 * 86400.0
+        keep_s = config.cluster.history_window_s  # the replay keeps the same window
         # A fresh store: one range query per signal group fills the forecaster's history (recorded).
         stored, boot = bootstrap_task(be.signals, store, config, store.history(cluster, now - keep_s), now)
         if boot["bootstrapped"]:
@@ -140,6 +142,7 @@ def scale_cluster(
         history = steps.extend_history(stored, signals, config, now)
         record["metric_values"] = {n: h[-1][1] for n, h in history.items()}
         store.append_samples(cluster, now, record["metric_values"])
+        store.prune_samples(cluster, now - config.cluster.retention_s)
         record["forecasts"] = forecasts = forecast_task(config, history)
         step = "compute targets"
         targets, states = targets_task(config, view, signals, forecasts, store.load_states(cluster), now)
@@ -157,7 +160,9 @@ def scale_cluster(
         if apply_mode is ApplyMode.APPLY:
             store.save_states(cluster, states)
         moving = any(t.action is not Action.HOLD for t in targets.values())
-        status = (apply_mode.value if apply_mode is not ApplyMode.APPLY else "applied") if result.changes else "held"
+        status = RunStatus(apply_mode.value) if apply_mode is not ApplyMode.APPLY else RunStatus.APPLIED
+        if not result.changes:
+            status = RunStatus.HELD
         summary = ", ".join(f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items())
         if result.error:  # backend warnings (paused service, manual override, drains): kept in the record
             summary += f" | warnings: {result.error}"
@@ -170,7 +175,7 @@ def scale_cluster(
         logger.info("run %s %s: %s", run_id, status, summary)
         return {
             "run_id": run_id,
-            "status": status,
+            "status": status.value,
             "moving": moving,
             "changes": len(result.changes),
             "decisions": {
@@ -186,7 +191,7 @@ def scale_cluster(
     except Exception as exc:
         store.finish_run(
             run_id,
-            status="failed",
+            status=RunStatus.FAILED,
             failed_step=step,
             error=redact(f"{type(exc).__name__}: {exc}"),
             **{
@@ -196,12 +201,13 @@ def scale_cluster(
             },
         )
         logger.error("run %s failed in step %r: %s", run_id, step, exc)
+        exc.add_note(f"in scale_cluster step {step!r}")
         raise
     finally:
         store.unlock(cluster, run_id)
 
 
-def _publish(config: ClusterConfig, status: str, record: dict[str, Any]) -> None:
+def _publish(config: ClusterConfig, status: RunStatus, record: dict[str, Any]) -> None:
     """The run's decision table as a Prefect artifact (visible on the flow-run page)."""
     from prefect.artifacts import create_markdown_artifact
 

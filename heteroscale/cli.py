@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from heteroscale import settings
+from models import settings
 
 app = typer.Typer(
     name="heteroscale",
@@ -35,9 +35,6 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 T = TypeVar("T")
-
-# A fixed demo load (req/s at the trace's peak) for commands that need one, e.g. `plan`.
-DEMO_PEAKS = {"chat": 60.0, "code": 30.0, "summarize": 20.0}
 
 
 def _user_errors(fn: Callable[[], T]) -> T:
@@ -61,7 +58,7 @@ def _per_service(values: list[str], services: list[str], what: str) -> dict[str,
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="Cluster config YAML.")]) -> None:
     """Check a cluster config; print what it declares."""
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     cfg = _user_errors(lambda: load_config(config))
     gpus = sum(p.nodes * p.gpus_per_node for p in cfg.topology.node_pools)
@@ -136,10 +133,10 @@ def _run_replay(
     placement: str | None = None,
     skip: float = 0.0,
 ) -> dict[str, Path]:
+    from flows.league import write_outputs
     from flows.replay import run_league
-    from heteroscale.league import write_outputs
-    from models.config import load_config
     from tasks.core.policy import POLICIES
+    from tasks.core.registry import load_config
 
     cfg = load_config(config)
     bad = [p for p in policies if p not in POLICIES]
@@ -257,7 +254,7 @@ def scale(
     import os
 
     from flows.scale_cluster import scale_cluster
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     _user_errors(lambda: load_config(config))
     if dry_run and advisory:
@@ -295,7 +292,8 @@ def runs(
     from tasks.store import Store
 
     store = Store(settings.database_url())
-    t = Table(title=f"scaling runs ({store.url})")
+    console.print(f"store: {store.where}", highlight=False, markup=False)
+    t = Table(title="scaling runs")
     for col in ("id", "cluster", "status", "mode", "backend", "started", "summary / error"):
         t.add_column(col)
     for r in store.runs(cluster, limit):

@@ -1,7 +1,9 @@
 """Cluster configuration: YAML parsed once into frozen, validated pydantic models.
 
 Contract: `load_config(path)` returns a fully validated `ClusterConfig` or raises `ConfigError`
-whose message names the file, the field path and what is expected. Nothing is half-loaded: the
+whose message names the file, the field path and what is expected. Names chosen from a registry
+(`policy.name`, `policy.forecaster`) are checked by the registries' owner, `tasks.core.registry`,
+whose `load_config` is the one to run with: this module sits below them. Nothing is half-loaded: the
 models are frozen and every cross-field check (min <= max, GPU types that exist, ratio > 0, ...)
 runs before the object is returned. Unknown keys are rejected so a typo never silently becomes a
 default.
@@ -25,6 +27,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from models.enums import SignalName
 
 # Names end up in Kubernetes object names, label values and PromQL label matchers: keep them to
 # the DNS-1123 label alphabet so nothing a config says can inject into a selector or a query.
@@ -265,17 +269,8 @@ class SignalsProfile(StrEnum):
 
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
-SIGNAL_QUERY_NAMES = (
-    "decode_tps",
-    "prefill_tps",
-    "ttft_p99_s",
-    "tbt_p99_s",
-    "running_requests",
-    "waiting_requests",
-    "gpu_util",
-    "freshness",
-    "gpu_freshness",
-)
+# Signals a service may override the PromQL of (the enum's values, in its order).
+SIGNAL_QUERY_NAMES = tuple(s.value for s in SignalName)
 
 
 class ServiceSignalsSource(_Frozen):
@@ -390,6 +385,25 @@ class ClusterSettings(_Frozen):
     timezone: str = "UTC"
     gpu_budget: Annotated[int, Field(ge=0)] | None = None
     placement: PlacementSettings = PlacementSettings()
+    # Policy-metric history the forecasters see, in the flow and in the replay alike: the 7 days
+    # profile-ar and the daily shape read, plus one (docs/forecasting.md).
+    history_window_s: PositiveFloat = 8 * 86400.0
+    # The store deletes a cluster's metric samples older than this each run (default: the window).
+    sample_retention_s: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _retention(self) -> Self:
+        if self.sample_retention_s is not None and self.sample_retention_s < self.history_window_s:
+            raise ValueError(
+                f"sample_retention_s ({self.sample_retention_s:g}) is below history_window_s "
+                f"({self.history_window_s:g}): the forecasters would lose history they read"
+            )
+        return self
+
+    @property
+    def retention_s(self) -> float:
+        """How long the store keeps metric samples."""
+        return self.sample_retention_s if self.sample_retention_s is not None else self.history_window_s
 
     @field_validator("timezone")
     @classmethod
@@ -471,15 +485,6 @@ class ClusterConfig(_Frozen):
                 bad = [g for g in spec.gpu_types if g not in known]
                 if bad:
                     raise ValueError(f"services[{i}].{role}.gpu_types {bad} are not among gpu_types {sorted(known)}")
-            if svc.policy.forecaster not in _forecaster_names():
-                raise ValueError(
-                    f"services[{i}].policy.forecaster {svc.policy.forecaster!r} is unknown; "
-                    f"choose one of {sorted(_forecaster_names())}"
-                )
-            if svc.policy.name not in _policy_names():
-                raise ValueError(
-                    f"services[{i}].policy.name {svc.policy.name!r} is unknown; choose one of {sorted(_policy_names())}"
-                )
         return self
 
     def service(self, name: str) -> Service:
@@ -493,19 +498,6 @@ class ClusterConfig(_Frozen):
             if g.name == name:
                 return g
         raise KeyError(name)
-
-
-def _policy_names() -> set[str]:
-    # Imported late: the policy registry lives with the pure policies, which import this module.
-    from tasks.core.policy import POLICIES
-
-    return set(POLICIES)
-
-
-def _forecaster_names() -> set[str]:
-    from tasks.core.forecast import FORECASTERS
-
-    return set(FORECASTERS)
 
 
 def _format_loc(loc: tuple[Any, ...]) -> str:

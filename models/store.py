@@ -13,6 +13,8 @@ import datetime as dt
 
 from sqlmodel import Field, SQLModel
 
+from models.enums import RunStatus
+
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -26,8 +28,8 @@ class ScalingRun(SQLModel, table=True):
     now_s: float | None = None  # the backend's clock; None if the run failed before reading it
     started_at: dt.datetime = Field(default_factory=_utcnow)
     finished_at: dt.datetime | None = None
-    # running | held | applied | dry-run | advisory | failed
-    status: str = Field(default="running", index=True)
+    # A `models.enums.RunStatus` value: running | held | applied | dry-run | advisory | failed | skipped
+    status: str = Field(default=RunStatus.RUNNING.value, index=True)
     mode: str
     backend: str
     flow_run_id: str | None = Field(default=None, index=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from models.config import Role
+from models.enums import TargetSource
 
 
 class Action(StrEnum):
@@ -88,7 +89,7 @@ class Targets:
     num_decode: int
     action: Action
     reason: str
-    source: str  # proportional | latency | schedule | bounds | hold | static | hpa
+    source: TargetSource
 
     @property
     def counts(self) -> RoleCounts:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from heteroscale import settings
+from models import settings
 
 PERF_COLUMNS = ("gpu", "tp", "batch", "seq_len", "prefill_ms", "decode_step_ms")
 GRID_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)

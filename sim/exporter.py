@@ -43,8 +43,11 @@ from prometheus_client.registry import Collector
 
 from models.config import ClusterConfig, Role
 from models.values import ServiceSignals
+from sim.sizing import initial_counts
 from sim.traces import LoadCurve
 from sim.twin import Twin
+from tasks.core.placement import place_greedy
+from tasks.core.topology import view_from_config
 
 TTFT_BUCKETS_S = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0, 40.0, 80.0)
 ITL_BUCKETS_S = (0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -113,10 +116,6 @@ class TwinExporter(Collector):
         keep_truth_s: float = 3600.0,
         state_path: Path | None = None,
     ) -> None:
-        from flows.replay import initial_counts
-        from tasks.core.placement import place_greedy
-        from tasks.core.topology import view_from_config
-
         if speed <= 0:
             raise ValueError(f"--speed must be positive, got {speed}")
         self.config = config
@@ -125,7 +124,7 @@ class TwinExporter(Collector):
         self.clock = clock
         self.duration_s = max(c.duration_s for c in curves.values())
         self.twin = Twin(config=config, load=curves, tick_s=self.tick_s, keep_ticks=False)
-        seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, "heteroscale-paper"))
+        seed = place_greedy(config, view_from_config(config), initial_counts(config, curves))
         self.twin.seed(seed.placement)
         self.state_path = state_path
         self._cells_version = 0

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.config import ClusterConfig
+from models.errors import TransientError
 from models.values import ApplyMode, ApplyResult, Placement, PlacementPlan, ServiceSignals
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.topology import ClusterView
@@ -29,8 +30,12 @@ from tasks.core.topology import ClusterView
 SIGNAL_FAULTS = ("error", "timeout", "empty", "partial", "nan", "inf", "stale", "negative")
 
 
-class InjectedFault(ConnectionError):
+class InjectedFault(TransientError, ConnectionError):
     """A failure injected on purpose (transient: a retry may succeed)."""
+
+
+class InjectedTimeout(TransientError, TimeoutError):
+    """A timeout injected on purpose."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class FaultySignals:
         if mode == "error":
             raise InjectedFault("injected: signals source unreachable (HTTP 503)")
         if mode == "timeout":
-            raise TimeoutError("injected: signals query timed out")
+            raise InjectedTimeout("injected: signals query timed out")
         if mode == "empty":
             return {}
         if mode == "partial":

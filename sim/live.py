@@ -27,9 +27,11 @@ from typing import Any
 
 from models.config import ClusterConfig, Role
 from models.values import ApplyMode, ApplyResult, CellKey, PlacementPlan, ServiceSignals
+from sim.sizing import initial_counts
 from sim.traces import LoadCurve, load_curve
 from sim.twin import Twin
 from tasks.core.placement import place_greedy
+from tasks.core.policy import bound_decode, split_by_ratio
 from tasks.core.topology import ClusterView, view_from_config
 
 
@@ -145,9 +147,7 @@ class TwinBackend:
         if state is not None:
             load_twin_state(self.twin, config, state)
         else:
-            from flows.replay import initial_counts
-
-            seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, "heteroscale-paper"))
+            seed = place_greedy(config, view_from_config(config), initial_counts(config, curves))
             self.twin.seed(seed.placement)
 
     # The twin's clock loops over the trace so a scheduled deployment can run for ever.
@@ -189,8 +189,6 @@ class TwinBackend:
 
 def auto_peaks(config: ClusterConfig, curve: LoadCurve) -> dict[str, float]:
     """Peak request rate per service at which it needs about half its `max_instances`."""
-    from tasks.core.policy import bound_decode, split_by_ratio
-
     out_tokens = float(curve.mean_output_tokens.mean()) or 1.0
     in_tokens = float(curve.mean_input_tokens.mean()) or 1.0
     peaks = {}

@@ -35,8 +35,9 @@ from string import Template
 from typing import Any, Protocol
 
 from models.config import ClusterConfig, Role, SignalsProfile
+from models.enums import SignalName
+from models.errors import PermanentError, TransientError, redact
 from models.values import ServiceSignals
-from tasks.errors import PermanentError, redact
 
 ENV_URL = "HETEROSCALE_PROMETHEUS_URL"
 ENV_TOKEN = "HETEROSCALE_PROMETHEUS_TOKEN"
@@ -56,7 +57,7 @@ MAX_RANGE_POINTS = 10_000
 MAX_RECORDED_POINTS = 240
 
 
-class TransientQueryError(RuntimeError):
+class TransientQueryError(TransientError):
     """Worth retrying: timeout, connection failure, overload (HTTP 429 / 5xx)."""
 
 
@@ -68,22 +69,22 @@ class PermanentQueryError(PermanentError):
 class SignalSpec:
     """One signal: which role(s) it belongs to and whether its query groups by role."""
 
-    name: str
+    name: SignalName
     roles: tuple[Role, ...]
     by_role: bool
-    freshness: str = "freshness"  # which freshness query decides staleness
+    freshness: SignalName = SignalName.FRESHNESS  # which freshness query decides staleness
 
 
 SIGNALS: tuple[SignalSpec, ...] = (
-    SignalSpec("decode_tps", (Role.DECODE,), by_role=False),
-    SignalSpec("prefill_tps", (Role.PREFILL,), by_role=False),
-    SignalSpec("ttft_p99_s", (Role.PREFILL,), by_role=False),
-    SignalSpec("tbt_p99_s", (Role.DECODE,), by_role=False),
-    SignalSpec("running_requests", (Role.PREFILL, Role.DECODE), by_role=True),
-    SignalSpec("waiting_requests", (Role.PREFILL, Role.DECODE), by_role=True),
-    SignalSpec("gpu_util", (Role.PREFILL, Role.DECODE), by_role=True, freshness="gpu_freshness"),
+    SignalSpec(SignalName.DECODE_TPS, (Role.DECODE,), by_role=False),
+    SignalSpec(SignalName.PREFILL_TPS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.TTFT_P99_S, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.TBT_P99_S, (Role.DECODE,), by_role=False),
+    SignalSpec(SignalName.RUNNING_REQUESTS, (Role.PREFILL, Role.DECODE), by_role=True),
+    SignalSpec(SignalName.WAITING_REQUESTS, (Role.PREFILL, Role.DECODE), by_role=True),
+    SignalSpec(SignalName.GPU_UTIL, (Role.PREFILL, Role.DECODE), by_role=True, freshness=SignalName.GPU_FRESHNESS),
 )
-FRESHNESS = ("freshness", "gpu_freshness")
+FRESHNESS = (SignalName.FRESHNESS, SignalName.GPU_FRESHNESS)
 
 _DCGM = {
     "gpu_util": "avg by ($by_role) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{$services}[$window])) / 100",

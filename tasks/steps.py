@@ -13,6 +13,7 @@ from collections.abc import Mapping, MutableSequence
 
 from models.config import ClusterConfig, PlacementMethod, Role
 from models.values import (
+    Action,
     ApplyMode,
     ApplyResult,
     Forecast,
@@ -46,14 +47,17 @@ def extend_history(
     config: ClusterConfig,
     now_s: float,
     *,
-    keep_s: float = 8 * 86400.0,
+    keep_s: float | None = None,
 ) -> dict[str, MutableSequence[tuple[float, float | None]]]:
-    """Append this run's policy metric per service (None when missing) and trim old samples.
+    """Append this run's policy metric per service (None when missing) and trim samples older
+    than `keep_s` (default: the config's `cluster.history_window_s`, both drivers).
 
     A service's history given as a `deque` is extended in place and trimmed from the front (O(1)
     per call: the replay runs this 20,000 times over 14 days); any other sequence is copied into
     a new list, as the flow's history from the store is.
     """
+    if keep_s is None:
+        keep_s = config.cluster.history_window_s
     out: dict[str, MutableSequence[tuple[float, float | None]]] = {}
     for svc in config.services:
         sig = signals.get(svc.name)
@@ -126,7 +130,7 @@ def compute_targets(
     targets: dict[str, Targets] = {}
     new_states: dict[str, ServicePolicyState] = {}
     for svc in config.services:
-        decide = get_policy(policy or svc.policy.name)
+        decide = get_policy(policy or svc.policy.name).decide
         ctx = PolicyContext(
             service=svc,
             now_s=now_s,
@@ -153,7 +157,7 @@ def place(
     `method` (ilp | greedy) overrides `cluster.placement.method`; the ILP falls back to the greedy
     on any solver failure and says why in the plan's reason.
     """
-    moving = {name: t.counts for name, t in targets.items() if t.action.value != "hold"}
+    moving = {name: t.counts for name, t in targets.items() if t.action is not Action.HOLD}
     if not moving:
         return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
     chosen = PlacementMethod(method) if method is not None else config.cluster.placement.method

@@ -2,7 +2,8 @@
 
 Only this module talks to the database. Every run is recorded: `start_run` writes the run row
 before anything is applied, `finish_run` writes the decisions, the placement and the changes
-with the final status (held, applied, dry-run, advisory or failed).
+with the final status (`models.enums.RunStatus`). A database that cannot be reached or is
+locked raises `StoreUnavailable` (transient: the record task retries it).
 """
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import dataclasses
 import datetime as dt
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from sqlalchemy import Engine, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, create_engine, delete, select
 
+from models.enums import RunStatus
+from models.errors import TransientError
 from models.store import (
     AppliedChange,
     ClusterLock,
@@ -51,6 +55,10 @@ def signals_json(signals: Mapping[str, ServiceSignals]) -> str:
     )
 
 
+class StoreUnavailable(TransientError):
+    """The database could not be reached, or was locked (sqlalchemy's OperationalError)."""
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -58,7 +66,25 @@ class Store:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         self.engine: Engine = create_engine(url, **kwargs)
-        SQLModel.metadata.create_all(self.engine)
+        with self._unavailable_is_transient():
+            SQLModel.metadata.create_all(self.engine)
+
+    @property
+    def where(self) -> str:
+        """The store's URL without its password: what `heteroscale runs` shows."""
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def _unavailable_is_transient(self) -> Iterator[None]:
+        try:
+            yield
+        except OperationalError as exc:
+            raise StoreUnavailable(f"store {self.where} unavailable: {exc.orig or exc}") from exc
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        with self._unavailable_is_transient(), Session(self.engine) as s:
+            yield s
 
     # --- runs -------------------------------------------------------------------------
 
@@ -71,7 +97,7 @@ class Store:
         backend: str,
         flow_run_id: str | None = None,
     ) -> int:
-        with Session(self.engine) as s:
+        with self._session() as s:
             run = ScalingRun(cluster=cluster, now_s=now_s, mode=mode, backend=backend, flow_run_id=flow_run_id)
             s.add(run)
             s.commit()
@@ -83,7 +109,7 @@ class Store:
         self,
         run_id: int,
         *,
-        status: str,
+        status: RunStatus,
         signals: Mapping[str, ServiceSignals] | None = None,
         current: Mapping[str, RoleCounts] | None = None,
         targets: Mapping[str, Targets] | None = None,
@@ -96,11 +122,11 @@ class Store:
         summary: str = "",
         now_s: float | None = None,
     ) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             run = s.get(ScalingRun, run_id)
             if run is None:
                 raise KeyError(f"no scaling run {run_id}")
-            run.status = status
+            run.status = RunStatus(status).value
             if now_s is not None:
                 run.now_s = now_s
             run.finished_at = dt.datetime.now(dt.UTC)
@@ -163,24 +189,24 @@ class Store:
             s.commit()
 
     def runs(self, cluster: str | None = None, limit: int = 20) -> list[ScalingRun]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             q = select(ScalingRun).order_by(col(ScalingRun.id).desc()).limit(limit)
             if cluster:
                 q = q.where(ScalingRun.cluster == cluster)
             return list(s.exec(q))
 
     def decisions(self, run_id: int) -> list[DecisionRecord]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             return list(s.exec(select(DecisionRecord).where(DecisionRecord.run_id == run_id)))
 
     def changes(self, run_id: int) -> list[AppliedChange]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             return list(s.exec(select(AppliedChange).where(AppliedChange.run_id == run_id)))
 
     # --- policy state and metric history ------------------------------------------------
 
     def load_states(self, cluster: str) -> dict[str, ServicePolicyState]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             rows = s.exec(select(PolicyStateRecord).where(PolicyStateRecord.cluster == cluster))
             out = {}
             for row in rows:
@@ -190,7 +216,7 @@ class Store:
             return out
 
     def save_states(self, cluster: str, states: Mapping[str, ServicePolicyState]) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             for service, state in states.items():
                 row = s.get(PolicyStateRecord, (cluster, service))
                 text = json.dumps(dataclasses.asdict(state))
@@ -203,13 +229,13 @@ class Store:
             s.commit()
 
     def append_samples(self, cluster: str, now_s: float, values: Mapping[str, float | None]) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             for service, v in values.items():
                 s.add(MetricSample(cluster=cluster, service=service, t_s=now_s, value=_clean(v)))  # type: ignore[arg-type]
             s.commit()
 
     def history(self, cluster: str, since_s: float) -> dict[str, list[tuple[float, float | None]]]:
-        with Session(self.engine) as s:
+        with self._session() as s:
             rows = s.exec(
                 select(MetricSample)
                 .where(MetricSample.cluster == cluster, MetricSample.t_s >= since_s)
@@ -220,10 +246,12 @@ class Store:
                 out.setdefault(r.service, []).append((r.t_s, r.value))
             return out
 
-    def prune_samples(self, cluster: str, before_s: float) -> None:
-        with Session(self.engine) as s:
-            s.exec(delete(MetricSample).where(MetricSample.cluster == cluster, MetricSample.t_s < before_s))  # type: ignore[call-overload]
+    def prune_samples(self, cluster: str, before_s: float) -> int:
+        """Delete the cluster's metric samples older than `before_s`; returns how many."""
+        with self._session() as s:
+            result = s.exec(delete(MetricSample).where(MetricSample.cluster == cluster, MetricSample.t_s < before_s))  # type: ignore[call-overload]
             s.commit()
+            return int(result.rowcount or 0)
 
     # --- one run per cluster at a time ----------------------------------------------------
 
@@ -232,7 +260,7 @@ class Store:
 
         Atomic on any SQL database: an insert, or a conditional update of an expired lock.
         """
-        with Session(self.engine) as s:
+        with self._session() as s:
             s.add(ClusterLock(cluster=cluster, run_id=run_id, expires_at_s=now_wall_s + ttl_s))
             try:
                 s.commit()
@@ -251,6 +279,6 @@ class Store:
             return holder.run_id if holder is not None else -1
 
     def unlock(self, cluster: str, run_id: int) -> None:
-        with Session(self.engine) as s:
+        with self._session() as s:
             s.exec(delete(ClusterLock).where(ClusterLock.cluster == cluster, ClusterLock.run_id == run_id))  # type: ignore[call-overload]
             s.commit()

@@ -25,8 +25,8 @@ def curate_cmd(
     out: Annotated[Path, typer.Option(help="Curated config YAML to write.")] = Path("curated.yaml"),
 ) -> None:
     """Algorithm 1: best P/D ratio and target from the capacity model, candidates replayed."""
-    from models.config import load_config, parse_config
-    from tasks.core.curate import curate, service_yaml
+    from flows.curate import curate, service_yaml
+    from tasks.core.registry import load_config, parse_config
 
     def run() -> None:
         cfg = load_config(config)
@@ -57,11 +57,11 @@ def pd_curve_cmd(
     budget: Annotated[int, typer.Option(help="Reference instances to split.")] = 16,
 ) -> None:
     """Throughput within the SLOs of every P/D split of a fixed instance budget."""
-    from heteroscale import settings
-    from models.config import load_config
+    from flows.curate import Lengths, pd_curve
+    from models import settings
     from sim.traces import load_requests
     from sim.twin import TwinParams, engines_for
-    from tasks.core.curate import Lengths, pd_curve
+    from tasks.core.registry import load_config
 
     def run() -> None:
         cfg = load_config(config)
@@ -85,12 +85,13 @@ def capacity_cmd(
     validate: Annotated[str, typer.Option(help="Splitwise perf_model.csv to validate against.")] = "",
 ) -> None:
     """Per-instance tokens/s at each service's SLOs from the capacity model (vs the config)."""
-    from heteroscale import settings
-    from models.config import Role, load_config
+    from flows.curate import Lengths, capacity_at_slo
+    from models import settings
+    from models.config import Role
     from sim.capacity import validate_against_splitwise
     from sim.traces import load_requests
     from sim.twin import TwinParams, engines_for
-    from tasks.core.curate import Lengths, capacity_at_slo
+    from tasks.core.registry import load_config
 
     def run() -> None:
         if validate:

@@ -20,8 +20,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from heteroscale import settings
 from heteroscale.cli import _per_service, _user_errors, app, console
+from models import settings
 
 # The demo cluster's planning load: the bundled Azure trace scaled to these peak req/s per
 # service (docs/capacity-planning.md records the answer for exactly this load).
@@ -50,7 +50,7 @@ def _plan(
     utilisation: float | None,
 ) -> dict[str, Any]:
     from flows.plan_capacity import plan, plan_curves
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     cfg = load_config(config)
     names = [s.name for s in cfg.services]

@@ -36,7 +36,7 @@ def collect(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Read every service's signals from Prometheus, per role: value (or null) and staleness."""
-    from models.config import load_config
+    from tasks.core.registry import load_config
     from tasks.prometheus import PrometheusSignals
 
     def run() -> dict:
@@ -80,10 +80,10 @@ def twin_serve(
 
     By default it serves the twin backend's state file, so `heteroscale twin scale` (or a
     scale_cluster run with backend twin and signals from Prometheus) changes this twin's fleet."""
-    from models.config import load_config
     from sim.exporter import TwinExporter
     from sim.live import auto_peaks
     from sim.traces import load_curve
+    from tasks.core.registry import load_config
 
     def build() -> TwinExporter:
         cfg = load_config(config)
@@ -108,8 +108,8 @@ def twin_serve(
 
 
 def twin_state_path(cfg: ClusterConfig) -> Path:
-    """Where the twin cluster backend keeps a cluster's twin (tasks.backends.make_backends)."""
-    from heteroscale import settings
+    """Where the twin cluster backend keeps a cluster's twin (flows.backends.make_backends)."""
+    from models import settings
 
     return settings.data_dir() / "twin" / f"{cfg.cluster.name}.json"
 
@@ -127,7 +127,7 @@ def twin_scale(
     import os
 
     from flows.scale_cluster import scale_cluster
-    from models.config import load_config
+    from tasks.core.registry import load_config
     from tasks.prometheus import ENV_URL
 
     _user_errors(lambda: load_config(config))

@@ -71,7 +71,7 @@ def bench_soak(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Replay with random collect/apply failures vs without; invariant violations and SLO drift."""
-    from models.config import load_config
+    from tasks.core.registry import load_config
 
     def run() -> dict[str, Any]:
         cfg = load_config(config)

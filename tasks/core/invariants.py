@@ -15,10 +15,11 @@ import math
 from collections.abc import Mapping
 
 from models.config import ClusterConfig, Role
+from models.enums import TargetSource
+from models.errors import PermanentError
 from models.values import Action, PlacementPlan, ServiceSignals, Targets
 from tasks.core.placement import group_counts
 from tasks.core.topology import ClusterView, gpus_per_instance_map, gpus_used
-from tasks.errors import PermanentError
 
 
 class InvariantViolation(PermanentError):
@@ -48,11 +49,11 @@ def plan_violations(
         p = svc.policy
         if (
             t.action is Action.SCALE_IN
-            and t.source not in ("bounds", "schedule")
+            and t.source not in (TargetSource.BOUNDS, TargetSource.SCHEDULE)
             and not _usable(signals.get(svc.name), p.metric.value, now_s, p.max_signal_age_s)
         ):
             out.append(f"{svc.name}: scale-in decided without a usable {p.metric.value} signal")
-        if t.source != "schedule" and not p.min_instances <= t.counts.total <= p.max_instances:
+        if t.source != TargetSource.SCHEDULE and not p.min_instances <= t.counts.total <= p.max_instances:
             out.append(f"{svc.name}: target {t.counts.total} instances outside [{p.min_instances}, {p.max_instances}]")
     gpi = gpus_per_instance_map(config)
     before = gpus_used(view.placement, gpi)

@@ -34,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from models.config import Metric, Service
+from models.config import Metric, PlacementMethod, Service
+from models.enums import TargetSource
 from models.values import (
     Action,
     Forecast,
@@ -88,7 +89,9 @@ def bound_decode(service: Service, num_decode: int) -> int:
     return d
 
 
-def _hold(ctx: PolicyContext, state: ServicePolicyState, reason: str, source: str = "hold") -> Decision:
+def _hold(
+    ctx: PolicyContext, state: ServicePolicyState, reason: str, source: TargetSource = TargetSource.HOLD
+) -> Decision:
     return (
         Targets(
             service=ctx.service.name,
@@ -127,7 +130,7 @@ def _finish(
     state: ServicePolicyState,
     new: RoleCounts,
     reason: str,
-    source: str,
+    source: TargetSource,
 ) -> Decision:
     action = _action(ctx.current, new)
     if action is Action.SCALE_OUT:
@@ -222,15 +225,15 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
     fixed = schedule_counts(ctx)
     if fixed is not None:
         if fixed == cur:
-            return _hold(ctx, state, "periodic schedule window: counts already as scheduled", "schedule")
-        return _finish(ctx, state, fixed, "periodic schedule window", "schedule")
+            return _hold(ctx, state, "periodic schedule window: counts already as scheduled", TargetSource.SCHEDULE)
+        return _finish(ctx, state, fixed, "periodic schedule window", TargetSource.SCHEDULE)
 
     value, metric_why = _metric_value(ctx)
     d_cur = cur.num_decode
-    source = "proportional"
+    source = TargetSource.PROPORTIONAL
     if value is None:
         d_new, reason = d_cur, f"hold: {metric_why}"
-        source = "hold"
+        source = TargetSource.HOLD
     else:
         d_float = _proportional_decode(ctx, value)
         d_prop = math.ceil(d_float - _EPS)
@@ -247,13 +250,13 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
         d_lat = math.ceil(max(d_cur, 1) * (1 + step) - _EPS)
         if d_lat > d_new:
             if _since(ctx.now_s, state.last_latency_action_s) >= p.latency_cooldown_s:
-                d_new, reason, source = d_lat, f"latency feedback: {lat_why}", "latency"
+                d_new, reason, source = d_lat, f"latency feedback: {lat_why}", TargetSource.LATENCY
                 state = state.with_(last_latency_action_s=ctx.now_s)
             else:
                 reason += f"; latency breach ({lat_why}) within latency cooldown"
 
     cur_in_bounds = p.min_instances <= cur.total <= p.max_instances
-    if source == "hold" and cur_in_bounds:
+    if source == TargetSource.HOLD and cur_in_bounds:
         # Cannot see the load: keep the fleet exactly as it is (ratio repairs included).
         return _hold(ctx, state, reason)
 
@@ -266,20 +269,20 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
     d_bounded = bound_decode(svc, d_new)
     if d_bounded != d_new:
         reason += f"; bounded to [{p.min_instances}, {p.max_instances}] instances"
-        if source == "hold":
-            source = "bounds"
+        if source == TargetSource.HOLD:
+            source = TargetSource.BOUNDS
     new = split_by_ratio(svc, d_bounded)
 
     action = _action(cur, new)
     if not cur_in_bounds:
         # The fleet is outside its bounds (config changed, or a human scaled it): bounds are
         # hard limits and are restored at once, cooldowns notwithstanding.
-        source = "bounds"
-    if action is Action.SCALE_OUT and source not in ("latency", "bounds"):
+        source = TargetSource.BOUNDS
+    if action is Action.SCALE_OUT and source not in (TargetSource.LATENCY, TargetSource.BOUNDS):
         wait = _scale_out_wait(ctx, state)
         if wait > 0:
             return _hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
-    if action is Action.SCALE_IN and source != "bounds":
+    if action is Action.SCALE_IN and source != TargetSource.BOUNDS:
         if _latency_breached(ctx):
             return _hold(ctx, state, f"{reason}; scale-in blocked: TBT at or above SLO")
         last_change = max(
@@ -290,7 +293,7 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
         if wait > 0:
             return _hold(ctx, state, f"{reason}; scale-in cooldown ({wait:.0f}s left)")
     if action is Action.HOLD:
-        return _hold(ctx, state, reason, source if source != "proportional" else "hold")
+        return _hold(ctx, state, reason, source if source != TargetSource.PROPORTIONAL else TargetSource.HOLD)
     return _finish(ctx, state, new, reason, source)
 
 
@@ -300,12 +303,12 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
 def static_peak(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     """Provision once for the peak (`ctx.peak_metric`) and never move."""
     if ctx.peak_metric is None:
-        return _hold(ctx, state, "static-peak: no peak given; holding", "static")
+        return _hold(ctx, state, "static-peak: no peak given; holding", TargetSource.STATIC)
     d = bound_decode(ctx.service, math.ceil(_proportional_decode(ctx, ctx.peak_metric) - _EPS))
     new = split_by_ratio(ctx.service, d)
     if new == ctx.current:
-        return _hold(ctx, state, f"static-peak: sized for peak {ctx.peak_metric:.0f}", "static")
-    return _finish(ctx, state, new, f"static-peak: sized for peak {ctx.peak_metric:.0f}", "static")
+        return _hold(ctx, state, f"static-peak: sized for peak {ctx.peak_metric:.0f}", TargetSource.STATIC)
+    return _finish(ctx, state, new, f"static-peak: sized for peak {ctx.peak_metric:.0f}", TargetSource.STATIC)
 
 
 def _hpa_role(current: int, util: float | None, target: float, tolerance: float) -> int:
@@ -338,8 +341,8 @@ def hpa_gpu_util(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         f"decode util {util_d if util_d is not None else why_d}, target {p.hpa_target_gpu_util:g}"
     )
     if new == cur:
-        return _hold(ctx, state, reason, "hpa")
-    return _finish(ctx, state, new, reason, "hpa")
+        return _hold(ctx, state, reason, TargetSource.HPA)
+    return _finish(ctx, state, new, reason, TargetSource.HPA)
 
 
 def _prefill_target(svc: Service) -> float:
@@ -393,8 +396,8 @@ def hpa_tps(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         f"(target {_decode_target(svc):.0f})"
     )
     if new == cur:
-        return _hold(ctx, state, reason, "hpa")
-    return _finish(ctx, state, new, reason, "hpa")
+        return _hold(ctx, state, reason, TargetSource.HPA)
+    return _finish(ctx, state, new, reason, TargetSource.HPA)
 
 
 def _demand(ctx: PolicyContext) -> tuple[float, float, str] | None:
@@ -420,7 +423,7 @@ def dynamo_sla(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     svc = ctx.service
     dem = _demand(ctx)
     if dem is None:
-        return _hold(ctx, state, "dynamo-sla: decode_tps or prefill_tps missing/stale", "hold")
+        return _hold(ctx, state, "dynamo-sla: decode_tps or prefill_tps missing/stale", TargetSource.HOLD)
     dec, pre, how = dem
     cap_p = svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
     cap_d = svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
@@ -430,8 +433,8 @@ def dynamo_sla(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     new = RoleCounts(n_p, n_d)
     reason = f"dynamo-sla ({how}): prefill {pre:.0f}/{cap_p:g} -> {n_p}, decode {dec:.0f}/{cap_d:g} -> {n_d}"
     if new == ctx.current:
-        return _hold(ctx, state, reason, "proportional")
-    return _finish(ctx, state, new, reason, "proportional")
+        return _hold(ctx, state, reason, TargetSource.PROPORTIONAL)
+    return _finish(ctx, state, new, reason, TargetSource.PROPORTIONAL)
 
 
 # --- heteroscale (ours) --------------------------------------------------------------------
@@ -544,14 +547,14 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     fixed = schedule_counts(ctx)
     if fixed is not None:
         if fixed == cur:
-            return _hold(ctx, state, "periodic schedule window: counts already as scheduled", "schedule")
-        return _finish(ctx, state, fixed, "periodic schedule window", "schedule")
+            return _hold(ctx, state, "periodic schedule window: counts already as scheduled", TargetSource.SCHEDULE)
+        return _finish(ctx, state, fixed, "periodic schedule window", TargetSource.SCHEDULE)
     ask = _ready_ask(ctx)
     if ask is None:
         return _hold(ctx, state, "hold: decode_tps or prefill_tps missing/stale")
     d_want, p_want = ask.decode, ask.prefill
     reason = f"heteroscale ({ask.why})"
-    source = "proportional"
+    source = TargetSource.PROPORTIONAL
 
     # 3. Safety net, once per cold start (what it added earlier may still be starting).
     step, lat_why = _latency_step(ctx)
@@ -570,7 +573,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
             if d_net > d_want + _EPS or p_net > p_want + _EPS:
                 d_want, p_want = max(d_want, d_net), max(p_want, p_net)
                 reason += f"; safety net: {why}"
-                source = "latency"
+                source = TargetSource.LATENCY
                 state = state.with_(last_latency_action_s=ctx.now_s)
         else:
             reason += "; safety net within its cooldown (added capacity not Ready yet)"
@@ -586,7 +589,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     blocked = _latency_breached(ctx) or ttft_breach
     d_cur = cur.num_decode
     # The safety net's step may equal the band's width: it is not subject to the band.
-    if want.num_decode > d_cur and (source == "latency" or d_want > d_cur * (1 + p.hysteresis)):
+    if want.num_decode > d_cur and (source == TargetSource.LATENCY or d_want > d_cur * (1 + p.hysteresis)):
         new_d = want.num_decode
     elif want.num_decode >= d_cur or blocked or d_want >= d_cur * (1 - p.hysteresis) or keep.num_decode >= d_cur:
         new_d = d_cur
@@ -594,7 +597,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         max_delta = max(1, math.ceil(p.max_step_fraction * d_cur - _EPS))
         new_d = max(keep.num_decode, d_cur - max_delta)
     new_p = split_by_ratio(svc, new_d).num_prefill
-    if source == "latency" and ttft_breach:
+    if source == TargetSource.LATENCY and ttft_breach:
         new_p = max(new_p, want.num_prefill)
 
     # Bounds: at least one of each role, total within [min_instances, max_instances]. Over the cap
@@ -608,12 +611,12 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
 
     action = _action(cur, new)
     in_bounds = p.min_instances <= cur.total <= p.max_instances
-    if action is Action.SCALE_OUT and source == "proportional" and in_bounds:
+    if action is Action.SCALE_OUT and source == TargetSource.PROPORTIONAL and in_bounds:
         wait = _scale_out_wait(ctx, state)
         if wait > 0:
             return _hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
     if action is Action.HOLD:
-        return _hold(ctx, state, reason, source if source != "proportional" else "hold")
+        return _hold(ctx, state, reason, source if source != TargetSource.PROPORTIONAL else TargetSource.HOLD)
     return _finish(ctx, state, new, reason, source)
 
 
@@ -626,7 +629,7 @@ def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     is the floor for the paper's policy: no hysteresis, cooldown, damping or forecast error."""
     svc = ctx.service
     if ctx.peak_metric is None:
-        return _hold(ctx, state, "oracle: no future load given; holding", "static")
+        return _hold(ctx, state, "oracle: no future load given; holding", TargetSource.STATIC)
     # Scale out just in time: instances started now serve only from now + cold start, so only
     # that window's peak can ask for more. Scale in no lower than the peak until then: what is
     # removed now cannot come back sooner.
@@ -640,22 +643,48 @@ def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         f"at target {svc.policy.target_per_instance:g}/instance"
     )
     if new == ctx.current:
-        return _hold(ctx, state, reason, "static")
-    return _finish(ctx, state, new, reason, "static")
+        return _hold(ctx, state, reason, TargetSource.STATIC)
+    return _finish(ctx, state, new, reason, TargetSource.STATIC)
 
 
-POLICIES: dict[str, Policy] = {
-    "heteroscale-paper": heteroscale_paper,
-    "hpa-gpu-util": hpa_gpu_util,
-    "static-peak": static_peak,
-    "hpa-tps": hpa_tps,
-    "dynamo-sla": dynamo_sla,
-    "heteroscale": heteroscale,
-    "oracle": oracle,
+@dataclass(frozen=True, slots=True)
+class PolicySpec:
+    """A policy and what the drivers need to know about it, in one place (the replay, curation,
+    the twin's starting fleet, the CLI and the config check all read this registry)."""
+
+    name: str
+    decide: Policy
+    # Reads `forecast_load`'s output; for the others the replay skips the forecaster.
+    uses_forecast: bool = False
+    # Reads the true future load (`ctx.peak_metric`, `ctx.ready_peak_metric`): replay only.
+    needs_foresight: bool = False
+    # Runs the trace's peak fleet from the start (the replay's starting fleet is sized for the peak).
+    sized_for_peak: bool = False
+    # Placement in a replay: the baselines place as the paper does (greedy, Algorithm 4); our
+    # own `heteroscale` uses the ILP (greedy as its fallback).
+    placement: PlacementMethod = PlacementMethod.GREEDY
+    # Tried by policy curation (flows/curate.py, HeteroScale's Algorithm 1).
+    curation_candidate: bool = False
+
+
+# In the order the league tables list them.
+POLICIES: dict[str, PolicySpec] = {
+    spec.name: spec
+    for spec in (
+        PolicySpec("static-peak", static_peak, sized_for_peak=True),
+        PolicySpec("hpa-gpu-util", hpa_gpu_util),
+        PolicySpec("hpa-tps", hpa_tps),
+        PolicySpec("heteroscale-paper", heteroscale_paper, uses_forecast=True, curation_candidate=True),
+        PolicySpec("dynamo-sla", dynamo_sla, uses_forecast=True),
+        PolicySpec(
+            "heteroscale", heteroscale, uses_forecast=True, placement=PlacementMethod.ILP, curation_candidate=True
+        ),
+        PolicySpec("oracle", oracle, needs_foresight=True),
+    )
 }
 
 
-def get_policy(name: str) -> Policy:
+def get_policy(name: str) -> PolicySpec:
     try:
         return POLICIES[name]
     except KeyError:

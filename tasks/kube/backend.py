@@ -131,7 +131,7 @@ class KubeBackend:
         return ApplyResult(mode, actions.changes, applied=not dry, error="; ".join(warnings) or None)
 
     def export_desired(self, config: ClusterConfig, found: Discovered, actions: ActionPlan) -> Path:
-        from heteroscale import settings
+        from models import settings
 
         out = self.export_dir or settings.data_dir() / "kube"
         out.mkdir(parents=True, exist_ok=True)

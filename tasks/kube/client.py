@@ -21,7 +21,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
 from models.config import ClusterConfig
-from tasks.errors import PermanentError, redact
+from models.errors import PermanentError, TransientError, redact
 
 ENV_API_URL = "HETEROSCALE_KUBE_API_URL"
 ENV_CONTEXT = "HETEROSCALE_KUBE_CONTEXT"
@@ -33,7 +33,7 @@ class KubeError(Exception):
     """Base of the errors this package raises."""
 
 
-class KubeTransientError(KubeError):
+class KubeTransientError(KubeError, TransientError):
     """Worth retrying as is: throttling, server errors, timeouts, connection resets."""
 
 
@@ -43,7 +43,7 @@ class KubePermanentError(KubeError, PermanentError):
     permanent = True
 
 
-class KubeConflict(KubeError):
+class KubeConflict(KubeError, TransientError):
     """409: the object changed since it was read (or already exists): re-read, decide again."""
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.scale_cluster import scale_cluster
-from heteroscale import settings
+from models import settings
 from models.store import ScalingRun
 from tasks.store import Store
 from tests.conftest import DEMO_CONFIG

@@ -16,7 +16,7 @@ import yaml
 from sqlmodel import SQLModel
 
 from flows.scale_cluster import scale_cluster
-from heteroscale import settings
+from models import settings
 from tasks.store import Store
 from tests.conftest import DEMO_CONFIG
 

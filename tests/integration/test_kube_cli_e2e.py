@@ -16,8 +16,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from heteroscale import settings
 from heteroscale.cli import app
+from models import settings
 from tasks.store import Store
 from tests.integration.kube_fixture import KubeCluster
 from tests.integration.prom import free_port, start_prometheus

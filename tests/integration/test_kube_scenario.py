@@ -100,7 +100,7 @@ def config_path(tmp_path: Path, cluster: KubeCluster, monkeypatch: pytest.Monkey
 
 def _use_signals(monkeypatch: pytest.MonkeyPatch, signals: FixedSignals) -> None:
     import flows.scale_cluster as flow_mod
-    from tasks.backends import make_backends
+    from flows.backends import make_backends
 
     def with_signals(config: ClusterConfig, cluster: str, **kw: Any) -> Any:
         kw["signals"] = signals

@@ -174,7 +174,7 @@ def test_fresh_store_history_is_bootstrapped_from_prometheus(
     prefect_harness: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.scale_cluster import scale_cluster
-    from heteroscale import settings
+    from models import settings
     from tasks.prometheus import PrometheusSignals
     from tasks.store import Store
     from tests.integration.prom import backfill
@@ -244,7 +244,7 @@ def test_closed_loop_flow_prometheus_exporter(
     prefect_harness: None, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.scale_cluster import scale_cluster
-    from heteroscale import settings
+    from models import settings
     from sim.live import is_live, read_state
     from tasks import steps
     from tasks.store import Store

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from flows.scale_cluster import scale_cluster
-from heteroscale import settings
+from models import settings
 from tasks.store import Store
 from tests.conftest import DEMO_CONFIG
 
@@ -52,3 +52,16 @@ def test_a_failed_run_is_recorded_with_its_step(prefect_harness: None, data_dir:
     run = Store(settings.database_url()).runs("demo")[0]
     assert run.status == "failed" and run.failed_step == "connect backends"
     assert "unknown signals backend 'nope'" in (run.error or "")
+
+
+def test_each_run_prunes_samples_older_than_the_retention(prefect_harness: None, data_dir: Path) -> None:
+    store = Store(settings.database_url())
+    # The twin's clock is trace seconds from 0: a sample 30 days before it is past the default
+    # retention (the 8-day history window); one an hour before it is kept.
+    store.append_samples("demo", -30 * 86400.0, {"chat": 1.0})
+    store.append_samples("demo", -3600.0, {"chat": 2.0})
+    out = scale_cluster(config_path=str(DEMO_CONFIG))
+    now = store.runs("demo", 1)[0].now_s
+    kept = store.history("demo", -1e12)["chat"]
+    assert (-30 * 86400.0, 1.0) not in kept and (-3600.0, 2.0) in kept
+    assert out["status"] in ("applied", "held") and kept[-1][0] == now

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from models.config import ConfigError, load_config, parse_config
+from tasks.core.registry import load_config as checked_load
 from tests.builders import config_dict, service_dict
 from tests.conftest import DEMO_CONFIG
 
@@ -75,9 +76,22 @@ def test_capacity_missing_for_an_allowed_gpu_type(tmp_path: Path) -> None:
 
 
 def test_unknown_policy_name_lists_the_valid_ones(tmp_path: Path) -> None:
+    # Names are checked by the registries' owner (tasks.core.registry), the loader to run with.
     d = config_dict(services=[service_dict(policy={"target_per_instance": 600, "name": "magic"})])
-    msg = _error(tmp_path, d)
+    path = _write(tmp_path, d)
+    load_config(path)  # the schema alone accepts it: models sits below the registries
+    with pytest.raises(ConfigError) as exc:
+        checked_load(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "services[0].policy.name" in msg
     assert "'magic' is unknown" in msg and "heteroscale-paper" in msg
+
+
+def test_unknown_forecaster_names_file_and_field(tmp_path: Path) -> None:
+    d = config_dict(services=[service_dict(policy={"target_per_instance": 600, "forecaster": "crystal-ball"})])
+    with pytest.raises(ConfigError) as exc:
+        checked_load(_write(tmp_path, d))
+    assert "services[0].policy.forecaster: 'crystal-ball' is unknown" in str(exc.value) and "holt" in str(exc.value)
 
 
 def test_hostile_service_name_is_rejected(tmp_path: Path) -> None:

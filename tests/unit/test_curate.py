@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from flows.curate import Lengths, curate, pd_curve, service_yaml
 from models.config import load_config, parse_config
 from sim.traces import LoadCurve
 from sim.twin import TwinParams, engines_for
-from tasks.core.curate import Lengths, curate, pd_curve, service_yaml
 from tests.conftest import DEMO_CONFIG
 
 

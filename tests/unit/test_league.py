@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flows.replay import ALL_POLICIES, AUTO_GPU_SHARE, fit_to_cluster, run_league, static_peak_gpus
+from flows.replay import ALL_POLICIES, run_league
 from models.config import load_config
+from sim.sizing import AUTO_GPU_SHARE, fit_to_cluster, static_peak_gpus
 from sim.traces import LoadCurve
 from tests.conftest import DEMO_CONFIG
 

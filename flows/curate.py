@@ -1,4 +1,5 @@
-"""Policy curation, HeteroScale's Algorithm 1, on the capacity model and the replay twin.
+"""Policy curation, HeteroScale's Algorithm 1, on the capacity model and the replay twin (a flow:
+it runs replays, so it sits with them, above `sim`).
 
 Contract (pure apart from the replays it runs in simulated time):
   * `capacity_at_slo(svc, engines, lengths)`: tokens/s one instance of each (role, GPU type)
@@ -7,9 +8,9 @@ Contract (pure apart from the replays it runs in simulated time):
     highest request rate each P/D split serves within the SLOs (the twin's steady state);
   * `curate(config, service, curve)`: 1) pressure test: best P/D ratio on a 16-instance budget
     and the per-instance decode TPS at the SLO; 2) candidate policies (heteroscale-paper and
-    heteroscale, targets at 40-90% of that capacity) replayed on `curve`; 3) the candidate with
-    the fewest GPU-hours at >= 99% SLO attainment (else the best attainment) wins. The result is
-    a `Service` the config accepts (`service_yaml`).
+    heteroscale: `PolicySpec.curation_candidate`; targets at 40-90% of that capacity) replayed
+    on `curve`; 3) the candidate with the fewest GPU-hours at >= 99% SLO attainment (else the
+    best attainment) wins. The result is a `Service` the config accepts (`service_yaml`).
 Run it on one part of a trace and evaluate on another: never pick targets on the test load.
 """
 
@@ -19,16 +20,20 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from flows.replay import replay
 from models.config import ClusterConfig, Role, Service
 from sim import capacity as cap
 from sim.capacity import EngineModel
 from sim.traces import LoadCurve
+from sim.twin import TwinParams, engines_for
+from tasks.core.policy import POLICIES
 
 Engines = Mapping[tuple[str, Role, str], EngineModel]
 # The paper's pressure test used a 16-instance budget (best 9P7D / 10P6D).
 PRESSURE_BUDGET = 16
 TARGET_SHARES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-CANDIDATE_POLICIES = ("heteroscale-paper", "heteroscale")
+# The policies curation tries: those the registry marks as candidates.
+CANDIDATE_POLICIES = tuple(name for name, spec in POLICIES.items() if spec.curation_candidate)
 
 
 @dataclass(frozen=True)
@@ -103,9 +108,6 @@ def curate(
     policies: Sequence[str] = CANDIDATE_POLICIES,
     shares: Sequence[float] = TARGET_SHARES,
 ) -> CurationResult:
-    from flows.replay import replay  # late: the replay imports the policies this module feeds
-    from sim.twin import TwinParams, engines_for
-
     svc = config.service(service)
     engines = engines or engines_for(config, TwinParams())
     lengths = Lengths.of(curve)

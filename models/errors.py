@@ -1,9 +1,11 @@
-"""Error classes and the retry rule of the Prefect tasks.
+"""The error taxonomy and the retry rule, shared by every adapter and both drivers.
 
-Transient errors (connection refused, timeouts, HTTP 429/5xx, 409 conflicts) are retried by the
-task's retry policy. Permanent errors are raised at once with a message an operator can act on
-(a missing RBAC permission, a plan that breaks an invariant, a bad config): retrying them only
-delays the alarm.
+Two bases, as kopf splits them: a `TransientError` may succeed when tried again (connection
+refused, timeouts, HTTP 429/5xx, 409 conflicts, a locked database) and is retried by the Prefect
+task; a `PermanentError` is raised at once with a message an operator can act on (a missing RBAC
+permission, a plan that breaks an invariant, a bad query). Each adapter maps its library's
+errors to one of them at its boundary (tasks/prometheus.py, tasks/kube/client.py,
+tasks/store.py). Anything else is a bug: `is_transient` says no, so the step fails at once.
 """
 
 from __future__ import annotations
@@ -13,14 +15,26 @@ import re
 from typing import Any
 
 
+class TransientError(Exception):
+    """Trying again may succeed: the outside was unreachable, slow, overloaded or busy."""
+
+
 class PermanentError(Exception):
     """Retrying cannot help; the message says what the operator must change."""
 
 
+def is_transient(exc: BaseException | None) -> bool:
+    """The one retry predicate (Prefect tasks and the replay): our `TransientError`s, and the
+    OS's own connection and timeout errors, transient wherever they come from. Everything else,
+    a `KeyError` included, is not retried."""
+    if isinstance(exc, PermanentError):
+        return False
+    return isinstance(exc, TransientError | ConnectionError | TimeoutError)
+
+
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    """`retry_condition_fn` for Prefect tasks: retry unless the failure is permanent."""
-    exc = getattr(state, "data", None)
-    return not isinstance(exc, PermanentError | PermissionError)
+    """`retry_condition_fn` for Prefect tasks: retry transient failures only (`is_transient`)."""
+    return is_transient(getattr(state, "data", None))
 
 
 # Credentials that can appear in a server's error text (servers and proxies do echo request

@@ -1,0 +1,59 @@
+"""Closed sets as string enums, one name per concept across config, code, store and outputs.
+
+`StrEnum` members compare equal to, and serialize as, their string values: what the store and
+`summary.json` hold is unchanged. (`Role`, `Metric` and `AffinityLevel` live in `models.config`,
+`Action` and `ApplyMode` in `models.values`, next to the models that use them first.)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TargetSource(StrEnum):
+    """What set a service's target counts (`Targets.source`)."""
+
+    PROPORTIONAL = "proportional"
+    LATENCY = "latency"
+    SCHEDULE = "schedule"
+    BOUNDS = "bounds"
+    HOLD = "hold"
+    STATIC = "static"
+    HPA = "hpa"
+    # A capacity plan (flows/plan_capacity.py), not a policy.
+    PLAN = "plan"
+
+
+class RunStatus(StrEnum):
+    """How a scaling run ended (`ScalingRun.status`)."""
+
+    RUNNING = "running"
+    HELD = "held"
+    APPLIED = "applied"
+    DRY_RUN = "dry-run"
+    ADVISORY = "advisory"
+    FAILED = "failed"
+    # Another run held the cluster's lock: this one changed nothing.
+    SKIPPED = "skipped"
+
+
+class SignalName(StrEnum):
+    """The signals a service's metrics source answers (PromQL overrides are keyed by these)."""
+
+    DECODE_TPS = "decode_tps"
+    PREFILL_TPS = "prefill_tps"
+    TTFT_P99_S = "ttft_p99_s"
+    TBT_P99_S = "tbt_p99_s"
+    RUNNING_REQUESTS = "running_requests"
+    WAITING_REQUESTS = "waiting_requests"
+    GPU_UTIL = "gpu_util"
+    FRESHNESS = "freshness"
+    GPU_FRESHNESS = "gpu_freshness"
+
+
+class BackendKind(StrEnum):
+    """Backends a scaling run can talk to, by name (`flows.backends.make_backends`)."""
+
+    TWIN = "twin"
+    KUBE = "kube"
+    PROMETHEUS = "prometheus"

@@ -1,0 +1,126 @@
+"""What a load asks of the fleet: the policy metric a trace offers, its peak, the fleet a
+replay starts from, and one factor that fits a load to a cluster.
+
+Pure functions of a config and load curves (`sim.traces.LoadCurve`), shared by the replay
+(`flows.replay`), the persisted twin (`sim.live`) and its exporter (`sim.exporter`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from models.config import ClusterConfig, Metric
+from models.values import RoleCounts
+from sim.traces import LoadCurve
+from tasks.core.policy import bound_decode, split_by_ratio
+
+
+def future_peak(
+    config: ClusterConfig, curves: Mapping[str, LoadCurve], metric: Mapping[str, np.ndarray], now_s: float, t0_s: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The oracle's foresight from `metric` (= `period_means`): each service's true peak from
+    `now` until instances started now are Ready and have served one period, and the peak of
+    that last stretch alone (cold start .. cold start + period)."""
+    until, ready = {}, {}
+    for svc in config.services:
+        c = curves[svc.name]
+        series = metric[svc.name]
+        lo = c.at(now_s - t0_s)
+        mid = c.at(now_s - t0_s + svc.cold_start_s)
+        hi = c.at(now_s - t0_s + svc.cold_start_s + config.cluster.control_period_s)
+        until[svc.name] = float(np.max(series[lo : hi + 1]))
+        ready[svc.name] = float(np.max(series[mid : hi + 1]))
+    return until, ready
+
+
+def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
+    """Ground-truth policy metric per window of each service's curve (offered, not served)."""
+    out = {}
+    for svc in config.services:
+        c = curves[svc.name]
+        if svc.policy.metric is Metric.DECODE_TPS:
+            out[svc.name] = c.req_per_s * c.mean_output_tokens
+        else:
+            out[svc.name] = c.req_per_s * c.mean_input_tokens * (1 - svc.prefix_cache_hit)
+    return out
+
+
+def period_means(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
+    """The metric averaged over the control period starting at each window: what the oracle
+    foresees. Every policy sizes on period averages (static-peak too); the oracle's peak of raw
+    10-s windows would size for bursts no other policy is asked to absorb."""
+    out = {}
+    for name, series in metric_series(config, curves).items():
+        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
+        csum = np.concatenate([[0.0], np.cumsum(series)])
+        hi = np.minimum(np.arange(len(series)) + w, len(series))
+        out[name] = (csum[hi] - csum[: len(series)]) / (hi - np.arange(len(series)))
+    return out
+
+
+def peak_metric(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, float]:
+    """Peak of each service's metric, averaged over a control period (what static-peak sizes for)."""
+    out = {}
+    for name, series in metric_series(config, curves).items():
+        c = curves[name]
+        w = max(1, round(config.cluster.control_period_s / c.dt_s))
+        smooth = np.convolve(series, np.ones(w) / w, mode="valid") if len(series) >= w else series
+        out[name] = float(np.max(smooth)) if len(smooth) else 0.0
+    return out
+
+
+def initial_counts(
+    config: ClusterConfig, curves: Mapping[str, LoadCurve], *, at_peak: bool = False
+) -> dict[str, RoleCounts]:
+    """The fleet running when a replay (or the persisted twin) starts: sized for the first
+    period's load, the same for every adaptive policy; `at_peak` (a policy `sized_for_peak`,
+    static-peak): for the peak."""
+    first = {}
+    for name, series in metric_series(config, curves).items():
+        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
+        first[name] = float(np.mean(series[:w]))
+    peaks = peak_metric(config, curves)
+    out = {}
+    for svc in config.services:
+        value = peaks[svc.name] if at_peak else first[svc.name]
+        d = value / svc.policy.target_per_instance
+        if svc.policy.metric is Metric.PREFILL_TPS:
+            d /= svc.pd_ratio.prefill_per_decode
+        out[svc.name] = split_by_ratio(svc, bound_decode(svc, math.ceil(d - 1e-9)))
+    return out
+
+
+# `--peak-rps auto`: the share of the cluster's GPUs static-peak should need at the trace's peak.
+AUTO_GPU_SHARE = 0.8
+
+
+def static_peak_gpus(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> int:
+    """GPUs the static-peak fleet holds for these curves."""
+    counts = initial_counts(config, curves, at_peak=True)
+    return sum(
+        c.num_prefill * config.service(n).prefill.gpus_per_instance
+        + c.num_decode * config.service(n).decode.gpus_per_instance
+        for n, c in counts.items()
+    )
+
+
+def fit_to_cluster(
+    config: ClusterConfig, curves: Mapping[str, LoadCurve], share: float = AUTO_GPU_SHARE
+) -> tuple[dict[str, LoadCurve], float]:
+    """Scale every curve by one factor so static-peak needs about `share` of the cluster's GPUs
+    ("this load shape, on my cluster"). Returns the scaled curves and the factor."""
+    total = sum(p.nodes * p.gpus_per_node for p in config.topology.node_pools)
+    goal = share * total
+    lo, hi = 1e-6, 1.0
+    while static_peak_gpus(config, {n: c.scaled(hi) for n, c in curves.items()}) < goal and hi < 1e9:
+        hi *= 2
+    for _ in range(50):
+        mid = math.sqrt(lo * hi)
+        if static_peak_gpus(config, {n: c.scaled(mid) for n, c in curves.items()}) <= goal:
+            lo = mid
+        else:
+            hi = mid
+    return {n: c.scaled(lo) for n, c in curves.items()}, lo
