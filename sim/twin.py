@@ -44,8 +44,10 @@ from models.values import (
     ServiceSignals,
 )
 from sim import capacity as cap
-from sim.capacity import CapacityError, EngineModel
+from sim.capacity import CapacityError
 from sim.traces import LoadCurve
+from tasks.core import capacity as model
+from tasks.core.capacity import EngineModel, config_engine
 from tasks.core.topology import ClusterView, view_from_config
 
 # DCGM "GPU utilisation" of a decode engine that always has a step in flight: host-side
@@ -69,18 +71,6 @@ class TwinParams:
     kv_bandwidth_gb_per_s: float = 25.0  # per instance RDMA (200 Gb/s NIC)
     kv_cross_domain_loss: float = 0.2  # paper: ~20% bandwidth lost across switches
     kv_domain_level: str = "S1"  # P and D under different S1 (leaf) switches pay the loss
-
-
-def config_engine(svc: Service, role: Role, gpu: str) -> EngineModel:
-    """An engine whose throughput matches the config's `capacity_tokens_per_s`, for models and
-    GPUs no measured source covers. Shape constants come from Splitwise's llama2-70b A100 TP2
-    rows: a batch-1 decode step is 0.82 of a batch-64 step; a batch-1 prefill has 30 ms of
-    fixed cost. Its decode batch limit is 64 sequences at any context (no memory model)."""
-    per = svc.role(role).capacity_tokens_per_s[gpu]
-    if role is Role.PREFILL:
-        return EngineModel(gpu, 0, 0.03, 1.0 / per, 0.0, 0.05, 0.0, 0.0, 1.0, 64e12, "config")
-    step64 = 64.0 / per
-    return EngineModel(gpu, 0, 0.0, 0.0, 0.0, 0.82 * step64, 0.18 * step64 / 64, 0.0, 1.0, 64.0, "config")
 
 
 def engines_for(config: ClusterConfig, params: TwinParams) -> dict[tuple[str, Role, str], EngineModel]:
@@ -342,7 +332,7 @@ class Twin:
 
         # --- prefill: cache-missed prompt tokens, plus what queued before.
         cap_p = sum(
-            n * cap.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0)) for g, n in ready_p.items()
+            n * model.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0)) for g, n in ready_p.items()
         )
         backlog_p = self._backlog_p[svc.name]
         work_p = rps * prompt * dt + backlog_p
@@ -356,7 +346,7 @@ class Twin:
         if cap_p > 0:
             # p99 is set by the slowest GPU type serving prefill.
             ttft = max(
-                cap.prefill_ttft_p99_s(eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0))
+                model.prefill_ttft_p99_s(eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0))
                 for g in ready_p
             )
             ttft += backlog_p / cap_p
@@ -365,13 +355,13 @@ class Twin:
         # KV transfer of the p99 prompt (the whole prompt's KV, cache hits included).
         kv_bytes = eng[(svc.name, Role.DECODE, svc.decode.reference_gpu_type)].kv_bytes_per_token
         bw = self.params.kv_bandwidth_gb_per_s * 1e9 * (1.0 - self.params.kv_cross_domain_loss * self._cross[svc.name])
-        ttft += kv_bytes * in_tok * cap.P99_INPUT_FACTOR / bw
+        ttft += kv_bytes * in_tok * model.P99_INPUT_FACTOR / bw
 
         # --- decode: only the requests prefill finished arrive.
         done_req = served_p / prompt if prompt > 0 else rps * dt
         backlog_d = self._backlog_d[svc.name]
         work_d = done_req * out_tok + backlog_d
-        caps_d = {g: cap.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
+        caps_d = {g: model.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
         cap_d = sum(caps_d[g] * n for g, n in ready_d.items())
         served_d = min(work_d, cap_d * dt)
         backlog_d = work_d - served_d
@@ -389,8 +379,8 @@ class Twin:
                 bmax = e.max_batch(ctx_len)
                 # Each instance gets traffic in proportion to its capacity.
                 r_i = min(rho_d, 1.0) * caps_d[g]
-                b = min(cap.decode_batch(e, r_i, ctx_len), float(bmax))
-                tbt_g = cap.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
+                b = min(model.decode_batch(e, r_i, ctx_len), float(bmax))
+                tbt_g = model.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
                 if rho_d > _PREEMPT_RHO:
                     tbt_g += e.prefill_s(1, ctx_len)  # a preempted sequence is recomputed
                 tbt = max(tbt, tbt_g)

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from models.config import ClusterConfig, Role, Service
-from sim import capacity as cap
-from sim.capacity import EngineModel
 from sim.traces import LoadCurve
+from tasks.core import capacity as cap
+from tasks.core.capacity import EngineModel
 
 Engines = Mapping[tuple[str, Role, str], EngineModel]
 # The paper's pressure test used a 16-instance budget (best 9P7D / 10P6D).
