@@ -15,10 +15,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from models.config import ClusterConfig, Metric, PlacementMethod
+from models.config import ClusterConfig, Metric, PlacementMethod, Role
 from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
 from sim.faults import FaultPlan
 from sim.faults import wrap as wrap_faults
@@ -26,6 +27,7 @@ from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
+from tasks.core.capacity import SloFloor, slo_floor
 from tasks.core.greedy import place_greedy
 from tasks.core.invariants import plan_violations
 from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
@@ -60,9 +62,14 @@ class ReplayResult:
     failed_applies: int = 0
     invariant_violations: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float | int | str]:
+    def summary(self) -> dict[str, Any]:
         stats = self.twin.stats.values()
         gpu_s = sum(s.gpu_seconds for s in stats)
+        price = {g.name: g.cost_per_gpu_hour for g in self.twin.config.gpu_types}
+        cost = sum(n * price.get(g, 0.0) for s in stats for g, n in s.gpu_seconds_by_type.items()) / 3600.0
+        floors = slo_floors(self.twin)
+        feasible = [self.twin.stats[n] for n, f in floors.items() if f.feasible]
+        feasible_s = sum(s.total_s for s in feasible)
         total_s = sum(s.total_s for s in stats)
         simulated_s = max((s.total_s for s in stats), default=0.0)
         ttft = [x for s in stats for x in s.ttft_samples]
@@ -70,8 +77,13 @@ class ReplayResult:
         return {
             "policy": self.policy,
             "gpu_hours": round(gpu_s / 3600.0, 3),
+            # GPU-hours x each type's cost_per_gpu_hour: on a mixed cluster an H100 hour is not an A100's.
+            "cost": round(cost, 3),
             "avg_gpu_util": round(sum(s.util_gpu_seconds for s in stats) / gpu_s, 4) if gpu_s else 0.0,
             "slo_attainment": round(sum(s.good_s for s in stats) / total_s, 4) if total_s else 0.0,
+            # Over the services whose SLO some fleet can meet (None: no service's can).
+            "slo_attainment_feasible": round(sum(s.good_s for s in feasible) / feasible_s, 4) if feasible_s else None,
+            "slo_floor": {n: f.as_dict() for n, f in floors.items()},
             "scale_actions": self.scale_actions,
             # Control periods in which placement could not place every instance asked for.
             "unmet_periods": self.unmet_periods,
@@ -82,6 +94,25 @@ class ReplayResult:
             "ttft_p99_s": _p99(ttft),
             "tbt_p99_s": _p99(tbt),
         }
+
+
+def request_sizes(curve: LoadCurve) -> tuple[float, float]:
+    """Request-weighted mean (input, output) tokens of a curve's observed windows."""
+    w = np.where(curve.observed, curve.req_per_s, 0.0)
+    total = float(w.sum())
+    if total <= 0:
+        return float(np.mean(curve.mean_input_tokens)), float(np.mean(curve.mean_output_tokens))
+    return float((curve.mean_input_tokens * w).sum() / total), float((curve.mean_output_tokens * w).sum() / total)
+
+
+def slo_floors(twin: Twin) -> dict[str, SloFloor]:
+    """Each service's latency floor at its curve's request sizes on the twin's engines."""
+    out = {}
+    for svc in twin.config.services:
+        engines = {(role, g): twin.engines[(svc.name, role, g)] for role in Role for g in svc.role(role).gpu_types}
+        mean_in, mean_out = request_sizes(twin.load[svc.name])
+        out[svc.name] = slo_floor(svc, engines, mean_in, mean_out, bandwidth_gb_per_s=twin.params.kv_bandwidth_gb_per_s)
+    return out
 
 
 def _p99(samples: Sequence[float]) -> float | None:

@@ -117,6 +117,13 @@ class _ServiceTotals:
     gpus_p_s: float = 0.0
     gpus_d_s: float = 0.0
     last_observed_s: float | None = None
+    # Arrival side (the frontend's counters) and the prefill queue.
+    arrived_requests: float = 0.0
+    arrived_prompt_tokens: float = 0.0  # before the prefix cache
+    arrived_output_tokens: float = 0.0
+    queue_start_tokens: float | None = None  # cache-missed prompt tokens queued when the window opened
+    queue_end_tokens: float = 0.0
+    queue_end_requests: float = 0.0
 
 
 @dataclass
@@ -124,6 +131,7 @@ class ServiceStats:
     """Totals over the whole replay, for the league table."""
 
     gpu_seconds: float = 0.0
+    gpu_seconds_by_type: dict[str, float] = field(default_factory=dict)
     util_gpu_seconds: float = 0.0
     sm_gpu_seconds: float = 0.0
     good_s: float = 0.0
@@ -150,6 +158,7 @@ class TickRecord:
     util_prefill: float = 0.0
     util_decode: float = 0.0
     decode_tps: float = 0.0
+    waiting_requests: float = 0.0
 
 
 @dataclass
@@ -281,6 +290,8 @@ class Twin:
                 out[svc.name] = ServiceSignals.missing(svc.name)
             else:
                 w = acc.observed_s
+                reqs = acc.arrived_requests
+                q0 = acc.queue_start_tokens if acc.queue_start_tokens is not None else acc.queue_end_tokens
                 out[svc.name] = ServiceSignals(
                     service=svc.name,
                     sampled_at_s=acc.last_observed_s,
@@ -290,8 +301,18 @@ class Twin:
                     tbt_p99_s=acc.tbt_p99_s,
                     gpu_util_prefill=acc.util_p_gpu_s / acc.gpus_p_s if acc.gpus_p_s else None,
                     gpu_util_decode=acc.util_d_gpu_s / acc.gpus_d_s if acc.gpus_d_s else None,
+                    waiting_requests=acc.queue_end_requests,
+                    queued_prompt_tokens=acc.queue_end_tokens,
+                    queue_growth_tps=(acc.queue_end_tokens - q0) / acc.window_s if acc.window_s else None,
+                    arrival_rps=reqs / w,
+                    arrival_prompt_tps=acc.arrived_prompt_tokens / w,
+                    # Sizes need requests to average over: none arrived, none known.
+                    mean_input_tokens=acc.arrived_prompt_tokens / reqs if reqs > 0 else None,
+                    mean_output_tokens=acc.arrived_output_tokens / reqs if reqs > 0 else None,
+                    prefix_cache_hit_rate=svc.prefix_cache_hit,
                 )
-            self._acc[svc.name] = _ServiceTotals()
+            # The next window's queue starts where this one's ended.
+            self._acc[svc.name] = _ServiceTotals(queue_start_tokens=self._backlog_p[svc.name])
         return out
 
     # --- simulation ---------------------------------------------------------------------
@@ -303,13 +324,16 @@ class Twin:
                 self._tick(svc)
             self.now_s += self.tick_s
 
-    def _pool(self, svc: Service, role: Role) -> tuple[dict[str, float], int, int]:
-        """(ready instances per GPU type, ready instances, all instances) of a role."""
+    def _pool(self, svc: Service, role: Role, gpus_by_type: dict[str, float]) -> tuple[dict[str, float], int, int]:
+        """(ready instances per GPU type, ready instances, all instances) of a role; adds the
+        GPUs the role holds (starting instances too) to `gpus_by_type`."""
         ready: dict[str, float] = {}
         ready_n = all_n = 0
+        gpi = svc.role(role).gpus_per_instance
         for gpu_type, batches in self._by_role.get((svc.name, role), ()):
             for ready_at, n in batches:
                 all_n += int(n)
+                gpus_by_type[gpu_type] = gpus_by_type.get(gpu_type, 0.0) + n * gpi
                 if ready_at <= self.now_s:
                     ready[gpu_type] = ready.get(gpu_type, 0.0) + n
                     ready_n += int(n)
@@ -326,8 +350,9 @@ class Twin:
         prompt = in_tok * (1.0 - svc.prefix_cache_hit)
         ctx_len = in_tok + out_tok / 2.0
 
-        ready_p, n_ready_p, all_p = self._pool(svc, Role.PREFILL)
-        ready_d, n_ready_d, all_d = self._pool(svc, Role.DECODE)
+        all_by_type: dict[str, float] = {}
+        ready_p, n_ready_p, all_p = self._pool(svc, Role.PREFILL, all_by_type)
+        ready_d, n_ready_d, all_d = self._pool(svc, Role.DECODE, all_by_type)
         eng = self.engines
 
         # --- prefill: cache-missed prompt tokens, plus what queued before.
@@ -341,6 +366,7 @@ class Twin:
         if cap_p > 0 and backlog_p > cap_p * _MAX_QUEUE_S:
             backlog_p = cap_p * _MAX_QUEUE_S  # clients gave up (and this window fails)
         self._backlog_p[svc.name] = backlog_p
+        waiting = backlog_p / prompt if prompt > 0 else 0.0
         rho_p = work_p / (cap_p * dt) if cap_p > 0 else (math.inf if work_p > 0 else 0.0)
 
         if cap_p > 0:
@@ -414,10 +440,19 @@ class Twin:
             acc.gpus_p_s += gpus_ready_p * dt
             acc.gpus_d_s += gpus_ready_d * dt
             acc.last_observed_s = self.now_s + dt
+            acc.arrived_requests += rps * dt
+            acc.arrived_prompt_tokens += rps * in_tok * dt
+            acc.arrived_output_tokens += rps * out_tok * dt
+        acc.queue_end_tokens = backlog_p
+        acc.queue_end_requests = waiting
+        if acc.queue_start_tokens is None:
+            acc.queue_start_tokens = 0.0
             st.ttft_samples.append(ttft)
             st.tbt_samples.append(tbt)
 
         st.gpu_seconds += gpus_all * dt
+        for g, n in all_by_type.items():
+            st.gpu_seconds_by_type[g] = st.gpu_seconds_by_type.get(g, 0.0) + n * dt
         st.util_gpu_seconds += (util_p * gpus_ready_p + util_d * gpus_ready_d) * dt
         st.sm_gpu_seconds += (sm_p * gpus_ready_p + sm_d * gpus_ready_d) * dt
         st.total_s += dt
@@ -441,5 +476,6 @@ class Twin:
                     util_prefill=util_p,
                     util_decode=util_d,
                     decode_tps=served_d / dt,
+                    waiting_requests=waiting,
                 )
             )
