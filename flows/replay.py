@@ -23,6 +23,7 @@ from models.config import ClusterConfig, Metric, PlacementMethod, Role
 from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
 from sim.faults import FaultPlan
 from sim.faults import wrap as wrap_faults
+from sim.floor import FloorPlan
 from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
@@ -123,24 +124,6 @@ def _p99(samples: Sequence[float]) -> float | None:
     return round(v, 4) if math.isfinite(v) else v
 
 
-def future_peak(
-    config: ClusterConfig, curves: Mapping[str, LoadCurve], metric: Mapping[str, np.ndarray], now_s: float, t0_s: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The oracle's foresight from `metric` (= `period_means`): each service's true peak from
-    `now` until instances started now are Ready and have served one period, and the peak of
-    that last stretch alone (cold start .. cold start + period)."""
-    until, ready = {}, {}
-    for svc in config.services:
-        c = curves[svc.name]
-        series = metric[svc.name]
-        lo = c.at(now_s - t0_s)
-        mid = c.at(now_s - t0_s + svc.cold_start_s)
-        hi = c.at(now_s - t0_s + svc.cold_start_s + config.cluster.control_period_s)
-        until[svc.name] = float(np.max(series[lo : hi + 1]))
-        ready[svc.name] = float(np.max(series[mid : hi + 1]))
-    return until, ready
-
-
 def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
     """Ground-truth policy metric per window of each service's curve (offered, not served)."""
     out = {}
@@ -150,19 +133,6 @@ def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dic
             out[svc.name] = c.req_per_s * c.mean_output_tokens
         else:
             out[svc.name] = c.req_per_s * c.mean_input_tokens * (1 - svc.prefix_cache_hit)
-    return out
-
-
-def period_means(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
-    """The metric averaged over the control period starting at each window: what the oracle
-    foresees. Every policy sizes on period averages (static-peak too); the oracle's peak of raw
-    10-s windows would size for bursts no other policy is asked to absorb."""
-    out = {}
-    for name, series in metric_series(config, curves).items():
-        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
-        csum = np.concatenate([[0.0], np.cumsum(series)])
-        hi = np.minimum(np.arange(len(series)) + w, len(series))
-        out[name] = (csum[hi] - csum[: len(series)]) / (hi - np.arange(len(series)))
     return out
 
 
@@ -247,7 +217,19 @@ def replay(
     twin = Twin(
         config=config, load=curves, tick_s=dt, t0_s=t0, keep_ticks=keep_ticks, params=twin_params or TwinParams()
     )
-    seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, policy))
+    start = initial_counts(config, curves, policy)
+    floor_first: dict[str, RoleCounts] = {}
+    if policy != "static-peak":
+        # The starting fleet also serves the first cold start's load per role at the SLO: sized for
+        # decode at the curated ratio alone, a prefill-heavy load starts with one prefill instance
+        # and a backlog that every policy (the oracle too) spends its first minutes draining.
+        plan0 = FloorPlan(config.services, twin.engines, curves, period, bandwidth_gb_per_s=twin.params.kv_bandwidth_gb_per_s)
+        floor_first = plan0.targets(t0, t0)[1]
+        start = {
+            n: RoleCounts(max(c.num_prefill, floor_first[n].num_prefill), max(c.num_decode, floor_first[n].num_decode))
+            for n, c in start.items()
+        }
+    seed = place_greedy(config, view_from_config(config), start)
     twin.seed(seed.placement)
     signals_src: SignalsBackend = twin
     cluster: ClusterBackend = twin
@@ -257,8 +239,9 @@ def replay(
     violations: list[str] = []
 
     peaks = peak_metric(config, curves)
-    truth = period_means(config, curves) if policy == "oracle" else {}
-    ready_peaks: dict[str, float] = {}
+    floor = plan0 if policy == "oracle" else None
+    need: dict[str, RoleCounts] = {}
+    keep: dict[str, RoleCounts] = {}
     # Deques: extend_history appends and trims them in place.
     history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: deque() for s in config.services}
     uses_forecast = policy in FORECAST_POLICIES
@@ -279,8 +262,8 @@ def replay(
             failed["collect"] += 1
             continue
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
-        if policy == "oracle":
-            peaks, ready_peaks = future_peak(config, curves, truth, now, t0)
+        if floor is not None:
+            need, keep = floor.targets(now, t0)
         if uses_forecast and now - period >= next_forecast - 1e-9:
             # First period served of a new trace window: new load information, new forecast.
             select = now - period >= next_select - 1e-9
@@ -305,7 +288,9 @@ def replay(
             now,
             policy=policy,
             peak_metric=peaks,
-            ready_peak_metric=ready_peaks,
+            engines=twin.engines,
+            floor_need=need,
+            floor_keep=keep,
         )
         plan = steps.place(config, view, targets, method=placement or placement_method(policy))
         if check_invariants:

@@ -47,6 +47,7 @@ class ServiceSignals:
     queued_prompt_tokens: float | None = None  # cache-missed prompt tokens waiting, end of window
     queue_growth_tps: float | None = None  # d(queued_prompt_tokens)/dt over the window (may be < 0)
     arrival_rps: float | None = None  # requests/s arriving at the router/frontend
+    arrival_peak_rps: float | None = None  # the highest short-interval (~10 s) arrival rate in the window
     arrival_prompt_tps: float | None = None  # prompt tokens/s arriving (before the prefix cache)
     mean_input_tokens: float | None = None  # prompt tokens per request
     mean_output_tokens: float | None = None  # generated tokens per request

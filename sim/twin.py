@@ -119,6 +119,7 @@ class _ServiceTotals:
     last_observed_s: float | None = None
     # Arrival side (the frontend's counters) and the prefill queue.
     arrived_requests: float = 0.0
+    peak_rps: float = 0.0  # highest tick arrival rate (the twin's tick is the short interval)
     arrived_prompt_tokens: float = 0.0  # before the prefix cache
     arrived_output_tokens: float = 0.0
     queue_start_tokens: float | None = None  # cache-missed prompt tokens queued when the window opened
@@ -305,6 +306,7 @@ class Twin:
                     queued_prompt_tokens=acc.queue_end_tokens,
                     queue_growth_tps=(acc.queue_end_tokens - q0) / acc.window_s if acc.window_s else None,
                     arrival_rps=reqs / w,
+                    arrival_peak_rps=acc.peak_rps,
                     arrival_prompt_tps=acc.arrived_prompt_tokens / w,
                     # Sizes need requests to average over: none arrived, none known.
                     mean_input_tokens=acc.arrived_prompt_tokens / reqs if reqs > 0 else None,
@@ -441,6 +443,7 @@ class Twin:
             acc.gpus_d_s += gpus_ready_d * dt
             acc.last_observed_s = self.now_s + dt
             acc.arrived_requests += rps * dt
+            acc.peak_rps = max(acc.peak_rps, rps)
             acc.arrived_prompt_tokens += rps * in_tok * dt
             acc.arrived_output_tokens += rps * out_tok * dt
         acc.queue_end_tokens = backlog_p
