@@ -88,7 +88,7 @@ def cells_markdown(cells: Sequence[Mapping[str, Any]]) -> str:
     """What each cell was: its shape on the evaluation half, load, SLOs, curation and wall time."""
     lines = [
         "| cell | shape | mean in / out tokens (evaluated) | peak/mean req/s | load x | static-peak GPUs | "
-        "TTFT SLO s (chat/code/summ.) | TTFT floor s, best GPU | curated P:D | wall s |",
+        "TTFT SLO s (per service) | TTFT floor s, best GPU (evaluated sizes) | curated P:D | wall s |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for c in cells:
@@ -138,31 +138,39 @@ def plot(cells: Sequence[Mapping[str, Any]], path: Path) -> Path:
             if isinstance(r.get("ratio_to_floor"), int | float) and r["ratio_to_floor"] > 0:
                 ratio[i, j] = r["ratio_to_floor"]
     has_cost = any("cost" in r for c in cells for r in c["rows"])
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 1.55 * len(policies) * 2, 1.4 + 0.55 * len(cells)))
+    fig, axes = plt.subplots(2, 1, figsize=(3.0 + 1.25 * len(policies), 2.2 + 0.84 * len(cells)), sharex=True)
     panels = (
-        (axes[0], att, "SLO attainment, %", plt.get_cmap("RdYlGn"), matplotlib.colors.Normalize(80, 100), "{:.1f}"),
+        (
+            axes[0],
+            att,
+            "SLO attainment, % (colour clips below 80%)",
+            plt.get_cmap("RdYlGn"),
+            matplotlib.colors.Normalize(80, 100),
+            "{:.1f}",
+        ),
         (
             axes[1],
             ratio,
-            f"{'cost' if has_cost else 'GPU-hours'} / oracle's (floor)",
+            f"{'cost' if has_cost else 'GPU-hours'} / the oracle's in the same cell (blue: cheaper)",
             plt.get_cmap("coolwarm"),
             LogNorm(1 / 3, 3),
             "{:.2f}",
         ),
     )
     for ax, data, title, cmap, norm, fmt in panels:
-        cmap = cmap.copy()
-        cmap.set_bad("#dddddd")
+        cmap = cmap.with_extremes(bad="#dddddd")
         ax.imshow(np.ma.masked_invalid(data), cmap=cmap, norm=norm, aspect="auto")
-        ax.set_xticks(range(len(policies)), policies, rotation=30, ha="right", fontsize=9)
         ax.set_yticks(range(len(names)), names, fontsize=9)
         ax.set_title(title, fontsize=10)
         for i in range(len(names)):
             for j in range(len(policies)):
                 v = data[i, j]
-                ax.text(j, i, "—" if np.isnan(v) else fmt.format(v), ha="center", va="center", fontsize=8)
-    axes[1].set_yticklabels([])
-    fig.suptitle("workload matrix: league on each cell's second half (attainment colours clip below 80%)", fontsize=10)
+                r, g, b, _ = cmap(norm(v)) if not np.isnan(v) else (1, 1, 1, 1)
+                dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
+                text = "—" if np.isnan(v) else fmt.format(v)
+                ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
+    axes[1].set_xticks(range(len(policies)), policies, rotation=25, ha="right", fontsize=9)
+    fig.suptitle("workload matrix: the league on each cell's second half", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -189,7 +197,7 @@ def run_matrix(
     from flows.matrix import QUICK_POLICIES, Cell, Sources, run_cell, with_floor_ratio
     from flows.replay import ALL_POLICIES
     from heteroscale.league import write_outputs
-    from models.config import load_config
+    from models.config import PlacementMethod, load_config
     from tasks.core.policy import POLICIES
 
     cfg = load_config(config_path)
@@ -203,6 +211,8 @@ def run_matrix(
     bad = [p for p in pols if p not in POLICIES]
     if bad:
         raise ValueError(f"unknown policy {bad}; choose from {sorted(POLICIES)}")
+    if placement not in {m.value for m in PlacementMethod}:
+        raise ValueError(f"--placement must be one of {[m.value for m in PlacementMethod]}, got {placement!r}")
     if days <= 0:
         raise ValueError(f"--days must be positive, got {days}")
     sources = Sources(requests_csv, rates_csv, days=days, quick=quick)
