@@ -27,6 +27,10 @@ _ROOT = Path(__file__).resolve().parents[2]
 _REQUESTS = _ROOT / "data" / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
 _RATES = _ROOT / "data" / "traces" / "servegen" / "servegen_m-small_10min.csv"
 _CONFIG = _ROOT / "deployments" / "clusters" / "demo.yaml"
+_CELLS_HELP = (
+    "Cell to run (repeat; default all): conversation, prefill-heavy, prefill-heavy-bursty, decode-heavy, "
+    "long-context-feasible, long-context-config-slo, diurnal, mix-shift."
+)
 # Summary keys copied from each cell's summary.json besides its rows (present once the summary has them).
 _SUMMARY_EXTRAS = ("slo_floor",)
 
@@ -264,7 +268,7 @@ def run_matrix(
 @bench_app.command("matrix")
 def bench_matrix(
     config: Annotated[Path, typer.Option(help="Cluster config YAML.")] = _CONFIG,
-    cells: Annotated[list[str], typer.Option("--cells", help="Cell to run (repeat); default all.")] = [],  # noqa: B006
+    cells: Annotated[list[str], typer.Option("--cells", help=_CELLS_HELP)] = [],  # noqa: B006
     policies: Annotated[list[str], typer.Option("--policies", help="Policy (repeat); default all.")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("matrix-out"),
     json_out: Annotated[bool, typer.Option("--json", help="Print matrix.json to stdout instead of the table.")] = False,
