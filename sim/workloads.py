@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from sim import capacity as cap
-from sim.capacity import EngineModel
 from sim.traces import LoadCurve
+from tasks.core import capacity as cap
+from tasks.core.capacity import EngineModel
 
 # `prefill-heavy` (code-completion-like): ~2.3k-token prompts, ~26-token outputs on Azure conv.
 PREFILL_HEAVY = (2.0, 1.0 / 8.0)

@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from flows.matrix import FLOOR_POLICY, QUICK_POLICIES, Cell, with_floor_ratio
 from heteroscale.cli import app
 from heteroscale.commands.matrix import columns
-from sim import capacity as cap
 from sim import workloads as wl
-from sim.capacity import EngineModel
 from sim.traces import curve_from_requests, load_requests
+from tasks.core import capacity as cap
+from tasks.core.capacity import EngineModel
 from tests.conftest import BUNDLED_TRACE, DEMO_CONFIG
 
 
