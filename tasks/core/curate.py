@@ -8,7 +8,7 @@ Contract (pure apart from the replays it runs in simulated time):
   * `curate(config, service, curve)`: 1) pressure test: best P/D ratio on a 16-instance budget
     and the per-instance decode TPS at the SLO; 2) candidate policies (heteroscale-paper and
     heteroscale), each tuned on its own knob (heteroscale-paper: targets at 40-90% of that
-    capacity; heteroscale: `slo_headroom` 0.6-0.9), replayed on `curve`; 3) per policy, the
+    capacity; heteroscale: `slo_headroom` 0.6-1.0), replayed on `curve`; 3) per policy, the
     candidate with the fewest GPU-hours at >= 99% SLO attainment (else the best attainment); the
     best of those names the service's policy, and each policy's knob is written. The result is
     a `Service` the config accepts (`service_yaml`).
@@ -32,7 +32,7 @@ PRESSURE_BUDGET = 16
 TARGET_SHARES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # `heteroscale` sizes at a share of the capacity at the SLO for the observed sizes, not at the
 # curated target: its knob is `slo_headroom`, swept over these.
-SLO_HEADROOMS = (0.6, 0.7, 0.8, 0.9)
+SLO_HEADROOMS = (0.6, 0.7, 0.8, 0.9, 1.0)
 CANDIDATE_POLICIES = ("heteroscale-paper", "heteroscale")
 
 
