@@ -8,9 +8,11 @@ Contract (pure apart from the replays it runs in simulated time):
     highest request rate each P/D split serves within the SLOs (the twin's steady state);
   * `curate(config, service, curve)`: 1) pressure test: best P/D ratio on a 16-instance budget
     and the per-instance decode TPS at the SLO; 2) candidate policies (heteroscale-paper and
-    heteroscale: `PolicySpec.curation_candidate`; targets at 40-90% of that capacity) replayed
-    on `curve`; 3) the candidate with the fewest GPU-hours at >= 99% SLO attainment (else the
-    best attainment) wins. The result is a `Service` the config accepts (`service_yaml`).
+    heteroscale: `PolicySpec.curation_candidate`), each tuned on its own knob (heteroscale-paper: targets at 40-90% of that
+    capacity; heteroscale: `slo_headroom` 0.6-1.0), replayed on `curve`; 3) per policy, the
+    candidate with the fewest GPU-hours at >= 99% SLO attainment (else the best attainment); the
+    best of those names the service's policy, and each policy's knob is written. The result is
+    a `Service` the config accepts (`service_yaml`).
 Run it on one part of a trace and evaluate on another: never pick targets on the test load.
 """
 
@@ -22,10 +24,10 @@ from dataclasses import dataclass
 
 from flows.replay import replay
 from models.config import ClusterConfig, Role, Service
-from sim import capacity as cap
-from sim.capacity import EngineModel
 from sim.traces import LoadCurve
 from sim.twin import TwinParams, engines_for
+from tasks.core import capacity as cap
+from tasks.core.capacity import EngineModel
 from tasks.core.policy import POLICIES
 
 Engines = Mapping[tuple[str, Role, str], EngineModel]
@@ -34,6 +36,9 @@ PRESSURE_BUDGET = 16
 TARGET_SHARES = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 # The policies curation tries: those the registry marks as candidates.
 CANDIDATE_POLICIES = tuple(name for name, spec in POLICIES.items() if spec.curation_candidate)
+# `heteroscale` sizes at a share of the capacity at the SLO for the observed sizes, not at the
+# curated target: its knob is `slo_headroom`, swept over these.
+SLO_HEADROOMS = (0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,7 @@ class Candidate:
     target_per_instance: float
     gpu_hours: float
     slo_attainment: float
+    slo_headroom: float | None = None  # heteroscale's knob (None: the policy does not read it)
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,7 @@ def curate(
     engines: Engines | None = None,
     policies: Sequence[str] = CANDIDATE_POLICIES,
     shares: Sequence[float] = TARGET_SHARES,
+    headrooms: Sequence[float] = SLO_HEADROOMS,
 ) -> CurationResult:
     svc = config.service(service)
     engines = engines or engines_for(config, TwinParams())
@@ -124,30 +131,38 @@ def curate(
             "decode": svc.decode.model_copy(update={"capacity_tokens_per_s": _rounded(caps[Role.DECODE])}),
         }
     )
-    # Replay the service alone: its curation must not depend on its neighbours' load.
+    # Replay the service alone: its curation must not depend on its neighbours' load. Each
+    # candidate policy is tuned on its own knob (the target share, or heteroscale's SLO headroom),
+    # so the league compares every policy at its best on this load, not at another's setting.
     candidates = []
     for pol in policies:
-        for share in shares:
-            target = round(dec_cap * share, 1)
-            trial = base.model_copy(
-                update={"policy": base.policy.model_copy(update={"name": pol, "target_per_instance": target})}
-            )
+        knobs: Sequence[tuple[float, float | None]] = (
+            [(round(dec_cap * 0.5, 1), h) for h in headrooms]
+            if pol == "heteroscale"
+            else [(round(dec_cap * share, 1), None) for share in shares]
+        )
+        for target, headroom in knobs:
+            update: dict[str, object] = {"name": pol, "target_per_instance": target}
+            if headroom is not None:
+                update["slo_headroom"] = headroom
+            trial = base.model_copy(update={"policy": base.policy.model_copy(update=update)})
             cfg = config.model_copy(update={"services": (trial,)})
             res = replay(cfg, {service: curve}, pol, keep_ticks=False, placement="greedy").summary()
-            candidates.append(Candidate(pol, target, float(res["gpu_hours"]), float(res["slo_attainment"])))
-    good = [c for c in candidates if c.slo_attainment >= 0.99]
-    chosen = (
-        min(good, key=lambda c: c.gpu_hours)
-        if good
-        else max(candidates, key=lambda c: (c.slo_attainment, -c.gpu_hours))
-    )
-    final = base.model_copy(
-        update={
-            "policy": base.policy.model_copy(
-                update={"name": chosen.policy, "target_per_instance": chosen.target_per_instance}
-            )
-        }
-    )
+            candidates.append(Candidate(pol, target, float(res["gpu_hours"]), float(res["slo_attainment"]), headroom))
+
+    def best(cands: Sequence[Candidate]) -> Candidate:
+        good = [c for c in cands if c.slo_attainment >= 0.99]
+        return (
+            min(good, key=lambda c: c.gpu_hours) if good else max(cands, key=lambda c: (c.slo_attainment, -c.gpu_hours))
+        )
+
+    chosen = best(candidates)
+    per_policy = {pol: best([c for c in candidates if c.policy == pol]) for pol in policies}
+    target = next((c.target_per_instance for p, c in per_policy.items() if p != "heteroscale"), chosen.target_per_instance)
+    update = {"name": chosen.policy, "target_per_instance": target}
+    if "heteroscale" in per_policy and per_policy["heteroscale"].slo_headroom is not None:
+        update["slo_headroom"] = per_policy["heteroscale"].slo_headroom
+    final = base.model_copy(update={"policy": base.policy.model_copy(update=update)})
     return CurationResult(final, ratio, dec_cap, tuple(candidates), chosen)
 
 

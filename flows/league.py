@@ -23,17 +23,55 @@ def _fmt_s(v: float | None) -> str:
 def table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The league as a markdown table."""
     lines = [
-        "| policy | GPU-hours | avg GPU util | avg SM activity | SLO attainment | TTFT p99 s | TBT p99 s | scale actions "
-        "| unmet periods | wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| policy | GPU-hours | cost | avg GPU util | avg SM activity | SLO attainment | TTFT p99 s | TBT p99 s "
+        "| scale actions | unmet periods | wall s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['policy']} | {r['gpu_hours']:.1f} | {r['avg_gpu_util']:.1%} | {r.get('avg_sm_activity', 0):.1%} | "
-            f"{r['slo_attainment']:.2%} | {_fmt_s(r.get('ttft_p99_s'))} | {_fmt_s(r.get('tbt_p99_s'))} | "
+            f"| {r['policy']} | {r['gpu_hours']:.1f} | {r.get('cost', 0):.1f} | {r['avg_gpu_util']:.1%} | "
+            f"{r.get('avg_sm_activity', 0):.1%} | {r['slo_attainment']:.2%} | {_fmt_s(r.get('ttft_p99_s'))} | {_fmt_s(r.get('tbt_p99_s'))} | "
             f"{r['scale_actions']} | {r.get('unmet_periods', 0)} | {r['wall_s']:.2f} |"
         )
     return "\n".join(lines)
+
+
+def infeasible_slos(rows: Sequence[Mapping[str, Any]], config: ClusterConfig) -> list[str]:
+    """One warning per service whose SLO is below its latency floor (no fleet can meet it)."""
+    floors = rows[0].get("slo_floor", {}) if rows else {}
+    out = []
+    for svc in config.services:
+        f = floors.get(svc.name)
+        if f is None or f["feasible"]:
+            continue
+        parts = []
+        if f["ttft_floor_s"] > svc.slo.ttft_p99_s:
+            parts.append(f"TTFT SLO {svc.slo.ttft_p99_s:g}s is below its floor {f['ttft_floor_s']:.2f}s")
+        if f["tbt_floor_s"] > svc.slo.tbt_p99_s:
+            parts.append(f"TBT SLO {svc.slo.tbt_p99_s:g}s is below its floor {f['tbt_floor_s']:.3f}s")
+        if not f["fits_kv"]:
+            parts.append("its p99 context does not fit in a decode instance's KV memory")
+        out.append(
+            f"service {svc.name!r}: {'; '.join(parts)} (p99 request on its best allowed GPU, idle): "
+            "no fleet can meet this SLO; attainment is also reported over the feasible services"
+        )
+    return out
+
+
+def _floor_table(rows: Sequence[Mapping[str, Any]], config: ClusterConfig) -> list[str]:
+    floors = rows[0].get("slo_floor", {}) if rows else {}
+    lines = [
+        "| service | TTFT SLO s | TTFT floor s | TBT SLO s | TBT floor s | p99 context fits | feasible |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for svc in config.services:
+        f = floors.get(svc.name)
+        if f is not None:
+            lines.append(
+                f"| {svc.name} | {svc.slo.ttft_p99_s:g} | {f['ttft_floor_s']:.3f} | {svc.slo.tbt_p99_s:g} | "
+                f"{f['tbt_floor_s']:.4f} | {'yes' if f['fits_kv'] else 'no'} | {'yes' if f['feasible'] else '**no**'} |"
+            )
+    return lines
 
 
 def _plt() -> Any:
@@ -191,6 +229,16 @@ def write_outputs(
         "for every instance the policy asked for (the GPUs exist, but not where that service may run).",
         "",
         "![GPU-hours vs SLO attainment](league-tradeoff.png)",
+        "",
+        "## SLO feasibility",
+        "",
+        "The latency floor of each service's workload on its best allowed GPU: prefill of the p99 prompt on",
+        "an idle instance plus its KV transfer (TTFT), one decode step at batch 1 holding the p99 context",
+        "(TBT). An SLO below its floor cannot be met by any fleet; such services are left out of",
+        "`slo_attainment_feasible` in summary.json.",
+        "",
+        *_floor_table(rows, config),
+        *[f"- warning: {w}" for w in infeasible_slos(rows, config)],
         "",
         "## Per service",
         "",

@@ -15,19 +15,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from models.config import ClusterConfig, PlacementMethod
+from models.config import ClusterConfig, PlacementMethod, Role
 from models.errors import is_transient
-from models.values import Action, ApplyMode, Forecast, ServicePolicyState
+from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
 from sim.faults import FaultPlan
 from sim.faults import wrap as wrap_faults
-from sim.sizing import fit_to_cluster, future_peak, initial_counts, peak_metric, period_means
+from sim.floor import FloorPlan
+from sim.sizing import fit_to_cluster, initial_counts, peak_metric
 from sim.traces import LoadCurve
 from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
+from tasks.core.capacity import SloFloor, slo_floor
 from tasks.core.invariants import plan_violations
 from tasks.core.placement import place_greedy
 from tasks.core.policy import POLICIES, get_policy
@@ -57,9 +60,14 @@ class ReplayResult:
     failed_applies: int = 0
     invariant_violations: list[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, float | int | str]:
+    def summary(self) -> dict[str, Any]:
         stats = self.twin.stats.values()
         gpu_s = sum(s.gpu_seconds for s in stats)
+        price = {g.name: g.cost_per_gpu_hour for g in self.twin.config.gpu_types}
+        cost = sum(n * price.get(g, 0.0) for s in stats for g, n in s.gpu_seconds_by_type.items()) / 3600.0
+        floors = slo_floors(self.twin)
+        feasible = [self.twin.stats[n] for n, f in floors.items() if f.feasible]
+        feasible_s = sum(s.total_s for s in feasible)
         total_s = sum(s.total_s for s in stats)
         simulated_s = max((s.total_s for s in stats), default=0.0)
         ttft = [x for s in stats for x in s.ttft_samples]
@@ -67,8 +75,13 @@ class ReplayResult:
         return {
             "policy": self.policy,
             "gpu_hours": round(gpu_s / 3600.0, 3),
+            # GPU-hours x each type's cost_per_gpu_hour: on a mixed cluster an H100 hour is not an A100's.
+            "cost": round(cost, 3),
             "avg_gpu_util": round(sum(s.util_gpu_seconds for s in stats) / gpu_s, 4) if gpu_s else 0.0,
             "slo_attainment": round(sum(s.good_s for s in stats) / total_s, 4) if total_s else 0.0,
+            # Over the services whose SLO some fleet can meet (None: no service's can).
+            "slo_attainment_feasible": round(sum(s.good_s for s in feasible) / feasible_s, 4) if feasible_s else None,
+            "slo_floor": {n: f.as_dict() for n, f in floors.items()},
             "scale_actions": self.scale_actions,
             # Control periods in which placement could not place every instance asked for.
             "unmet_periods": self.unmet_periods,
@@ -79,6 +92,25 @@ class ReplayResult:
             "ttft_p99_s": _p99(ttft),
             "tbt_p99_s": _p99(tbt),
         }
+
+
+def request_sizes(curve: LoadCurve) -> tuple[float, float]:
+    """Request-weighted mean (input, output) tokens of a curve's observed windows."""
+    w = np.where(curve.observed, curve.req_per_s, 0.0)
+    total = float(w.sum())
+    if total <= 0:
+        return float(np.mean(curve.mean_input_tokens)), float(np.mean(curve.mean_output_tokens))
+    return float((curve.mean_input_tokens * w).sum() / total), float((curve.mean_output_tokens * w).sum() / total)
+
+
+def slo_floors(twin: Twin) -> dict[str, SloFloor]:
+    """Each service's latency floor at its curve's request sizes on the twin's engines."""
+    out = {}
+    for svc in twin.config.services:
+        engines = {(role, g): twin.engines[(svc.name, role, g)] for role in Role for g in svc.role(role).gpu_types}
+        mean_in, mean_out = request_sizes(twin.load[svc.name])
+        out[svc.name] = slo_floor(svc, engines, mean_in, mean_out, bandwidth_gb_per_s=twin.params.kv_bandwidth_gb_per_s)
+    return out
 
 
 def _p99(samples: Sequence[float]) -> float | None:
@@ -133,7 +165,19 @@ def replay(
     twin = Twin(
         config=config, load=curves, tick_s=dt, t0_s=t0, keep_ticks=keep_ticks, params=twin_params or TwinParams()
     )
-    seed = place_greedy(config, view_from_config(config), initial_counts(config, curves, at_peak=spec.sized_for_peak))
+    start = initial_counts(config, curves, at_peak=spec.sized_for_peak)
+    floor0: FloorPlan | None = None
+    if not spec.sized_for_peak:
+        # The starting fleet also serves the first cold start's load per role at the SLO: sized for
+        # decode at the curated ratio alone, a prefill-heavy load starts with one prefill instance
+        # and a backlog that every policy (the oracle too) spends its first minutes draining.
+        floor0 = FloorPlan(config.services, twin.engines, curves, period, bandwidth_gb_per_s=twin.params.kv_bandwidth_gb_per_s)
+        first = floor0.targets(t0, t0)[1]
+        start = {
+            n: RoleCounts(max(c.num_prefill, first[n].num_prefill), max(c.num_decode, first[n].num_decode))
+            for n, c in start.items()
+        }
+    seed = place_greedy(config, view_from_config(config), start)
     twin.seed(seed.placement)
     signals_src: SignalsBackend = twin
     cluster: ClusterBackend = twin
@@ -143,8 +187,9 @@ def replay(
     violations: list[str] = []
 
     peaks = peak_metric(config, curves)
-    truth = period_means(config, curves) if spec.needs_foresight else {}
-    ready_peaks: dict[str, float] = {}
+    floor = floor0 if spec.needs_foresight else None
+    need: dict[str, RoleCounts] = {}
+    keep: dict[str, RoleCounts] = {}
     # Deques: extend_history appends and trims them in place.
     history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: deque() for s in config.services}
     uses_forecast = spec.uses_forecast
@@ -166,8 +211,8 @@ def replay(
             failed["collect"] += 1
             continue
         history = steps.extend_history(history, signals, config, now, keep_s=history_keep_s)
-        if spec.needs_foresight:
-            peaks, ready_peaks = future_peak(config, curves, truth, now, t0)
+        if floor is not None:
+            need, keep = floor.targets(now, t0)
         if uses_forecast and now - period >= next_forecast - 1e-9:
             # First period served of a new trace window: new load information, new forecast.
             select = now - period >= next_select - 1e-9
@@ -193,7 +238,9 @@ def replay(
             now,
             policy=policy,
             peak_metric=peaks,
-            ready_peak_metric=ready_peaks,
+            engines=twin.engines,
+            floor_need=need,
+            floor_keep=keep,
         )
         plan = steps.place(config, view, targets, method=placement or spec.placement)
         if check_invariants:

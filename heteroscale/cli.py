@@ -100,6 +100,7 @@ def _print_league(rows: list[dict[str, Any]]) -> None:
     for col in (
         "policy",
         "GPU-hours",
+        "cost",
         "avg GPU util",
         "SLO attainment",
         "TTFT p99 s",
@@ -112,6 +113,7 @@ def _print_league(rows: list[dict[str, Any]]) -> None:
         t.add_row(
             r["policy"],
             f"{r['gpu_hours']:.1f}",
+            f"{r.get('cost', 0):.1f}",
             f"{r['avg_gpu_util']:.1%}",
             f"{r['slo_attainment']:.1%}",
             "—" if r.get("ttft_p99_s") is None else f"{r['ttft_p99_s']:.3g}",
@@ -133,7 +135,7 @@ def _run_replay(
     placement: str | None = None,
     skip: float = 0.0,
 ) -> dict[str, Path]:
-    from flows.league import write_outputs
+    from flows.league import infeasible_slos, write_outputs
     from flows.replay import run_league
     from tasks.core.policy import POLICIES
     from tasks.core.registry import load_config
@@ -160,7 +162,10 @@ def _run_replay(
     cmd = "heteroscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     extra = {"peak_rps_auto_scale": factor, "skip": skip, "wall_s_total": round(wall, 2)}
     paths = write_outputs(results, cfg, curves, out, command=cmd, extra=extra)
-    _print_league([r.summary() for r in results])
+    rows = [r.summary() for r in results]
+    _print_league(rows)
+    for warning in infeasible_slos(rows, cfg):
+        err.print(f"warning: {warning}", markup=False, highlight=False)
     if factor is not None:
         console.print(f"--peak-rps auto: trace rate x{factor:.3g} (static-peak needs ~80% of the cluster's GPUs)")
     console.print(f"replayed in {wall:.1f} s")

@@ -198,6 +198,10 @@ class PolicyParams(_Frozen):
     hpa_target_gpu_util: Annotated[float, Field(gt=0, le=1)] = 0.8
     hpa_tolerance: Annotated[float, Field(ge=0, lt=1)] = 0.1
     hpa_scale_down_stabilization_s: Annotated[float, Field(ge=0)] = 300.0
+    # `heteroscale` only: the share of an instance's capacity at the SLO (for the request sizes
+    # observed, from the capacity model) it sizes each role to, applied to the recent peak demand.
+    # The rest absorbs forecast error and load moving within a control period.
+    slo_headroom: Annotated[float, Field(gt=0, le=1)] = 0.8
 
     @model_validator(mode="after")
     def _check(self) -> Self:

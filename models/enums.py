@@ -47,6 +47,15 @@ class SignalName(StrEnum):
     RUNNING_REQUESTS = "running_requests"
     WAITING_REQUESTS = "waiting_requests"
     GPU_UTIL = "gpu_util"
+    # Demand, not only what was served (issue 13; docs/signals.md "Demand signals").
+    QUEUED_PROMPT_TOKENS = "queued_prompt_tokens"
+    QUEUE_GROWTH_TPS = "queue_growth_tps"
+    ARRIVAL_RPS = "arrival_rps"
+    ARRIVAL_PEAK_RPS = "arrival_peak_rps"
+    ARRIVAL_PROMPT_TPS = "arrival_prompt_tps"
+    MEAN_INPUT_TOKENS = "mean_input_tokens"
+    MEAN_OUTPUT_TOKENS = "mean_output_tokens"
+    PREFIX_CACHE_HIT_RATE = "prefix_cache_hit_rate"
     FRESHNESS = "freshness"
     GPU_FRESHNESS = "gpu_freshness"
 

@@ -43,7 +43,16 @@ class ServiceSignals:
     gpu_util_prefill: float | None = None
     gpu_util_decode: float | None = None
     running_requests: float | None = None
-    waiting_requests: float | None = None
+    waiting_requests: float | None = None  # requests queued for prefill at the end of the window
+    # Demand, not only what was served (a saturated pool serves its capacity, whatever is asked):
+    queued_prompt_tokens: float | None = None  # cache-missed prompt tokens waiting, end of window
+    queue_growth_tps: float | None = None  # d(queued_prompt_tokens)/dt over the window (may be < 0)
+    arrival_rps: float | None = None  # requests/s arriving at the router/frontend
+    arrival_peak_rps: float | None = None  # the highest short-interval (~10 s) arrival rate in the window
+    arrival_prompt_tps: float | None = None  # prompt tokens/s arriving (before the prefix cache)
+    mean_input_tokens: float | None = None  # prompt tokens per request
+    mean_output_tokens: float | None = None  # generated tokens per request
+    prefix_cache_hit_rate: float | None = None  # share of prompt tokens served from the prefix cache
 
     def get(self, name: str) -> float | None:
         return getattr(self, name)

@@ -15,8 +15,8 @@ Contract:
       decode_step_s(b, L)  = d0 + d1 * b + d2 * b * L                (weights + per-seq + KV reads)
     and a KV-memory bound on the decode batch (`max_batch(ctx)`), from the model's KV bytes per
     token and the weights left over in GPU memory.
-  * `capacity_at_slo(...)` is the throughput one instance sustains while meeting the service's
-    TTFT / TBT targets; it is what `capacity_tokens_per_s` in a cluster config should hold.
+  * The engine's latency model and what follows from it (capacity at the SLOs, p99 TTFT and
+    TBT, the SLO floor) are pure and live in `tasks.core.capacity`, where the policies read them.
   * Derived tables are cached (parquet) under `<data dir>/capacity-cache/`, keyed by source,
     model, GPU and TP, so a replay never recompiles an engine.
   * `validate_against_splitwise(path)` compares aiconfigurator's predictions with the measured
@@ -32,10 +32,8 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -43,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from models import settings
+from tasks.core.capacity import EngineModel
 
 PERF_COLUMNS = ("gpu", "tp", "batch", "seq_len", "prefill_ms", "decode_step_ms")
 GRID_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -68,8 +67,6 @@ GPU_SYSTEMS = {
     "b200": "b200_sxm",
 }
 GPU_MEMORY_GIB = {"a100": 80.0, "h100": 80.0, "h200": 141.0, "l40s": 48.0, "b200": 180.0}
-# vLLM's default max_num_seqs: the engine never batches more sequences than this.
-ENGINE_MAX_BATCH = 256
 # Share of GPU memory vLLM may use (gpu_memory_utilization default) minus activations.
 _MEMORY_FRACTION = 0.9
 
@@ -173,36 +170,6 @@ def perf_from_csv(path: str | Path, *, model: str | None = None) -> pd.DataFrame
 # --- fitted engine model ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EngineModel:
-    """Fitted latency of one (model, GPU, TP) engine, seconds. See the module docstring."""
-
-    gpu: str
-    tp: int
-    p0: float
-    p1: float
-    p2: float
-    d0: float
-    d1: float
-    d2: float
-    kv_bytes_per_token: float
-    kv_budget_bytes: float
-    source: str
-
-    def prefill_s(self, batch: float, seq_len: float) -> float:
-        return self.p0 + self.p1 * batch * seq_len + self.p2 * batch * seq_len * seq_len
-
-    def decode_step_s(self, batch: float, ctx_len: float) -> float:
-        return self.d0 + self.d1 * batch + self.d2 * batch * ctx_len
-
-    def max_batch(self, ctx_len: float) -> int:
-        """Sequences whose KV cache fits next to the weights, capped by the engine's limit."""
-        if self.kv_budget_bytes <= 0:
-            return 1
-        fit = int(self.kv_budget_bytes // max(self.kv_bytes_per_token * ctx_len, 1.0))
-        return max(1, min(ENGINE_MAX_BATCH, fit))
-
-
 def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares on relative error (1 ms and 10 s rows alike), refitted once
     without rows off by more than 50%: one artefact row (Splitwise's batch-64 prefill) must not
@@ -267,81 +234,6 @@ def engine_for(model: str, gpu: str, tp: int, perf_csv: str | None = None) -> En
         if ((table["gpu"] == gpu) & (table["tp"] == tp)).any():
             return fit_engine(table, gpu=gpu, tp=tp, model=model, source=f"csv:{Path(perf_csv).name}")
     return fit_engine(perf_from_aiconfigurator(model, gpu, tp), gpu=gpu, tp=tp, model=model, source="aiconfigurator")
-
-
-# --- capacity at the SLOs --------------------------------------------------------------------
-
-# p99 of a request's prompt length relative to the mean (Azure conv trace: 4142 / 1155).
-P99_INPUT_FACTOR = 3.6
-# p99 of the number of sequences in a decode batch over its mean: Poisson fluctuation, z = 2.33.
-_Z99 = 2.33
-
-
-def decode_batch(engine: EngineModel, tokens_per_s: float, ctx_len: float) -> float:
-    """Mean decode batch (sequences in flight) one instance holds to serve `tokens_per_s`
-    (Little's law with step time a + c*b: b = r*a / (1 - r*c)); inf when it cannot."""
-    a = engine.d0
-    c = engine.d1 + engine.d2 * ctx_len
-    if tokens_per_s <= 0:
-        return 0.0
-    den = 1.0 - tokens_per_s * c
-    return math.inf if den <= 0 else tokens_per_s * a / den
-
-
-def decode_tbt_p99_s(engine: EngineModel, batch: float, ctx_len: float) -> float:
-    """p99 time between tokens at mean batch `batch`: the step time of the p99 batch."""
-    b99 = min(batch + _Z99 * math.sqrt(max(batch, 0.0)), engine.max_batch(ctx_len))
-    return engine.decode_step_s(max(b99, 1.0), ctx_len)
-
-
-def decode_capacity(engine: EngineModel, ctx_len: float, tbt_slo_s: float | None = None) -> float:
-    """Output tokens/s one instance sustains: at its KV-memory batch limit, or (with an SLO) at
-    the largest mean batch whose p99 TBT stays within `tbt_slo_s`."""
-    bmax = engine.max_batch(ctx_len)
-    best = bmax / engine.decode_step_s(bmax, ctx_len)
-    if tbt_slo_s is None:
-        return best
-    lo, hi = 0.0, float(bmax)
-    if decode_tbt_p99_s(engine, hi, ctx_len) <= tbt_slo_s:
-        return best
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if decode_tbt_p99_s(engine, mid, ctx_len) <= tbt_slo_s else (lo, mid)
-    return lo / engine.decode_step_s(max(lo, 1e-9), ctx_len) if lo > 0 else 0.0
-
-
-def prefill_tokens_per_s(engine: EngineModel, seq_len: float) -> float:
-    """Prompt tokens/s one busy instance processes (batched prefill, marginal cost per prompt)."""
-    return seq_len / (engine.p1 * seq_len + engine.p2 * seq_len * seq_len)
-
-
-def prefill_ttft_p99_s(engine: EngineModel, rho: float, servers: int, seq_len: float) -> float:
-    """p99 TTFT of a pool of `servers` prefill instances at utilisation `rho` (no backlog):
-    the p99 prompt's own prefill plus the p99 wait for an instance (Sakasegawa's M/M/c mean
-    wait x 4.6, the p99 of an exponential tail)."""
-    mean_s = engine.prefill_s(1, seq_len)
-    floor = engine.prefill_s(1, P99_INPUT_FACTOR * seq_len)
-    if rho <= 0:
-        return floor
-    if rho >= 1:
-        return math.inf
-    c = max(servers, 1)
-    wait = mean_s * rho ** (math.sqrt(2.0 * (c + 1)) - 1.0) / (c * (1.0 - rho))
-    return floor + 4.6 * wait
-
-
-def prefill_capacity(engine: EngineModel, seq_len: float, ttft_slo_s: float | None = None, servers: int = 1) -> float:
-    """Prompt tokens/s one instance (in a pool of `servers`) sustains within the TTFT target."""
-    full = prefill_tokens_per_s(engine, seq_len)
-    if ttft_slo_s is None:
-        return full
-    if prefill_ttft_p99_s(engine, 0.0, servers, seq_len) > ttft_slo_s:
-        return 0.0
-    lo, hi = 0.0, 0.999
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if prefill_ttft_p99_s(engine, mid, servers, seq_len) <= ttft_slo_s else (lo, mid)
-    return lo * full
 
 
 # --- validation against Splitwise ------------------------------------------------------------

@@ -15,7 +15,17 @@ Contract:
     scrape target that went quiet;
   * `truth` keeps each tick's ground truth (wall time at the tick's end, the twin's signals), so a
     test can compare what Prometheus answers with what the twin served;
-  * running / waiting request counts are not modelled by the twin and are not exported;
+  * the queue: `vllm:num_requests_waiting` per role is the twin's backlog in requests (prefill:
+    cache-missed prompt tokens queued / tokens per request; decode: generation tokens queued /
+    output tokens per request), a gauge at the end of each tick. Running requests are not
+    modelled and not exported (`running_requests` stays None);
+  * request sizes as vLLM counts them per finished request: `vllm:request_prompt_tokens`
+    (prefill role) and `vllm:request_generation_tokens` (decode role) histograms' `_sum` / `_count`
+    (tokens and requests served, a single +Inf bucket), scaled by 1/speed like the counters;
+  * the arrival side as a Dynamo frontend exports it, per service (no role):
+    `dynamo_frontend_requests_total` and `dynamo_frontend_input_sequence_tokens` (`_sum` /
+    `_count`: prompt tokens before the prefix cache, requests) count what *arrived*, served or
+    not, so a saturated pool reads as demand above what it served;
   * `heteroscale_twin_instances{service, role, gpu_type}` is the fleet (instances, starting ones
     included), what kube-state-metrics' replica counts would show on a real cluster;
   * with `state_path` the exporter *is* the persisted twin of `sim.live.TwinBackend`: it starts
@@ -93,6 +103,19 @@ class _RoleState:
     hist_counts: list[float] = field(default_factory=list)
     hist_sum: float = 0.0
     gpu_util_pct: float | None = None
+    waiting_requests: float | None = None  # gauge: the role's backlog in requests
+    # Request-size histogram (prompt tokens on prefill, generation tokens on decode): _sum, _count.
+    request_tokens: float = 0.0
+    requests: float = 0.0
+    tokens_per_request: float | None = None  # the latest known size, for ticks with no arrivals
+
+
+@dataclass
+class _FrontendState:
+    """A Dynamo frontend's arrival counters for one service."""
+
+    requests: float = 0.0
+    input_tokens: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +161,7 @@ class TwinExporter(Collector):
             for s in config.services
             for r in Role
         }
+        self._frontend = {s.name: _FrontendState() for s in config.services}
         self.registry = CollectorRegistry()
         self.registry.register(self)
 
@@ -218,12 +242,29 @@ class TwinExporter(Collector):
                         st.hist_sum += value * _OBS_PER_TICK
                 p.gpu_util_pct = None if sig.gpu_util_prefill is None else 100.0 * sig.gpu_util_prefill
                 d.gpu_util_pct = None if sig.gpu_util_decode is None else 100.0 * sig.gpu_util_decode
+                self._book_demand(svc.name, sig, prompt, (sig.decode_tps or 0.0) * dt_wall, dt_wall)
             rec = TruthRecord(wall_s=self.clock(), sim_s=self.twin.now_s, signals=signals)
             self.truth.append(rec)
             cutoff = rec.wall_s - self.keep_truth_s
             while self.truth and self.truth[0].wall_s < cutoff:
                 self.truth.pop(0)
         return rec
+
+    def _book_demand(self, service: str, sig: ServiceSignals, prompt: float, generated: float, dt_wall: float) -> None:
+        """The queue, request sizes and arrivals of one tick (caller holds the lock)."""
+        p, d = self._state[(service, Role.PREFILL)], self._state[(service, Role.DECODE)]
+        p.tokens_per_request = sig.mean_input_tokens or p.tokens_per_request
+        d.tokens_per_request = sig.mean_output_tokens or d.tokens_per_request
+        for st, tokens in ((p, prompt), (d, generated)):
+            if st.tokens_per_request:
+                st.request_tokens += tokens
+                st.requests += tokens / st.tokens_per_request
+        p.waiting_requests = sig.waiting_requests
+        if d.tokens_per_request:
+            d.waiting_requests = self.twin._backlog_d[service] / d.tokens_per_request
+        fe = self._frontend[service]
+        fe.requests += (sig.arrival_rps or 0.0) * dt_wall
+        fe.input_tokens += (sig.arrival_prompt_tps or 0.0) * dt_wall
 
     def run(self, stop: threading.Event, *, max_wall_s: float | None = None) -> None:
         """Step in accelerated real time until `stop` is set (or `max_wall_s` passed)."""
@@ -274,6 +315,20 @@ class TwinExporter(Collector):
         ttft = HistogramMetricFamily("vllm:time_to_first_token_seconds", "TTFT (twin p99 shape).", labels=labels)
         itl = HistogramMetricFamily("vllm:inter_token_latency_seconds", "Inter-token latency.", labels=labels)
         util = GaugeMetricFamily("DCGM_FI_DEV_GPU_UTIL", "GPU utilisation, percent.", labels=[*labels, "gpu"])
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Requests queued (the twin's backlog).", labels=labels)
+        sizes = {
+            Role.PREFILL: HistogramMetricFamily(
+                "vllm:request_prompt_tokens", "Prompt tokens per request.", labels=labels
+            ),
+            Role.DECODE: HistogramMetricFamily(
+                "vllm:request_generation_tokens", "Generation tokens per request.", labels=labels
+            ),
+        }
+        fe_labels = ["service", "model"]
+        fe_requests = CounterMetricFamily("dynamo_frontend_requests", "Requests arrived.", labels=fe_labels)
+        fe_input = HistogramMetricFamily(
+            "dynamo_frontend_input_sequence_tokens", "Prompt tokens per arrived request.", labels=fe_labels
+        )
         fleet = GaugeMetricFamily(
             "heteroscale_twin_instances", "Instances of the twin (starting ones included).", labels=_FLEET_LABELS
         )
@@ -300,7 +355,13 @@ class TwinExporter(Collector):
                     (ttft if role is Role.PREFILL else itl).add_metric(lv, buckets, st.hist_sum)
                     if st.gpu_util_pct is not None:
                         util.add_metric([*lv, "0"], st.gpu_util_pct)
-        yield from (gen, prompt, hits, queries, ttft, itl, util, fleet)
+                    if st.waiting_requests is not None:
+                        waiting.add_metric(lv, st.waiting_requests)
+                    sizes[role].add_metric(lv, [("+Inf", st.requests)], st.request_tokens)
+                fe = self._frontend[svc.name]
+                fe_requests.add_metric([svc.name, svc.model], fe.requests)
+                fe_input.add_metric([svc.name, svc.model], [("+Inf", fe.requests)], fe.input_tokens)
+        yield from (gen, prompt, hits, queries, ttft, itl, util, waiting, *sizes.values(), fe_requests, fe_input, fleet)
 
     # --- ground truth -------------------------------------------------------------------
 
@@ -333,5 +394,12 @@ class TwinExporter(Collector):
                 tbt_p99_s=top("tbt_p99_s"),
                 gpu_util_prefill=mean("gpu_util_prefill"),
                 gpu_util_decode=mean("gpu_util_decode"),
+                waiting_requests=sigs[-1].waiting_requests,  # a gauge: the window's last value
+                queued_prompt_tokens=sigs[-1].queued_prompt_tokens,
+                arrival_rps=mean("arrival_rps"),
+                arrival_prompt_tps=mean("arrival_prompt_tps"),
+                mean_input_tokens=mean("mean_input_tokens"),
+                mean_output_tokens=mean("mean_output_tokens"),
+                prefix_cache_hit_rate=mean("prefix_cache_hit_rate"),
             )
         return out

@@ -18,24 +18,6 @@ from sim.traces import LoadCurve
 from tasks.core.policy import bound_decode, split_by_ratio
 
 
-def future_peak(
-    config: ClusterConfig, curves: Mapping[str, LoadCurve], metric: Mapping[str, np.ndarray], now_s: float, t0_s: float
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The oracle's foresight from `metric` (= `period_means`): each service's true peak from
-    `now` until instances started now are Ready and have served one period, and the peak of
-    that last stretch alone (cold start .. cold start + period)."""
-    until, ready = {}, {}
-    for svc in config.services:
-        c = curves[svc.name]
-        series = metric[svc.name]
-        lo = c.at(now_s - t0_s)
-        mid = c.at(now_s - t0_s + svc.cold_start_s)
-        hi = c.at(now_s - t0_s + svc.cold_start_s + config.cluster.control_period_s)
-        until[svc.name] = float(np.max(series[lo : hi + 1]))
-        ready[svc.name] = float(np.max(series[mid : hi + 1]))
-    return until, ready
-
-
 def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
     """Ground-truth policy metric per window of each service's curve (offered, not served)."""
     out = {}
@@ -45,19 +27,6 @@ def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dic
             out[svc.name] = c.req_per_s * c.mean_output_tokens
         else:
             out[svc.name] = c.req_per_s * c.mean_input_tokens * (1 - svc.prefix_cache_hit)
-    return out
-
-
-def period_means(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
-    """The metric averaged over the control period starting at each window: what the oracle
-    foresees. Every policy sizes on period averages (static-peak too); the oracle's peak of raw
-    10-s windows would size for bursts no other policy is asked to absorb."""
-    out = {}
-    for name, series in metric_series(config, curves).items():
-        w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
-        csum = np.concatenate([[0.0], np.cumsum(series)])
-        hi = np.minimum(np.arange(len(series)) + w, len(series))
-        out[name] = (csum[hi] - csum[: len(series)]) / (hi - np.arange(len(series)))
     return out
 
 

@@ -44,8 +44,10 @@ from models.values import (
     ServiceSignals,
 )
 from sim import capacity as cap
-from sim.capacity import CapacityError, EngineModel
+from sim.capacity import CapacityError
 from sim.traces import LoadCurve
+from tasks.core import capacity as model
+from tasks.core.capacity import EngineModel, config_engine
 from tasks.core.topology import ClusterView, view_from_config
 
 # DCGM "GPU utilisation" of a decode engine that always has a step in flight: host-side
@@ -69,18 +71,6 @@ class TwinParams:
     kv_bandwidth_gb_per_s: float = 25.0  # per instance RDMA (200 Gb/s NIC)
     kv_cross_domain_loss: float = 0.2  # paper: ~20% bandwidth lost across switches
     kv_domain_level: str = "S1"  # P and D under different S1 (leaf) switches pay the loss
-
-
-def config_engine(svc: Service, role: Role, gpu: str) -> EngineModel:
-    """An engine whose throughput matches the config's `capacity_tokens_per_s`, for models and
-    GPUs no measured source covers. Shape constants come from Splitwise's llama2-70b A100 TP2
-    rows: a batch-1 decode step is 0.82 of a batch-64 step; a batch-1 prefill has 30 ms of
-    fixed cost. Its decode batch limit is 64 sequences at any context (no memory model)."""
-    per = svc.role(role).capacity_tokens_per_s[gpu]
-    if role is Role.PREFILL:
-        return EngineModel(gpu, 0, 0.03, 1.0 / per, 0.0, 0.05, 0.0, 0.0, 1.0, 64e12, "config")
-    step64 = 64.0 / per
-    return EngineModel(gpu, 0, 0.0, 0.0, 0.0, 0.82 * step64, 0.18 * step64 / 64, 0.0, 1.0, 64.0, "config")
 
 
 def engines_for(config: ClusterConfig, params: TwinParams) -> dict[tuple[str, Role, str], EngineModel]:
@@ -127,6 +117,14 @@ class _ServiceTotals:
     gpus_p_s: float = 0.0
     gpus_d_s: float = 0.0
     last_observed_s: float | None = None
+    # Arrival side (the frontend's counters) and the prefill queue.
+    arrived_requests: float = 0.0
+    peak_rps: float = 0.0  # highest tick arrival rate (the twin's tick is the short interval)
+    arrived_prompt_tokens: float = 0.0  # before the prefix cache
+    arrived_output_tokens: float = 0.0
+    queue_start_tokens: float | None = None  # cache-missed prompt tokens queued when the window opened
+    queue_end_tokens: float = 0.0
+    queue_end_requests: float = 0.0
 
 
 @dataclass
@@ -134,6 +132,7 @@ class ServiceStats:
     """Totals over the whole replay, for the league table."""
 
     gpu_seconds: float = 0.0
+    gpu_seconds_by_type: dict[str, float] = field(default_factory=dict)
     util_gpu_seconds: float = 0.0
     sm_gpu_seconds: float = 0.0
     good_s: float = 0.0
@@ -160,6 +159,7 @@ class TickRecord:
     util_prefill: float = 0.0
     util_decode: float = 0.0
     decode_tps: float = 0.0
+    waiting_requests: float = 0.0
 
 
 @dataclass
@@ -291,6 +291,8 @@ class Twin:
                 out[svc.name] = ServiceSignals.missing(svc.name)
             else:
                 w = acc.observed_s
+                reqs = acc.arrived_requests
+                q0 = acc.queue_start_tokens if acc.queue_start_tokens is not None else acc.queue_end_tokens
                 out[svc.name] = ServiceSignals(
                     service=svc.name,
                     sampled_at_s=acc.last_observed_s,
@@ -300,8 +302,19 @@ class Twin:
                     tbt_p99_s=acc.tbt_p99_s,
                     gpu_util_prefill=acc.util_p_gpu_s / acc.gpus_p_s if acc.gpus_p_s else None,
                     gpu_util_decode=acc.util_d_gpu_s / acc.gpus_d_s if acc.gpus_d_s else None,
+                    waiting_requests=acc.queue_end_requests,
+                    queued_prompt_tokens=acc.queue_end_tokens,
+                    queue_growth_tps=(acc.queue_end_tokens - q0) / acc.window_s if acc.window_s else None,
+                    arrival_rps=reqs / w,
+                    arrival_peak_rps=acc.peak_rps,
+                    arrival_prompt_tps=acc.arrived_prompt_tokens / w,
+                    # Sizes need requests to average over: none arrived, none known.
+                    mean_input_tokens=acc.arrived_prompt_tokens / reqs if reqs > 0 else None,
+                    mean_output_tokens=acc.arrived_output_tokens / reqs if reqs > 0 else None,
+                    prefix_cache_hit_rate=svc.prefix_cache_hit,
                 )
-            self._acc[svc.name] = _ServiceTotals()
+            # The next window's queue starts where this one's ended.
+            self._acc[svc.name] = _ServiceTotals(queue_start_tokens=self._backlog_p[svc.name])
         return out
 
     # --- simulation ---------------------------------------------------------------------
@@ -313,13 +326,16 @@ class Twin:
                 self._tick(svc)
             self.now_s += self.tick_s
 
-    def _pool(self, svc: Service, role: Role) -> tuple[dict[str, float], int, int]:
-        """(ready instances per GPU type, ready instances, all instances) of a role."""
+    def _pool(self, svc: Service, role: Role, gpus_by_type: dict[str, float]) -> tuple[dict[str, float], int, int]:
+        """(ready instances per GPU type, ready instances, all instances) of a role; adds the
+        GPUs the role holds (starting instances too) to `gpus_by_type`."""
         ready: dict[str, float] = {}
         ready_n = all_n = 0
+        gpi = svc.role(role).gpus_per_instance
         for gpu_type, batches in self._by_role.get((svc.name, role), ()):
             for ready_at, n in batches:
                 all_n += int(n)
+                gpus_by_type[gpu_type] = gpus_by_type.get(gpu_type, 0.0) + n * gpi
                 if ready_at <= self.now_s:
                     ready[gpu_type] = ready.get(gpu_type, 0.0) + n
                     ready_n += int(n)
@@ -336,13 +352,14 @@ class Twin:
         prompt = in_tok * (1.0 - svc.prefix_cache_hit)
         ctx_len = in_tok + out_tok / 2.0
 
-        ready_p, n_ready_p, all_p = self._pool(svc, Role.PREFILL)
-        ready_d, n_ready_d, all_d = self._pool(svc, Role.DECODE)
+        all_by_type: dict[str, float] = {}
+        ready_p, n_ready_p, all_p = self._pool(svc, Role.PREFILL, all_by_type)
+        ready_d, n_ready_d, all_d = self._pool(svc, Role.DECODE, all_by_type)
         eng = self.engines
 
         # --- prefill: cache-missed prompt tokens, plus what queued before.
         cap_p = sum(
-            n * cap.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0)) for g, n in ready_p.items()
+            n * model.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0)) for g, n in ready_p.items()
         )
         backlog_p = self._backlog_p[svc.name]
         work_p = rps * prompt * dt + backlog_p
@@ -351,12 +368,13 @@ class Twin:
         if cap_p > 0 and backlog_p > cap_p * _MAX_QUEUE_S:
             backlog_p = cap_p * _MAX_QUEUE_S  # clients gave up (and this window fails)
         self._backlog_p[svc.name] = backlog_p
+        waiting = backlog_p / prompt if prompt > 0 else 0.0
         rho_p = work_p / (cap_p * dt) if cap_p > 0 else (math.inf if work_p > 0 else 0.0)
 
         if cap_p > 0:
             # p99 is set by the slowest GPU type serving prefill.
             ttft = max(
-                cap.prefill_ttft_p99_s(eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0))
+                model.prefill_ttft_p99_s(eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0))
                 for g in ready_p
             )
             ttft += backlog_p / cap_p
@@ -365,13 +383,13 @@ class Twin:
         # KV transfer of the p99 prompt (the whole prompt's KV, cache hits included).
         kv_bytes = eng[(svc.name, Role.DECODE, svc.decode.reference_gpu_type)].kv_bytes_per_token
         bw = self.params.kv_bandwidth_gb_per_s * 1e9 * (1.0 - self.params.kv_cross_domain_loss * self._cross[svc.name])
-        ttft += kv_bytes * in_tok * cap.P99_INPUT_FACTOR / bw
+        ttft += kv_bytes * in_tok * model.P99_INPUT_FACTOR / bw
 
         # --- decode: only the requests prefill finished arrive.
         done_req = served_p / prompt if prompt > 0 else rps * dt
         backlog_d = self._backlog_d[svc.name]
         work_d = done_req * out_tok + backlog_d
-        caps_d = {g: cap.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
+        caps_d = {g: model.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
         cap_d = sum(caps_d[g] * n for g, n in ready_d.items())
         served_d = min(work_d, cap_d * dt)
         backlog_d = work_d - served_d
@@ -389,8 +407,8 @@ class Twin:
                 bmax = e.max_batch(ctx_len)
                 # Each instance gets traffic in proportion to its capacity.
                 r_i = min(rho_d, 1.0) * caps_d[g]
-                b = min(cap.decode_batch(e, r_i, ctx_len), float(bmax))
-                tbt_g = cap.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
+                b = min(model.decode_batch(e, r_i, ctx_len), float(bmax))
+                tbt_g = model.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
                 if rho_d > _PREEMPT_RHO:
                     tbt_g += e.prefill_s(1, ctx_len)  # a preempted sequence is recomputed
                 tbt = max(tbt, tbt_g)
@@ -424,10 +442,20 @@ class Twin:
             acc.gpus_p_s += gpus_ready_p * dt
             acc.gpus_d_s += gpus_ready_d * dt
             acc.last_observed_s = self.now_s + dt
+            acc.arrived_requests += rps * dt
+            acc.peak_rps = max(acc.peak_rps, rps)
+            acc.arrived_prompt_tokens += rps * in_tok * dt
+            acc.arrived_output_tokens += rps * out_tok * dt
+        acc.queue_end_tokens = backlog_p
+        acc.queue_end_requests = waiting
+        if acc.queue_start_tokens is None:
+            acc.queue_start_tokens = 0.0
             st.ttft_samples.append(ttft)
             st.tbt_samples.append(tbt)
 
         st.gpu_seconds += gpus_all * dt
+        for g, n in all_by_type.items():
+            st.gpu_seconds_by_type[g] = st.gpu_seconds_by_type.get(g, 0.0) + n * dt
         st.util_gpu_seconds += (util_p * gpus_ready_p + util_d * gpus_ready_d) * dt
         st.sm_gpu_seconds += (sm_p * gpus_ready_p + sm_d * gpus_ready_d) * dt
         st.total_s += dt
@@ -451,5 +479,6 @@ class Twin:
                     util_prefill=util_p,
                     util_decode=util_d,
                     decode_tps=served_d / dt,
+                    waiting_requests=waiting,
                 )
             )

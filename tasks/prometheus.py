@@ -3,7 +3,7 @@
 What it decides: which PromQL to send, and what each answer means for each (service, role).
 Contract:
   * one instant query per signal per *profile group* (services sharing engine profile, label
-    names and window), never one per service: 100 vLLM services cost 9 queries;
+    names and window), never one per service: 100 vLLM services cost 17 queries;
   * service names are regex- and string-escaped into one `service=~"a|b"` matcher, so a name can
     never inject PromQL (names are DNS-1123 already; this is defence in depth);
   * a transient error (timeout, connection refused, HTTP 429/5xx) is retried `retries` times
@@ -83,12 +83,133 @@ SIGNALS: tuple[SignalSpec, ...] = (
     SignalSpec(SignalName.RUNNING_REQUESTS, (Role.PREFILL, Role.DECODE), by_role=True),
     SignalSpec(SignalName.WAITING_REQUESTS, (Role.PREFILL, Role.DECODE), by_role=True),
     SignalSpec(SignalName.GPU_UTIL, (Role.PREFILL, Role.DECODE), by_role=True, freshness=SignalName.GPU_FRESHNESS),
+    # Demand, not only what was served (docs/signals.md, "Demand signals"): the prefill queue in
+    # tokens and its growth, the arrival side (router/frontend counters), request sizes, cache hits.
+    SignalSpec(SignalName.QUEUED_PROMPT_TOKENS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.QUEUE_GROWTH_TPS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.ARRIVAL_RPS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.ARRIVAL_PEAK_RPS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.ARRIVAL_PROMPT_TPS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.MEAN_INPUT_TOKENS, (Role.PREFILL,), by_role=False),
+    SignalSpec(SignalName.MEAN_OUTPUT_TOKENS, (Role.DECODE,), by_role=False),
+    SignalSpec(SignalName.PREFIX_CACHE_HIT_RATE, (Role.PREFILL,), by_role=False),
 )
 FRESHNESS = (SignalName.FRESHNESS, SignalName.GPU_FRESHNESS)
 
 _DCGM = {
     "gpu_util": "avg by ($by_role) (avg_over_time(DCGM_FI_DEV_GPU_UTIL{$services}[$window])) / 100",
     "gpu_freshness": "max by ($by_role) (timestamp(DCGM_FI_DEV_GPU_UTIL{$services}))",
+}
+
+# --- demand templates (composed once at import; every one stays a single query) -----------
+
+PEAK_INTERVAL_S = 10  # the short interval of `arrival_peak_rps`: needs a scrape interval <= this
+
+
+def _rate(metric: str, selector: str, window: str = "$window") -> str:
+    return f"sum by ($by) (rate({metric}{{{selector}}}[{window}]))"
+
+
+def _mean(num: str, den: str) -> str:
+    """A per-request mean over the window; NaN (-> None) when nothing was counted."""
+    return f"({num} / {den})"
+
+
+# Arrival side: the router/frontend in front of the engines, when the stack has one. Dynamo's
+# frontend first, else the Gateway API Inference Extension's EPP (llm-d's gateway; its series
+# carry `model_name`, so the service label must come from scrape relabelling or an override).
+# Neither scraped: absent -> None, and the policy falls back to served + queue growth.
+_FRONTEND_REQUESTS = ("dynamo_frontend_requests_total", "inference_objective_request_total")
+_FRONTEND_PROMPT = ("dynamo_frontend_input_sequence_tokens_sum", "inference_objective_input_tokens_sum")
+
+
+def _first_of(metrics: tuple[str, ...], window: str = "$window") -> str:
+    return " or ".join(_rate(m, "$services", window) for m in metrics)
+
+
+_ARRIVALS = {
+    "arrival_rps": _first_of(_FRONTEND_REQUESTS),
+    # The highest PEAK_INTERVAL_S arrival rate in the window (a subquery at that step). With a
+    # scrape interval above PEAK_INTERVAL_S the inner rate has < 2 samples: absent -> None, and
+    # the policy sizes for the window's mean.
+    "arrival_peak_rps": (
+        f"max_over_time(({_first_of(_FRONTEND_REQUESTS, f'{PEAK_INTERVAL_S}s')})[$window:{PEAK_INTERVAL_S}s])"
+    ),
+    "arrival_prompt_tps": _first_of(_FRONTEND_PROMPT),
+}
+
+
+def _queue(waiting: str, waiting_metric: str, mean_input: str, hit: str) -> dict[str, str]:
+    """The prefill queue in cache-missed prompt tokens and its growth per second, from a waiting
+    gauge: waiting requests x mean prompt tokens x (1 - hit rate). Without a prefix-cache metric
+    the hit rate counts as 0 (the queue as every prompt token); without the mean (no request
+    finished in the window) both are NaN -> None. `deriv` is per second of Prometheus time."""
+    miss = f"(1 - ({hit} or {waiting} * 0))"
+    return {
+        "queued_prompt_tokens": f"{waiting} * {mean_input} * {miss}",
+        "queue_growth_tps": f"sum by ($by) (deriv({waiting_metric}[$window])) * {mean_input} * {miss}",
+    }
+
+
+_VLLM_WAITING_P = "sum by ($by) (vllm:num_requests_waiting{$prefill})"
+_VLLM_MEAN_IN = _mean(
+    _rate("vllm:request_prompt_tokens_sum", "$prefill"), _rate("vllm:request_prompt_tokens_count", "$prefill")
+)
+_VLLM_HIT = _mean(
+    _rate("vllm:prefix_cache_hits_total", "$prefill"), _rate("vllm:prefix_cache_queries_total", "$prefill")
+)
+_VLLM_DEMAND = {
+    **_queue(_VLLM_WAITING_P, "vllm:num_requests_waiting{$prefill}", _VLLM_MEAN_IN, _VLLM_HIT),
+    **_ARRIVALS,
+    "mean_input_tokens": _VLLM_MEAN_IN,
+    "mean_output_tokens": _mean(
+        _rate("vllm:request_generation_tokens_sum", "$decode"), _rate("vllm:request_generation_tokens_count", "$decode")
+    ),
+    "prefix_cache_hit_rate": _VLLM_HIT,
+}
+
+# SGLang counts requests and tokens (no request-size histograms): sizes are token / request rates.
+_SGLANG_WAITING_P = "sum by ($by) (sglang:num_queue_reqs{$prefill})"
+_SGLANG_MEAN_IN = _mean(_rate("sglang:prompt_tokens_total", "$prefill"), _rate("sglang:num_requests_total", "$prefill"))
+_SGLANG_HIT = _mean(_rate("sglang:cached_tokens_total", "$prefill"), _rate("sglang:prompt_tokens_total", "$prefill"))
+_SGLANG_DEMAND = {
+    **_queue(_SGLANG_WAITING_P, "sglang:num_queue_reqs{$prefill}", _SGLANG_MEAN_IN, _SGLANG_HIT),
+    **_ARRIVALS,
+    "mean_input_tokens": _SGLANG_MEAN_IN,
+    "mean_output_tokens": _mean(
+        _rate("sglang:generation_tokens_total", "$decode"), _rate("sglang:num_requests_total", "$decode")
+    ),
+    "prefix_cache_hit_rate": _SGLANG_HIT,
+}
+
+# Dynamo: everything from the frontend (no role); the cache hit rate from the frontend's cached
+# tokens, else the workers' KV stats.
+_DYNAMO_WAITING = "sum by ($by) (dynamo_frontend_queued_requests{$services})"
+_DYNAMO_MEAN_IN = _mean(
+    _rate("dynamo_frontend_input_sequence_tokens_sum", "$services"),
+    _rate("dynamo_frontend_input_sequence_tokens_count", "$services"),
+)
+_DYNAMO_HIT = (
+    _mean(
+        _rate("dynamo_frontend_cached_tokens_sum", "$services"),
+        _rate("dynamo_frontend_input_sequence_tokens_sum", "$services"),
+    )
+    + " or avg by ($by) (dynamo_component_kvstats_gpu_prefix_cache_hit_rate{$prefill})"
+)
+_DYNAMO_DEMAND = {
+    **_queue(_DYNAMO_WAITING, "dynamo_frontend_queued_requests{$services}", _DYNAMO_MEAN_IN, f"({_DYNAMO_HIT})"),
+    "arrival_rps": _rate("dynamo_frontend_requests_total", "$services"),
+    "arrival_peak_rps": (
+        f"max_over_time(({_rate('dynamo_frontend_requests_total', '$services', f'{PEAK_INTERVAL_S}s')})"
+        f"[$window:{PEAK_INTERVAL_S}s])"
+    ),
+    "arrival_prompt_tps": _rate("dynamo_frontend_input_sequence_tokens_sum", "$services"),
+    "mean_input_tokens": _DYNAMO_MEAN_IN,
+    "mean_output_tokens": _mean(
+        _rate("dynamo_frontend_output_sequence_tokens_sum", "$services"),
+        _rate("dynamo_frontend_output_sequence_tokens_count", "$services"),
+    ),
+    "prefix_cache_hit_rate": _DYNAMO_HIT,
 }
 
 # PromQL per engine. TTFT is read on the prefill role (queueing + prefill: what the SLO is about
@@ -112,6 +233,7 @@ PROFILES: dict[SignalsProfile, dict[str, str]] = {
         "waiting_requests": "sum by ($by_role) (vllm:num_requests_waiting{$services})",
         "freshness": "max by ($by_role) (timestamp(vllm:generation_tokens_total{$services}))",
         **_DCGM,
+        **_VLLM_DEMAND,
     },
     SignalsProfile.SGLANG: {
         "decode_tps": "sum by ($by) (rate(sglang:generation_tokens_total{$decode}[$window]))",
@@ -130,6 +252,7 @@ PROFILES: dict[SignalsProfile, dict[str, str]] = {
         "waiting_requests": "sum by ($by_role) (sglang:num_queue_reqs{$services})",
         "freshness": "max by ($by_role) (timestamp(sglang:num_running_reqs{$services}))",
         **_DCGM,
+        **_SGLANG_DEMAND,
     },
     # Dynamo: token and latency metrics come from the frontend (one per service, no role), queue
     # depth from the frontend too; worker GPU utilisation from DCGM as for the others.
@@ -150,6 +273,7 @@ PROFILES: dict[SignalsProfile, dict[str, str]] = {
         "waiting_requests": "sum by ($by) (dynamo_frontend_queued_requests{$services})",
         "freshness": "max by ($by) (timestamp(dynamo_frontend_inflight_requests{$services}))",
         **_DCGM,
+        **_DYNAMO_DEMAND,
     },
 }
 
@@ -266,6 +390,14 @@ class Collection:
                 gpu_util_decode=d["gpu_util"].value,
                 running_requests=_sum_or_none(p["running_requests"].value, d["running_requests"].value),
                 waiting_requests=_sum_or_none(p["waiting_requests"].value, d["waiting_requests"].value),
+                queued_prompt_tokens=p["queued_prompt_tokens"].value,
+                queue_growth_tps=p["queue_growth_tps"].value,
+                arrival_rps=p["arrival_rps"].value,
+                arrival_peak_rps=p["arrival_peak_rps"].value,
+                arrival_prompt_tps=p["arrival_prompt_tps"].value,
+                mean_input_tokens=p["mean_input_tokens"].value,
+                mean_output_tokens=d["mean_output_tokens"].value,
+                prefix_cache_hit_rate=p["prefix_cache_hit_rate"].value,
             )
         return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, MutableSequence
 
-from models.config import ClusterConfig, PlacementMethod, Role
+from models.config import ClusterConfig, PlacementMethod, Role, Service
 from models.values import (
     Action,
     ApplyMode,
@@ -24,6 +24,7 @@ from models.values import (
     Targets,
 )
 from tasks.backends import ClusterBackend, SignalsBackend
+from tasks.core.capacity import EngineModel, ServiceEngines
 from tasks.core.forecast import History, forecast_with, get_forecaster
 from tasks.core.placement import place_greedy
 from tasks.core.policy import PolicyContext, get_policy
@@ -113,6 +114,14 @@ def current_counts(config: ClusterConfig, view: ClusterView) -> dict[str, RoleCo
     }
 
 
+def service_engines(svc: Service, engines: Mapping[tuple[str, Role, str], EngineModel]) -> ServiceEngines | None:
+    """One service's engines by (role, GPU type); None when the model lacks any of them."""
+    keys = [(role, g) for role in Role for g in svc.role(role).gpu_types]
+    if any((svc.name, r, g) not in engines for r, g in keys):
+        return None
+    return {(r, g): engines[(svc.name, r, g)] for r, g in keys}
+
+
 def compute_targets(
     config: ClusterConfig,
     view: ClusterView,
@@ -123,9 +132,14 @@ def compute_targets(
     *,
     policy: str | None = None,
     peak_metric: Mapping[str, float] | None = None,
-    ready_peak_metric: Mapping[str, float] | None = None,
+    engines: Mapping[tuple[str, Role, str], EngineModel] | None = None,
+    floor_need: Mapping[str, RoleCounts] | None = None,
+    floor_keep: Mapping[str, RoleCounts] | None = None,
 ) -> tuple[dict[str, Targets], dict[str, ServicePolicyState]]:
-    """Each service's policy decision. `policy` overrides the configured one (replay league)."""
+    """Each service's policy decision. `policy` overrides the configured one (replay league).
+
+    `engines` (the capacity model by (service, role, GPU type)) lets SLO-grounded policies size
+    for the request sizes observed now; `floor_need`/`floor_keep` are the oracle's hindsight."""
     current = current_counts(config, view)
     targets: dict[str, Targets] = {}
     new_states: dict[str, ServicePolicyState] = {}
@@ -139,7 +153,10 @@ def compute_targets(
             forecast=forecasts.get(svc.name),
             timezone=config.cluster.timezone,
             peak_metric=(peak_metric or {}).get(svc.name),
-            ready_peak_metric=(ready_peak_metric or {}).get(svc.name),
+            control_period_s=config.cluster.control_period_s,
+            engines=service_engines(svc, engines) if engines is not None else None,
+            floor_need=(floor_need or {}).get(svc.name),
+            floor_keep=(floor_keep or {}).get(svc.name),
         )
         targets[svc.name], new_states[svc.name] = decide(ctx, states.get(svc.name, ServicePolicyState()))
     return targets, new_states

@@ -39,7 +39,8 @@ def curate_cmd(
             current = parse_config(service_yaml(current, res.service), source=str(out))
             console.print(
                 f"{name}: P:D {res.ratio[0]}:{res.ratio[1]}, decode capacity at SLO "
-                f"{res.decode_capacity_at_slo:.0f} tok/s -> {res.chosen.policy} target {res.chosen.target_per_instance:g} "
+                f"{res.decode_capacity_at_slo:.0f} tok/s -> {res.chosen.policy} target {res.service.policy.target_per_instance:g}, "
+                f"slo_headroom {res.service.policy.slo_headroom:g} "
                 f"({res.chosen.gpu_hours:.1f} GPU-h, {res.chosen.slo_attainment:.2%} on the first {train:.0%})",
                 highlight=False,
             )

@@ -14,15 +14,15 @@ Counts are in reference-GPU instances (the first GPU type of each role, see `Rol
 `hpa-gpu-util` is the Kubernetes HPA algorithm on GPU utilisation, each role on its own;
 `hpa-tps` is the same algorithm on per-instance tokens/s (decode TPS for decode, cache-missed
 prefill TPS for prefill), each role on its own;
-`dynamo-sla` follows NVIDIA Dynamo's SLA planner (public docs): predicted load / per-engine
-capacity at the TTFT and ITL targets, prefill and decode sized separately on the same tick;
-`heteroscale` is ours: sized for the load when new instances are Ready (max of observed and
-forecast), P and D together at the curated ratio, a safety net that fires once per cold start
-(TBT tiers, TTFT on prefill, and the served-metric ceiling only on evidence: served >= capacity
-or a queue near it), scale-in only to the highest ask of the last cold start;
-`oracle` sizes for the true peak load of the next cold start + period (`ctx.peak_metric`,
-supplied by the replay from the trace) at the service's target per instance: the floor for
-policies with that headroom;
+`dynamo-sla` follows NVIDIA Dynamo's SLA planner (public docs): predicted arrival-side load /
+per-engine capacity at the TTFT and ITL targets for the observed request sizes, prefill and
+decode sized separately on the same tick;
+`heteroscale` is ours: each role sized for its own demand (arrivals and queue, not only what was
+served) at the capacity that meets its SLO for the request sizes seen now, P and D moving
+together with the curated ratio as a prior, a safety net in instances per role, scale-in only to
+the highest ask of the last cold start;
+`oracle` is the hindsight floor: per role the fewest instances that meet the SLO for the true
+load of every tick (`ctx.floor_need`, computed by the replay with the twin's latency model);
 `static-peak` provisions the peak once and never moves.
 """
 
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from models.config import Metric, PlacementMethod, Service
+from models.config import Metric, PlacementMethod, Role, Service
 from models.enums import TargetSource
 from models.values import (
     Action,
@@ -44,6 +44,8 @@ from models.values import (
     ServiceSignals,
     Targets,
 )
+from tasks.core import capacity as cm
+from tasks.core.capacity import ServiceEngines
 
 _EPS = 1e-9
 
@@ -58,9 +60,15 @@ class PolicyContext:
     timezone: str = "UTC"
     # The metric value the fleet is provisioned for (static-peak only; replay supplies it).
     peak_metric: float | None = None
-    # Oracle only: the true peak while instances started now would serve before the next run
-    # can act ([now + cold start, + one period]); `peak_metric` is then the peak from now to there.
-    ready_peak_metric: float | None = None
+    control_period_s: float = 60.0
+    # The capacity model of this service's engines by (role, GPU type); None: the config's
+    # `capacity_tokens_per_s` only (curated at the sizes of its trace).
+    engines: ServiceEngines | None = None
+    # Oracle only (the replay's hindsight, `sim.floor`): the fewest reference instances per role
+    # that meet the SLO for the true load from Ready time (now + cold start) to one period later,
+    # and from now until then.
+    floor_need: RoleCounts | None = None
+    floor_keep: RoleCounts | None = None
 
 
 Decision = tuple[Targets, ServicePolicyState]
@@ -247,7 +255,7 @@ def heteroscale_paper(ctx: PolicyContext, state: ServicePolicyState) -> Decision
     # Negative feedback on latency: adds capacity, never removes it.
     step, lat_why = _latency_step(ctx)
     if step > 0:
-        d_lat = math.ceil(max(d_cur, 1) * (1 + step) - _EPS)
+        d_lat = d_cur + net_step(d_cur, step)  # the tier's step, at least one instance
         if d_lat > d_new:
             if _since(ctx.now_s, state.last_latency_action_s) >= p.latency_cooldown_s:
                 d_new, reason, source = d_lat, f"latency feedback: {lat_why}", TargetSource.LATENCY
@@ -400,38 +408,162 @@ def hpa_tps(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     return _finish(ctx, state, new, reason, TargetSource.HPA)
 
 
-def _demand(ctx: PolicyContext) -> tuple[float, float, str] | None:
-    """(decode tok/s, cache-missed prefill tok/s) expected when new instances are Ready.
+# --- demand and capacity per role (heteroscale, dynamo-sla) ----------------------------------
 
-    The forecast is of the policy metric; the other role's load is scaled by the same factor."""
-    dec, _ = _fresh(ctx, "decode_tps")
-    pre, _ = _fresh(ctx, "prefill_tps")
-    if dec is None or pre is None:
+# The measured P/D mix may move the ratio this far (either way) from the curated prior; beyond it
+# the measurement, not the service, is the likelier culprit.
+_RATIO_RANGE = 32.0
+# With a queue reported (`waiting_requests` > 0), served decode TPS above this share of the
+# fleet's capacity at the SLO is read as censored: the pool serves what it can, not what is asked.
+_SATURATION_SHARE = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class RoleDemand:
+    """Load asked of each role (tokens/s), not only what was served, and the request sizes."""
+
+    prefill_tps: float | None  # cache-missed prompt tokens/s asked of prefill
+    decode_tps: float  # output tokens/s asked of decode
+    mean_input_tokens: float | None
+    mean_output_tokens: float | None
+    cache_hit: float
+    why: str
+    burst: float = 1.0  # peak short-interval arrival rate / the window's mean (>= 1)
+
+
+def role_demand(ctx: PolicyContext) -> RoleDemand | None:
+    """Demand per role from the signals; None when the driving metric (decode TPS) is unreadable.
+
+    Prefill: the arrival-side prompt counter (router/frontend) x the cache-miss share when the
+    stack has one; else served cache-missed prefill TPS + the growth of the queued prompt tokens.
+    Either way a standing queue adds what drains it within one cold start. A saturated pool thus
+    reads as demand >= capacity, never as load = capacity. Decode: arrivals x output tokens per
+    request when both are counted (a prefill bottleneck starves decode, so served decode TPS
+    understates what decode will be asked once prefill catches up), never below what it served.
+    """
+    svc = ctx.service
+    served_d, _ = _fresh(ctx, "decode_tps")
+    if served_d is None:
         return None
-    factor, how = 1.0, "observed"
+    hit, _ = _fresh(ctx, "prefix_cache_hit_rate")
+    hit = min(max(svc.prefix_cache_hit if hit is None else hit, 0.0), 0.99)
+    mean_in, _ = _fresh(ctx, "mean_input_tokens")
+    mean_out, _ = _fresh(ctx, "mean_output_tokens")
+    arr_prompt, _ = _fresh(ctx, "arrival_prompt_tps")
+    arr_rps, _ = _fresh(ctx, "arrival_rps")
+    served_p, _ = _fresh(ctx, "prefill_tps")
+    queued, _ = _fresh(ctx, "queued_prompt_tokens")
+    waiting, _ = _fresh(ctx, "waiting_requests")
+    if queued is None and waiting is not None and mean_in is not None:
+        queued = waiting * mean_in * (1.0 - hit)
+    growth = ctx.signals.queue_growth_tps  # may be negative: a queue draining
+    parts = []
+    pre: float | None
+    if arr_prompt is not None:
+        pre = arr_prompt * (1.0 - hit)
+        parts.append(f"prefill arrivals {pre:.0f}")
+    elif served_p is not None:
+        pre = served_p + max(0.0, growth or 0.0)
+        parts.append(f"prefill served {served_p:.0f} + queue growth {max(0.0, growth or 0.0):.0f}")
+    else:
+        pre = None
+    if pre is not None and queued:
+        drain = queued / max(svc.cold_start_s, ctx.control_period_s)
+        pre += drain
+        parts.append(f"+ queue {queued:.0f} tok drained in a cold start")
+    dec = served_d
+    if arr_rps is not None and mean_out is not None:
+        dec = max(served_d, arr_rps * mean_out)
+        parts.append(f"decode arrivals {arr_rps:.2f} req/s x {mean_out:.0f} tok")
+    else:
+        parts.append(f"decode served {served_d:.0f}")
+    # Bursts inside the window: latency is judged per short interval, so size for its peak.
+    peak, _ = _fresh(ctx, "arrival_peak_rps")
+    burst = peak / arr_rps if peak is not None and arr_rps else 1.0
+    if burst > 1.0 + _EPS:
+        parts.append(f"peak {burst:.2f}x the window's mean")
+    return RoleDemand(pre, dec, mean_in, mean_out, hit, ", ".join(parts), max(burst, 1.0))
+
+
+@dataclass(frozen=True, slots=True)
+class RoleCapacity:
+    """Tokens/s one reference instance of each role sustains within its SLO at the observed
+    request sizes (before any headroom), and why a role's SLO cannot be met when it cannot."""
+
+    prefill_tps: float
+    decode_tps: float
+    how: str
+    ttft_infeasible: str = ""
+    tbt_infeasible: str = ""
+
+
+def role_capacity(ctx: PolicyContext, demand: RoleDemand, prefill_servers: int) -> RoleCapacity:
+    """Per-instance capacity at the SLOs for the request sizes observed now (the capacity model,
+    `ctx.engines`), or the config's `capacity_tokens_per_s` (curated at the sizes of its trace)
+    when the model or the sizes are unknown. An SLO no instance meets even idle (its floor, see
+    `tasks.core.capacity.slo_floor`) sizes that role for throughput and says so."""
+    svc = ctx.service
+    ref_p, ref_d = svc.prefill.reference_gpu_type, svc.decode.reference_gpu_type
+    curated = RoleCapacity(svc.prefill.capacity_tokens_per_s[ref_p], svc.decode.capacity_tokens_per_s[ref_d], "curated")
+    engines = ctx.engines
+    if engines is None or demand.mean_input_tokens is None or demand.mean_output_tokens is None:
+        return curated
+    e_p, e_d = engines.get((Role.PREFILL, ref_p)), engines.get((Role.DECODE, ref_d))
+    if e_p is None or e_d is None:
+        return curated
+    mean_in, mean_out = max(demand.mean_input_tokens, 1.0), max(demand.mean_output_tokens, 1.0)
+    prompt = max(mean_in * (1.0 - demand.cache_hit), 1.0)
+    ctx_len = mean_in + mean_out / 2.0
+    ttft_budget = svc.slo.ttft_p99_s - cm.kv_transfer_s(e_d, cm.P99_INPUT_FACTOR * mean_in)
+    cap_p = cm.prefill_capacity(e_p, prompt, ttft_budget, max(1, prefill_servers)) if ttft_budget > 0 else 0.0
+    cap_d = cm.decode_capacity(e_d, ctx_len, svc.slo.tbt_p99_s)
+    ttft_bad = tbt_bad = ""
+    if cap_p <= 0:
+        cap_p = cm.prefill_tokens_per_s(e_p, prompt)
+        ttft_bad = f"TTFT SLO {svc.slo.ttft_p99_s:g}s infeasible for {mean_in:.0f}-token prompts (p99 x{cm.P99_INPUT_FACTOR:g})"
+    if cap_d <= 0:
+        cap_d = cm.decode_capacity(e_d, ctx_len)
+        tbt_bad = f"TBT SLO {svc.slo.tbt_p99_s:g}s infeasible at {ctx_len:.0f}-token context"
+    how = f"at {mean_in:.0f} in / {mean_out:.0f} out tokens: {cap_p:.0f} prefill, {cap_d:.0f} decode tok/s per instance"
+    return RoleCapacity(cap_p, cap_d, how, ttft_bad, tbt_bad)
+
+
+def _headroom_share(svc: Service) -> float:
+    """The share of capacity at the SLO the curated target runs instances at (the headroom the
+    service was curated with), from the config's one target."""
+    return _decode_target(svc) / svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+
+
+def _forecast_factor(ctx: PolicyContext, observed_metric: float) -> tuple[float, str]:
+    """How much more load the forecast expects when new instances are Ready (>= 1)."""
     fc = ctx.forecast
-    observed_metric = dec if ctx.service.policy.metric is Metric.DECODE_TPS else pre
     if fc is not None and fc.value is not None and math.isfinite(fc.value) and observed_metric > 0:
-        factor, how = max(fc.value, 0.0) / observed_metric, f"forecast x{fc.value / observed_metric:.2f} ({fc.method})"
-    return dec * factor, pre * factor, how
+        return max(1.0, fc.value / observed_metric), f"forecast x{fc.value / observed_metric:.2f} ({fc.method})"
+    return 1.0, "observed"
 
 
 def dynamo_sla(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
-    """NVIDIA Dynamo's SLA planner: replicas = predicted load / per-engine capacity at the SLOs
-    (`capacity_tokens_per_s`: what one instance sustains within TTFT / ITL), prefill and decode
-    sized separately each adjustment interval, no fixed ratio and no cooldown."""
+    """NVIDIA Dynamo's SLA planner: replicas = predicted load / per-engine capacity at the SLOs,
+    prefill and decode sized separately each adjustment interval, no fixed ratio and no cooldown.
+    Like the planner, it reads the frontend's arrival-side request rate and request sizes and
+    interpolates per-engine throughput at those sizes from its profile (here the capacity model);
+    without them, the served load and the config's capacities."""
     svc = ctx.service
-    dem = _demand(ctx)
-    if dem is None:
-        return _hold(ctx, state, "dynamo-sla: decode_tps or prefill_tps missing/stale", TargetSource.HOLD)
-    dec, pre, how = dem
-    cap_p = svc.prefill.capacity_tokens_per_s[svc.prefill.reference_gpu_type]
-    cap_d = svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
+    dem = role_demand(ctx)
+    if dem is None or dem.prefill_tps is None:
+        return _hold(ctx, state, "dynamo-sla: decode or prefill load missing/stale", TargetSource.HOLD)
+    metric = dem.decode_tps if svc.policy.metric is Metric.DECODE_TPS else dem.prefill_tps
+    factor, how = _forecast_factor(ctx, metric)
+    caps = role_capacity(ctx, dem, ctx.current.num_prefill)
+    pre, dec = dem.prefill_tps * factor, dem.decode_tps * factor
     cap = max(2, svc.policy.max_instances)
-    n_p = min(max(1, math.ceil(pre / cap_p - _EPS)), cap - 1)
-    n_d = min(max(1, math.ceil(dec / cap_d - _EPS)), cap - n_p)
+    n_p = min(max(1, math.ceil(pre / caps.prefill_tps - _EPS)), cap - 1)
+    n_d = min(max(1, math.ceil(dec / caps.decode_tps - _EPS)), cap - n_p)
     new = RoleCounts(n_p, n_d)
-    reason = f"dynamo-sla ({how}): prefill {pre:.0f}/{cap_p:g} -> {n_p}, decode {dec:.0f}/{cap_d:g} -> {n_d}"
+    reason = (
+        f"dynamo-sla ({how}; {dem.why}): prefill {pre:.0f}/{caps.prefill_tps:.0f} -> {n_p}, "
+        f"decode {dec:.0f}/{caps.decode_tps:.0f} -> {n_d}"
+    )
     if new == ctx.current:
         return _hold(ctx, state, reason, TargetSource.PROPORTIONAL)
     return _finish(ctx, state, new, reason, TargetSource.PROPORTIONAL)
@@ -439,48 +571,23 @@ def dynamo_sla(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
 
 # --- heteroscale (ours) --------------------------------------------------------------------
 
-# With a queue reported (`waiting_requests` > 0), served decode TPS above this share of the
-# fleet's capacity at the SLO is read as censored: the pool serves what it can, not what is asked.
-_SATURATION_SHARE = 0.9
-# The TTFT safety net may raise prefill this far above the curated ratio x decode, no further.
-_RATIO_BAND = 0.25
-# Prefill step on a TTFT breach (TTFT is prefill's SLO; the tiers are for TBT).
-_TTFT_STEP = 0.2
+
+def net_step(count: int, step: float) -> int:
+    """Instances a safety-net step adds to a role of `count`: the tier's percentage rounded up,
+    and at least one (the paper's +10 % / +20 % must not round to +0 on a small pool)."""
+    return max(1, math.ceil(max(count, 0) * step - _EPS))
 
 
-@dataclass(frozen=True, slots=True)
-class _Ask:
-    """Instances (fractional, reference units) the load asks for when new ones would be Ready."""
-
-    prefill: float
-    decode: float
-    why: str
-
-
-def _ready_ask(ctx: PolicyContext) -> _Ask | None:
-    """Prefill and decode instances for the load expected when instances started now are Ready.
-
-    The forecast (`ctx.forecast`, horizon = cold start + one period) is of the policy metric; both
-    roles' observed loads are scaled by its ratio to the observed metric, and never below 1: the
-    ask covers the served load now *and* at the horizon, i.e. the whole window [now, Ready] for a
-    load that moves monotonically within it. None when either role's load is unreadable (hold).
-    """
-    svc = ctx.service
-    dec, _ = _fresh(ctx, "decode_tps")
-    pre, _ = _fresh(ctx, "prefill_tps")
-    if dec is None or pre is None:
-        return None
-    observed_metric = dec if svc.policy.metric is Metric.DECODE_TPS else pre
-    factor, how = 1.0, "observed"
-    fc = ctx.forecast
-    if fc is not None and fc.value is not None and math.isfinite(fc.value) and observed_metric > 0:
-        factor = max(1.0, fc.value / observed_metric)
-        how = f"max(observed, forecast x{fc.value / observed_metric:.2f} ({fc.method}))"
-    d_ask = dec * factor / _decode_target(svc)
-    p_ask = pre * factor / _prefill_target(svc)
-    return _Ask(
-        p_ask, d_ask, f"{how}: decode {dec * factor:.0f} -> {d_ask:.2f}, prefill {pre * factor:.0f} -> {p_ask:.2f}"
-    )
+def _tier_step(ctx: PolicyContext, name: str, slo_s: float) -> tuple[float, str]:
+    """The highest latency tier `name` is in (0 when within its SLO), and why."""
+    value, _ = _fresh(ctx, name)
+    best, why = 0.0, ""
+    if value is None:
+        return best, why
+    for tier in ctx.service.policy.latency_tiers:
+        if value >= tier.ratio * slo_s - _EPS and tier.step > best:
+            best, why = tier.step, f"{name} {value:.3f}s >= {tier.ratio:g}x SLO {slo_s:g}s: +{tier.step:.0%}"
+    return best, why
 
 
 def _censored(ctx: PolicyContext) -> str:
@@ -507,41 +614,66 @@ def _censored(ctx: PolicyContext) -> str:
 def _stabilised_ask(
     ctx: PolicyContext, state: ServicePolicyState, want: RoleCounts
 ) -> tuple[RoleCounts, ServicePolicyState]:
-    """The highest ask of the last cold start (now included), per role.
+    """The highest ask of the last max(cold start, scale-in cooldown) (now included), per role.
 
     Scale-in follows this trailing maximum: what is shed now cannot be back before a cold start,
-    so a count is shed only once the load has asked for less for that long; a dip shorter than a
-    cold start sheds nothing it would need back, and no scale-in right after a scale-out. Asks are
+    so a count is shed only once the load has asked for less for that long; a dip shorter than
+    that sheds nothing it would need back, and no scale-in right after a scale-out. Asks are
     kept in `state.recommendations` as (time, prefill, decode).
     """
-    window = ctx.service.cold_start_s
+    window = max(ctx.service.cold_start_s, ctx.service.policy.scale_in_cooldown_s)
+    # A first run knows no asks: the running fleet stands for them, so nothing is shed before the
+    # load has been watched for a whole window.
+    past = state.recommendations or ((ctx.now_s, ctx.current.num_prefill, ctx.current.num_decode),)
     recs = (
-        *tuple(r for r in state.recommendations if ctx.now_s - r[0] < window),
+        *tuple(r for r in past if ctx.now_s - r[0] < window),
         (ctx.now_s, want.num_prefill, want.num_decode),
     )
     keep = RoleCounts(max(r[1] for r in recs), max(r[2] for r in recs))
     return keep, state.with_(recommendations=recs)
 
 
+def _fit_bounds(svc: Service, p: int, d: int) -> RoleCounts:
+    """At least one of each role and the total within [min_instances, max_instances]; over the
+    cap both roles shrink in proportion (the mix the load asked for, at the size allowed)."""
+    pol = svc.policy
+    p, d = max(1, p), max(1, d)
+    if p + d > pol.max_instances:
+        d = min(max(1, math.floor(pol.max_instances * d / (p + d))), pol.max_instances - 1)
+        p = pol.max_instances - d
+    if p + d < pol.min_instances:
+        d += pol.min_instances - (p + d)
+    return RoleCounts(p, d)
+
+
 def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
-    """Ours: size for the load when new instances are Ready, P and D together at the curated
-    ratio, latency and queueing (not utilisation) as a safety net, scale-in only to what the load
-    has asked for a whole cold start.
+    """Ours: each role sized for its own demand at the capacity that meets its SLO for the request
+    sizes seen now, P and D moving together, a safety net in instances, scale-in only to what the
+    load has asked for a whole cold start.
 
-    Contract (same as every policy): pure in (ctx, state); missing or stale load -> hold; bounds
-    held (min/max total instances, at least one of each role); latency and the saturation guard
-    only ever add capacity and block scale-in.
+    Contract (same as every policy): pure in (ctx, state); missing or stale load of either role ->
+    hold (never read as zero); bounds held (min/max total instances, at least one of each role);
+    latency, the queue and the saturation guard only ever add capacity and block scale-in.
 
-    1. ask = max(observed, forecast at cold start + period) / target per instance (decode);
-       prefill = the curated ratio x the chosen decode count (the paper's coupling).
-    2. Scale out to ceil(ask) once the ask leaves the hysteresis band upwards (the band the curated
-       target was accepted with); scale-out cooldown honoured for the proportional path.
-    3. Safety net, each at most once per max(latency cooldown, cold start): capacity added less
-       than a cold start ago is not Ready yet, so the same breach must not add again. TBT tiers
-       -> decode +step from the running count; TTFT >= SLO -> prefill +20%; censored decode metric
-       (served >= capacity, or a queue near it) -> the decode ask +first tier step.
-    4. Scale in only when the ask is below (1 - hysteresis) x current, to the highest ask of the
-       last cold start, at most `max_step_fraction` per run, never while TBT or TTFT >= its SLO.
+    1. Demand per role (`role_demand`): arrivals or served + queue, not only what was served;
+       x the forecast's factor at cold start + period (never below 1).
+    2. Per-instance target per role = `slo_headroom` x the capacity at the SLO at the observed
+       request sizes (`role_capacity`, the capacity model), for the window's peak short-interval
+       arrival rate; ask = demand / target. Without the capacity model or the sizes: the curated
+       target's share of the curated capacity, for the mean (the paper's sizing). The curated P/D ratio is
+       a prior that bounds the measured mix to within x/÷ `_RATIO_RANGE` of it; within that, the
+       ratio follows the mix (its hysteresis is each role's band and the scale-in window).
+    3. P and D move together: when either role's ask exceeds its count (sized at the SLO, the
+       headroom is in the share; with curated targets, beyond the hysteresis band), both roles go
+       to their asks (neither shrinks in that run); scale-out cooldown honoured.
+    4. Safety net, once per max(latency cooldown, cold start), per role in instances: TBT tiers
+       -> decode, TTFT tiers -> prefill, each +max(1, ceil(count x step)); a censored decode
+       metric -> decode ask + first step. Skipped for a role whose SLO is infeasible at these
+       sizes (no count can meet it; the reason says so). The cooldown starts only when the net
+       added capacity.
+    5. Scale-in per role only when its ask is below (1 - hysteresis) x current, to the highest
+       ask (or count added) of the last max(cold start, scale-in cooldown), at most `max_step_fraction` per run, never while that role's
+       SLO is breached or (prefill) its queue grows.
     """
     svc, p, cur = ctx.service, ctx.service.policy, ctx.current
     fixed = schedule_counts(ctx)
@@ -549,66 +681,85 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         if fixed == cur:
             return _hold(ctx, state, "periodic schedule window: counts already as scheduled", TargetSource.SCHEDULE)
         return _finish(ctx, state, fixed, "periodic schedule window", TargetSource.SCHEDULE)
-    ask = _ready_ask(ctx)
-    if ask is None:
-        return _hold(ctx, state, "hold: decode_tps or prefill_tps missing/stale")
-    d_want, p_want = ask.decode, ask.prefill
-    reason = f"heteroscale ({ask.why})"
+    dem = role_demand(ctx)
+    if dem is None or dem.prefill_tps is None:
+        return _hold(ctx, state, "hold: decode_tps or prefill load missing/stale")
+    metric = dem.decode_tps if p.metric is Metric.DECODE_TPS else dem.prefill_tps
+    factor, fc_how = _forecast_factor(ctx, metric)
+    caps = role_capacity(ctx, dem, cur.num_prefill)
+    # SLO-grounded: a share of the capacity at the SLO for the recent peak; without the capacity
+    # model, the curated target's share of the curated capacity for the mean.
+    grounded = caps.how != "curated"
+    share = p.slo_headroom if grounded else _headroom_share(svc)
+    factor *= dem.burst if grounded else 1.0
+    d_ask = dem.decode_tps * factor / (share * caps.decode_tps)
+    prior = svc.pd_ratio.prefill_per_decode
+    p_own = dem.prefill_tps * factor / (share * caps.prefill_tps)
+    p_ask = min(max(p_own, d_ask * prior / _RATIO_RANGE), d_ask * prior * _RATIO_RANGE)
+    mix = f"mix P/D {p_own / max(d_ask, _EPS):.2f} (curated {prior:.2f})"
+    if p_ask != p_own:
+        mix += f", bounded to x/÷{_RATIO_RANGE:g} of it"
+    reason = (
+        f"heteroscale ({fc_how}; {dem.why}; {caps.how}; share {share:.0%}): "
+        f"prefill {p_ask:.2f}, decode {d_ask:.2f} instances; {mix}"
+    )
+    for bad in (caps.ttft_infeasible, caps.tbt_infeasible):
+        if bad:
+            reason += f"; {bad}"
     source = TargetSource.PROPORTIONAL
+    want = RoleCounts(max(1, math.ceil(p_ask - _EPS)), max(1, math.ceil(d_ask - _EPS)))
+    keep, state = _stabilised_ask(ctx, state, want)
 
-    # 3. Safety net, once per cold start (what it added earlier may still be starting).
-    step, lat_why = _latency_step(ctx)
-    censored = _censored(ctx)
-    ttft, _ = _fresh(ctx, "ttft_p99_s")
-    ttft_breach = ttft is not None and ttft >= svc.slo.ttft_p99_s
+    # 3. P and D together: an ask out of its band upwards re-sizes both roles.
+    # Sized at the SLO, the headroom is in the share; the band is only for the curated target.
+    band = 0.0 if grounded else p.hysteresis
+
+    def up(ask: float, want_n: int, cur_n: int) -> bool:
+        return want_n > cur_n and (cur_n == 0 or ask > cur_n * (1 + band))
+
+    grow = up(p_ask, want.num_prefill, cur.num_prefill) or up(d_ask, want.num_decode, cur.num_decode)
+    new_p = max(cur.num_prefill, want.num_prefill) if grow else cur.num_prefill
+    new_d = max(cur.num_decode, want.num_decode) if grow else cur.num_decode
+
+    # 4. Safety net per role, in instances.
+    tbt_step, tbt_why = (0.0, "") if caps.tbt_infeasible else _tier_step(ctx, "tbt_p99_s", svc.slo.tbt_p99_s)
+    ttft_step, ttft_why = (0.0, "") if caps.ttft_infeasible else _tier_step(ctx, "ttft_p99_s", svc.slo.ttft_p99_s)
+    censored = _censored(ctx) if ctx.signals.arrival_rps is None else ""
     net_cooldown_s = max(p.latency_cooldown_s, svc.cold_start_s)
-    if step > 0 or censored or ttft_breach:
+    if tbt_step > 0 or ttft_step > 0 or censored:
         if _since(ctx.now_s, state.last_latency_action_s) >= net_cooldown_s:
-            first_step = p.latency_tiers[0].step if p.latency_tiers else 0.1
-            # Latency tiers step from the running fleet (the paper's rule); a censored metric steps
-            # from the proportional ask, which already reads the served load as at least capacity.
-            d_net = max(cur.num_decode * (1 + step), d_want * (1 + first_step) if censored else 0.0)
-            p_net = cur.num_prefill * (1 + max(step, _TTFT_STEP if ttft_breach else 0.0))
-            why = "; ".join(w for w in (lat_why, censored, f"TTFT {ttft:.2f}s >= SLO" if ttft_breach else "") if w)
-            if d_net > d_want + _EPS or p_net > p_want + _EPS:
-                d_want, p_want = max(d_want, d_net), max(p_want, p_net)
+            first = p.latency_tiers[0].step if p.latency_tiers else 0.1
+            d_net = cur.num_decode + net_step(cur.num_decode, tbt_step) if tbt_step > 0 else 0
+            if censored:
+                d_net = max(d_net, math.ceil(d_ask * (1 + first) - _EPS))
+            p_net = cur.num_prefill + net_step(cur.num_prefill, ttft_step) if ttft_step > 0 else 0
+            if d_net > new_d or p_net > new_p:
+                new_d, new_p = max(new_d, d_net), max(new_p, p_net)
+                why = "; ".join(w for w in (tbt_why, ttft_why, censored) if w)
                 reason += f"; safety net: {why}"
                 source = TargetSource.LATENCY
                 state = state.with_(last_latency_action_s=ctx.now_s)
         else:
             reason += "; safety net within its cooldown (added capacity not Ready yet)"
 
-    # Prefill's own ask counts only through the TTFT net, at most _RATIO_BAND above the ratio.
-    ratio = svc.pd_ratio.prefill_per_decode
-    p_want = min(max(p_want, d_want * ratio * (1 - _RATIO_BAND)), d_want * ratio * (1 + _RATIO_BAND))
-    want = RoleCounts(max(1, math.ceil(p_want - _EPS)), max(1, math.ceil(d_want - _EPS)))
-    keep, state = _stabilised_ask(ctx, state, want)
+    # 5. Scale-in per role.
+    def shrink(ask: float, keep_n: int, cur_n: int, blocked: bool) -> int:
+        if blocked or keep_n >= cur_n or ask >= cur_n * (1 - p.hysteresis):
+            return cur_n
+        return max(keep_n, cur_n - max(1, math.ceil(p.max_step_fraction * cur_n - _EPS)))
 
-    # 2 and 4 on decode; prefill follows the chosen decode count at the curated ratio (P and D move
-    # together), raised to its own ask only by the TTFT safety net.
-    blocked = _latency_breached(ctx) or ttft_breach
-    d_cur = cur.num_decode
-    # The safety net's step may equal the band's width: it is not subject to the band.
-    if want.num_decode > d_cur and (source == TargetSource.LATENCY or d_want > d_cur * (1 + p.hysteresis)):
-        new_d = want.num_decode
-    elif want.num_decode >= d_cur or blocked or d_want >= d_cur * (1 - p.hysteresis) or keep.num_decode >= d_cur:
-        new_d = d_cur
-    else:
-        max_delta = max(1, math.ceil(p.max_step_fraction * d_cur - _EPS))
-        new_d = max(keep.num_decode, d_cur - max_delta)
-    new_p = split_by_ratio(svc, new_d).num_prefill
-    if source == TargetSource.LATENCY and ttft_breach:
-        new_p = max(new_p, want.num_prefill)
+    if not grow and source != TargetSource.LATENCY:
+        ttft_now, _ = _fresh(ctx, "ttft_p99_s")
+        tbt_now, _ = _fresh(ctx, "tbt_p99_s")
+        growing = (ctx.signals.queue_growth_tps or 0.0) > 0 and (ctx.signals.waiting_requests or 0.0) > 0
+        p_blocked = growing or (not caps.ttft_infeasible and ttft_now is not None and ttft_now >= svc.slo.ttft_p99_s)
+        d_blocked = not caps.tbt_infeasible and tbt_now is not None and tbt_now >= svc.slo.tbt_p99_s
+        new_p = shrink(p_ask, keep.num_prefill, cur.num_prefill, p_blocked)
+        new_d = shrink(d_ask, keep.num_decode, cur.num_decode, d_blocked)
 
-    # Bounds: at least one of each role, total within [min_instances, max_instances]. Over the cap
-    # the curated ratio decides the mix (the best-known split when capacity is the limit).
-    if new_p + new_d > p.max_instances:
-        new_p, new_d = split_by_ratio(svc, bound_decode(svc, new_d)).num_prefill, bound_decode(svc, new_d)
-    new_p, new_d = max(1, new_p), max(1, new_d)
-    while new_p + new_d < p.min_instances:
-        new_d += 1
-    new = RoleCounts(new_p, new_d)
-
+    new = _fit_bounds(svc, new_p, new_d)
+    if new != RoleCounts(new_p, new_d):
+        reason += f"; bounded to [{p.min_instances}, {p.max_instances}] instances"
     action = _action(cur, new)
     in_bounds = p.min_instances <= cur.total <= p.max_instances
     if action is Action.SCALE_OUT and source == TargetSource.PROPORTIONAL and in_bounds:
@@ -617,32 +768,39 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
             return _hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
     if action is Action.HOLD:
         return _hold(ctx, state, reason, source if source != TargetSource.PROPORTIONAL else TargetSource.HOLD)
+    if new.num_prefill > want.num_prefill or new.num_decode > want.num_decode:
+        # What the safety net (or the coupling) added is kept like an ask: not shed next run.
+        t, ask_p, ask_d = state.recommendations[-1]
+        recs = (*state.recommendations[:-1], (t, max(ask_p, new.num_prefill), max(ask_d, new.num_decode)))
+        state = state.with_(recommendations=recs)
     return _finish(ctx, state, new, reason, source)
 
 
 def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
-    """Perfect foresight: sized for the true peak metric until new instances could be Ready
-    (`ctx.peak_metric` from the replay) at the service's own target per instance, the headroom
-    every metric-driven policy gets. (Sizing at 100% of `capacity_tokens_per_s` instead made the
-    oracle fail the SLO on bursts inside a control period: not a floor at equal attainment.)
-    With the same headroom it differs from `heteroscale-paper` only by knowing the load, so it
-    is the floor for the paper's policy: no hysteresis, cooldown, damping or forecast error."""
-    svc = ctx.service
-    if ctx.peak_metric is None:
+    """The hindsight floor: per role, the fewest reference instances that meet the SLO for the true
+    load of every tick (`ctx.floor_need`: the most any tick needs from Ready time to one period
+    later; `ctx.floor_keep`: the most any tick needs from now to then), computed by the replay
+    with the twin's own latency model (`sim.floor`). Instances are started one cold start before
+    they are needed and never shed while they will be needed before a replacement could be Ready.
+    No online policy may use fewer GPU-hours at equal or better attainment."""
+    need, keep = ctx.floor_need, ctx.floor_keep
+    if need is None or keep is None:
         return _hold(ctx, state, "oracle: no future load given; holding", TargetSource.STATIC)
-    # Scale out just in time: instances started now serve only from now + cold start, so only
-    # that window's peak can ask for more. Scale in no lower than the peak until then: what is
-    # removed now cannot come back sooner.
-    keep = bound_decode(svc, math.ceil(_proportional_decode(ctx, ctx.peak_metric) - _EPS))
-    ready = ctx.ready_peak_metric if ctx.ready_peak_metric is not None else ctx.peak_metric
-    need = bound_decode(svc, math.ceil(_proportional_decode(ctx, ready) - _EPS))
-    d = need if need > ctx.current.num_decode else min(ctx.current.num_decode, keep)
-    new = split_by_ratio(svc, d)
-    reason = (
-        f"oracle: peak {ready:.0f} when ready, {ctx.peak_metric:.0f} until then, "
-        f"at target {svc.policy.target_per_instance:g}/instance"
+    cur = ctx.current
+
+    def role(need_n: int, keep_n: int, cur_n: int) -> int:
+        return need_n if need_n > cur_n else min(cur_n, keep_n)
+
+    new = _fit_bounds(
+        ctx.service,
+        role(need.num_prefill, keep.num_prefill, cur.num_prefill),
+        role(need.num_decode, keep.num_decode, cur.num_decode),
     )
-    if new == ctx.current:
+    reason = (
+        f"oracle: floor {need.num_prefill}P/{need.num_decode}D when ready, "
+        f"{keep.num_prefill}P/{keep.num_decode}D until then"
+    )
+    if new == cur:
         return _hold(ctx, state, reason, TargetSource.STATIC)
     return _finish(ctx, state, new, reason, TargetSource.STATIC)
 
@@ -656,7 +814,7 @@ class PolicySpec:
     decide: Policy
     # Reads `forecast_load`'s output; for the others the replay skips the forecaster.
     uses_forecast: bool = False
-    # Reads the true future load (`ctx.peak_metric`, `ctx.ready_peak_metric`): replay only.
+    # Reads the hindsight floor (`ctx.floor_need`, `ctx.floor_keep`, from `sim.floor`): replay only.
     needs_foresight: bool = False
     # Runs the trace's peak fleet from the start (the replay's starting fleet is sized for the peak).
     sized_for_peak: bool = False

@@ -7,6 +7,7 @@ time. The collector's values must match the twin's ground truth over the same wi
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,10 +18,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from models.config import ClusterConfig, load_config, parse_config
+from models.config import SIGNAL_QUERY_NAMES, ClusterConfig, SignalsProfile, load_config, parse_config
 from sim.exporter import TwinExporter
 from sim.traces import load_curve
-from tasks.prometheus import collect, http_query
+from tasks.prometheus import PEAK_INTERVAL_S, collect, http_query, profile_groups
 from tests.integration.prom import free_port, start_prometheus
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ def test_collector_matches_twin_ground_truth(running: tuple[ClusterConfig, TwinE
     truth = exporter.truth_between(at - WINDOW_S, at)
     got = coll.to_service_signals()
     assert coll.errors == []
-    assert coll.queries == 9  # one query per signal (+2 freshness) for all three services
+    assert coll.queries == len(SIGNAL_QUERY_NAMES)  # one query per signal for all three services
     for svc in cfg.services:
         g, t = got[svc.name], truth[svc.name]
         for name in ("decode_tps", "prefill_tps"):
@@ -96,9 +97,12 @@ def test_collector_matches_twin_ground_truth(running: tuple[ClusterConfig, TwinE
             ticks = [r.signals[svc.name].get(name) for r in exporter.truth if at - WINDOW_S < r.wall_s <= at]
             assert have is not None
             assert min(ticks) * 0.98 <= have <= max(ticks) * 1.02, (svc.name, name, have, min(ticks), max(ticks))
-        # The twin does not model request queues: those are missing, never 0.
-        assert g.running_requests is None and g.waiting_requests is None
+        # The twin does not model running requests: missing, never 0. Its queue is exported.
+        assert g.running_requests is None and g.waiting_requests is not None
         assert coll.readings[svc.name]["decode"]["running_requests"].reason == "absent"
+        # Arrivals (the Dynamo-frontend counter the exporter serves) match the twin's truth.
+        want, have = t.arrival_rps, g.arrival_rps
+        assert want and have is not None and abs(have - want) / want < 0.02, (svc.name, have, want)
 
 
 def test_stopped_target_goes_stale_not_zero(running: tuple[ClusterConfig, TwinExporter, str]) -> None:
@@ -150,12 +154,114 @@ def test_hundred_services_cost_a_bounded_number_of_queries(tmp_path: Path) -> No
         prom.wait_for_series("count(count by (service) (vllm:generation_tokens_total)) >= 100")
         time.sleep(WINDOW_S / 2 + 2)
         coll = collect(cfg, http_query(prom.url))
-        assert coll.queries == 9, coll.queries
+        assert coll.queries == len(SIGNAL_QUERY_NAMES), coll.queries
         assert coll.errors == []
         got = coll.to_service_signals()
         assert len(got) == 100
         assert all(s.decode_tps is not None and s.decode_tps > 0 for s in got.values())
         print(f"\n100 services: {coll.queries} queries, {coll.attempts} attempts, {coll.wall_s * 1000:.0f} ms")
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        prom.stop()
+
+
+# --- demand: a saturated prefill pool reads as demand above what it served --------------------
+
+
+def _step_trace(path: Path, *, lo: float, hi: float, lo_windows: int, windows: int = 360, dt_s: float = 10.0) -> Path:
+    rate = np.where(np.arange(windows) < lo_windows, lo, hi)
+    pd.DataFrame({"window_start_s": np.arange(windows) * dt_s, "req_per_s": rate}).to_csv(path, index=False)
+    return path
+
+
+def test_saturated_prefill_pool_reads_as_demand_above_capacity(tmp_path: Path) -> None:
+    """The twin's fleet is seeded for 2 req/s (the first control period), then 30 req/s arrive:
+    prefill saturates and queues. Through a real Prometheus the collector must see the queue,
+    the arrivals and the request sizes, and the policy's demand must exceed what was served."""
+    from typer.testing import CliRunner
+
+    from heteroscale.cli import app
+    from models.values import RoleCounts
+    from tasks.core.policy import PolicyContext, role_demand
+
+    cfg = _with_prometheus(load_config(DEMO))
+    cfg_path = tmp_path / "demo-prom.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True)))
+    period_windows = round(cfg.cluster.control_period_s / 10.0)
+    curve = load_curve(_step_trace(tmp_path / "step.csv", lo=2.0, hi=30.0, lo_windows=period_windows), lengths=AZURE)
+    exporter = TwinExporter(cfg, {s.name: curve for s in cfg.services}, speed=60.0)
+    port = free_port()
+    exporter.serve(port)
+    stop = threading.Event()
+    thread = threading.Thread(target=exporter.run, args=(stop,), daemon=True)
+    thread.start()
+    prom = start_prometheus([f"127.0.0.1:{port}"], tmp_path / "prom")
+    try:
+        prom.wait_for_series('vllm:num_requests_waiting{role="prefill"} > 0')
+        # A full rate window of the saturated load, and the peak's first 10-s interval (aligned to
+        # Prometheus' clock, up to 10 s before the window's end) inside it too.
+        time.sleep(WINDOW_S + PEAK_INTERVAL_S + 2)
+        query = http_query(prom.url)
+        at = time.time() - 1.0
+        coll = collect(cfg, query, at_s=at)
+        assert coll.errors == [] and coll.queries == len(SIGNAL_QUERY_NAMES)
+        truth = exporter.truth_between(at - WINDOW_S, at)
+        last = [r for r in exporter.truth if r.wall_s <= at][-1].signals
+        rows: list[str] = []
+        for name, sig in coll.to_service_signals().items():
+            served = sig.prefill_tps
+            assert served is not None and served > 0, (name, coll.readings[name]["prefill"])
+            # The queue: waiting requests, and in cache-missed prompt tokens (PromQL-derived).
+            assert sig.waiting_requests is not None and sig.waiting_requests > 0, name
+            assert sig.queued_prompt_tokens is not None and sig.queued_prompt_tokens > 0, name
+            want_q = last[name].queued_prompt_tokens
+            assert want_q and 0.5 < sig.queued_prompt_tokens / want_q < 2.0, (name, sig.queued_prompt_tokens, want_q)
+            # Arrivals and sizes as the twin offered them; the frontend counted more than was served.
+            t = truth[name]
+            for field in ("arrival_rps", "arrival_prompt_tps", "mean_input_tokens", "mean_output_tokens"):
+                want, have = t.get(field), sig.get(field)
+                assert want and have is not None and abs(have - want) / want < 0.05, (name, field, have, want)
+            assert sig.arrival_peak_rps is not None and sig.arrival_peak_rps >= 0.9 * sig.arrival_rps
+            hit = sig.prefix_cache_hit_rate
+            assert hit is not None and abs(hit - cfg.service(name).prefix_cache_hit) < 0.01
+            assert sig.arrival_prompt_tps * (1 - hit) > 1.5 * served, (name, sig.arrival_prompt_tps, served)
+            # The policy's demand: above what the saturated pool served, never "load = capacity".
+            ctx = PolicyContext(
+                service=cfg.service(name),
+                now_s=at,
+                signals=sig,
+                current=RoleCounts(1, 1),
+                control_period_s=cfg.cluster.control_period_s,
+            )
+            demand = role_demand(ctx)
+            assert demand is not None and demand.prefill_tps is not None
+            assert demand.prefill_tps > 1.5 * served, (name, demand)
+            assert "queue" in demand.why and "prefill arrivals" in demand.why
+            rows.append(
+                f"{name}: served {served:.0f} tok/s, demand {demand.prefill_tps:.0f}, waiting "
+                f"{sig.waiting_requests:.0f} req, queued {sig.queued_prompt_tokens:.0f} tok (twin {want_q:.0f})"
+            )
+
+        # `heteroscale collect --json` shows the queue and the arrival side.
+        res = CliRunner().invoke(app, ["collect", "--config", str(cfg_path), "--prometheus-url", prom.url, "--json"])
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.output)
+        chat = out["services"]["chat"]
+        assert chat["prefill"]["waiting_requests"]["value"] > 0
+        assert chat["prefill"]["queued_prompt_tokens"]["value"] > 0
+        assert chat["prefill"]["arrival_rps"]["value"] > 0
+        assert chat["decode"]["mean_output_tokens"]["value"] > 0
+
+        # Every profile's PromQL is valid PromQL (SGLang and Dynamo series are absent here: empty).
+        for profile in SignalsProfile:
+            data = cfg.model_dump(mode="json", exclude_none=True)
+            for svc in data["services"]:
+                svc["signals"] = {"profile": profile.value}
+            for g in profile_groups(parse_config(data)):
+                for promql in g.queries().values():
+                    query(promql, at, 5.0)  # raises PermanentQueryError on a parse error
+        print(f"\nsaturated pool: {coll.queries} queries, {coll.wall_s * 1000:.0f} ms; " + "; ".join(rows))
     finally:
         stop.set()
         thread.join(timeout=5)

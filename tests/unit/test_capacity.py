@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from sim import capacity as cap
+from tasks.core import capacity as model
 from tests.conftest import SHARED_DATA
 
 SPLITWISE = SHARED_DATA / "perf" / "splitwise" / "perf_model.csv"
@@ -36,16 +37,16 @@ def test_csv_source_fits_the_table_it_was_given(tmp_path: Path) -> None:
 
 def test_decode_capacity_falls_with_a_tighter_tbt_target(tmp_path: Path) -> None:
     e = cap.fit_engine(cap.perf_from_csv(_table(tmp_path)), gpu="x100", tp=2, model="m", source="csv")
-    loose = cap.decode_capacity(e, 1000)
-    tight = cap.decode_capacity(e, 1000, tbt_slo_s=e.decode_step_s(4, 1000))
+    loose = model.decode_capacity(e, 1000)
+    tight = model.decode_capacity(e, 1000, tbt_slo_s=e.decode_step_s(4, 1000))
     assert 0 < tight < loose
 
 
 def test_prefill_capacity_at_slo_is_below_the_saturated_rate_and_grows_with_the_target(tmp_path: Path) -> None:
     e = cap.fit_engine(cap.perf_from_csv(_table(tmp_path)), gpu="x100", tp=2, model="m", source="csv")
-    full = cap.prefill_tokens_per_s(e, 800)
-    a = cap.prefill_capacity(e, 800, ttft_slo_s=1.0, servers=4)
-    b = cap.prefill_capacity(e, 800, ttft_slo_s=3.0, servers=4)
+    full = model.prefill_tokens_per_s(e, 800)
+    a = model.prefill_capacity(e, 800, ttft_slo_s=1.0, servers=4)
+    b = model.prefill_capacity(e, 800, ttft_slo_s=3.0, servers=4)
     assert 0 < a < b < full
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from models.config import ClusterConfig, load_config, parse_config
+from models.config import SIGNAL_QUERY_NAMES, ClusterConfig, SignalsProfile, load_config, parse_config
 from tasks.prometheus import (
     PermanentQueryError,
     TransientQueryError,
@@ -62,7 +62,7 @@ def _no_sleep(_: float) -> None:
 def test_one_query_per_signal_for_all_services() -> None:
     query, calls = fake()
     coll = collect(_cfg(), query, at_s=NOW, sleep=_no_sleep)
-    assert coll.queries == len(calls) == 9
+    assert coll.queries == len(calls) == len(SIGNAL_QUERY_NAMES) == 17
     sig = coll.to_service_signals()["chat"]
     assert sig.decode_tps == 1234.0 and sig.gpu_util_decode == 0.9 and sig.sampled_at_s == NOW - 5.0
 
@@ -101,7 +101,7 @@ def test_transient_errors_are_retried_then_succeed() -> None:
         return base(promql, at_s, timeout_s)
 
     coll = collect(_cfg(), flaky, at_s=NOW, sleep=_no_sleep)
-    assert coll.errors == [] and coll.attempts == 11
+    assert coll.errors == [] and coll.attempts == len(SIGNAL_QUERY_NAMES) + 2
     assert coll.to_service_signals()["chat"].decode_tps == 1234.0
 
 
@@ -167,6 +167,150 @@ def test_slow_prometheus_times_out_and_is_retried() -> None:
         assert query("up", None, 5.0) == []
     finally:
         server.shutdown()
+
+
+# --- demand signals: templates per profile, fallbacks --------------------------------------
+
+
+def _profile_cfg(profile: SignalsProfile) -> ClusterConfig:
+    data = _cfg().model_dump(mode="json", exclude_none=True)
+    for svc in data["services"]:
+        svc["signals"] = {"profile": profile.value}
+    return parse_config(data)
+
+
+# Metric names each profile's demand templates must read (rendered for the demo's services).
+_SVC = 'service=~"chat|code|summarize"'
+_P, _D = f'{{{_SVC},role="prefill"}}', f'{{{_SVC},role="decode"}}'
+DEMAND_METRICS: dict[SignalsProfile, dict[str, tuple[str, ...]]] = {
+    SignalsProfile.VLLM: {
+        "queued_prompt_tokens": (
+            f"vllm:num_requests_waiting{_P}",
+            f"vllm:request_prompt_tokens_sum{_P}[60s]",
+            f"vllm:request_prompt_tokens_count{_P}[60s]",
+            f"vllm:prefix_cache_hits_total{_P}",
+            f"vllm:prefix_cache_queries_total{_P}",
+        ),
+        "queue_growth_tps": (f"deriv(vllm:num_requests_waiting{_P}[60s])", "vllm:request_prompt_tokens_sum"),
+        "arrival_rps": (
+            f"rate(dynamo_frontend_requests_total{{{_SVC}}}[60s])",
+            f"rate(inference_objective_request_total{{{_SVC}}}[60s])",
+        ),
+        "arrival_peak_rps": ("max_over_time((", f"dynamo_frontend_requests_total{{{_SVC}}}[10s]", ")[60s:10s])"),
+        "arrival_prompt_tps": ("dynamo_frontend_input_sequence_tokens_sum", "inference_objective_input_tokens_sum"),
+        "mean_input_tokens": (f"vllm:request_prompt_tokens_sum{_P}", f"vllm:request_prompt_tokens_count{_P}"),
+        "mean_output_tokens": (f"vllm:request_generation_tokens_sum{_D}", f"vllm:request_generation_tokens_count{_D}"),
+        "prefix_cache_hit_rate": (f"vllm:prefix_cache_hits_total{_P}", f"vllm:prefix_cache_queries_total{_P}"),
+    },
+    SignalsProfile.SGLANG: {
+        "queued_prompt_tokens": (
+            f"sglang:num_queue_reqs{_P}",
+            f"sglang:prompt_tokens_total{_P}",
+            f"sglang:num_requests_total{_P}",
+            f"sglang:cached_tokens_total{_P}",
+        ),
+        "queue_growth_tps": (f"deriv(sglang:num_queue_reqs{_P}[60s])",),
+        "arrival_rps": ("dynamo_frontend_requests_total", "inference_objective_request_total"),
+        "mean_input_tokens": (f"sglang:prompt_tokens_total{_P}", f"sglang:num_requests_total{_P}"),
+        "mean_output_tokens": (f"sglang:generation_tokens_total{_D}", f"sglang:num_requests_total{_D}"),
+        "prefix_cache_hit_rate": (f"sglang:cached_tokens_total{_P}", f"sglang:prompt_tokens_total{_P}"),
+    },
+    SignalsProfile.DYNAMO: {
+        "queued_prompt_tokens": (
+            f"dynamo_frontend_queued_requests{{{_SVC}}}",
+            "dynamo_frontend_input_sequence_tokens_count",
+            "dynamo_frontend_cached_tokens_sum",
+        ),
+        "queue_growth_tps": (f"deriv(dynamo_frontend_queued_requests{{{_SVC}}}[60s])",),
+        "arrival_rps": (f"rate(dynamo_frontend_requests_total{{{_SVC}}}[60s])",),
+        "arrival_peak_rps": ("[10s]", "[60s:10s]"),
+        "arrival_prompt_tps": (f"rate(dynamo_frontend_input_sequence_tokens_sum{{{_SVC}}}[60s])",),
+        "mean_input_tokens": (
+            "dynamo_frontend_input_sequence_tokens_sum",
+            "dynamo_frontend_input_sequence_tokens_count",
+        ),
+        "mean_output_tokens": (
+            "dynamo_frontend_output_sequence_tokens_sum",
+            "dynamo_frontend_output_sequence_tokens_count",
+        ),
+        "prefix_cache_hit_rate": (
+            "dynamo_frontend_cached_tokens_sum",
+            "dynamo_component_kvstats_gpu_prefix_cache_hit_rate",
+        ),
+    },
+}
+
+
+@pytest.mark.parametrize("profile", list(SignalsProfile))
+def test_every_profile_renders_every_signal_once(profile: SignalsProfile) -> None:
+    (group,) = profile_groups(_profile_cfg(profile))
+    queries = group.queries()
+    assert set(queries) == set(SIGNAL_QUERY_NAMES)  # one query per signal, 100 services or 1
+    for name, promql in queries.items():
+        assert "$" not in promql and promql.count("(") == promql.count(")"), (name, promql)
+    for name, metrics in DEMAND_METRICS[profile].items():
+        for m in metrics:
+            assert m in queries[name], (profile, name, m, queries[name])
+    # A cache-less stack: the queue counts every prompt token (hit rate 0), it does not vanish.
+    for name in ("queued_prompt_tokens", "queue_growth_tps"):
+        assert " * 0))" in queries[name]
+    # No arrival counter in the engine profiles' own metrics: only a frontend's.
+    if profile is not SignalsProfile.DYNAMO:
+        assert "vllm:" not in queries["arrival_rps"] and "sglang:" not in queries["arrival_rps"]
+
+
+def test_demand_signals_reach_service_signals_by_role() -> None:
+    cfg = _cfg()
+    (group,) = profile_groups(cfg)
+    signal_of = {q: name for name, q in group.queries().items()}
+    services = ["chat", "code", "summarize"]
+    values = {
+        "queued_prompt_tokens": 4000.0,
+        "queue_growth_tps": 120.0,
+        "arrival_rps": 6.0,
+        "arrival_peak_rps": 9.0,
+        "arrival_prompt_tps": 12000.0,
+        "mean_input_tokens": 1600.0,
+        "mean_output_tokens": 250.0,
+        "prefix_cache_hit_rate": 0.25,
+    }
+
+    def query(promql: str, at_s: float | None, timeout_s: float) -> list[dict[str, Any]]:
+        name = signal_of[promql]
+        if name in ("freshness", "gpu_freshness"):
+            return _vec([({"service": s, "role": r}, NOW - 5.0) for s in services for r in ("prefill", "decode")])
+        if "by (service,role)" in promql:
+            return _vec([({"service": s, "role": r}, 3.0) for s in services for r in ("prefill", "decode")])
+        return _vec([({"service": s}, values.get(name, 1234.0)) for s in services])
+
+    coll = collect(cfg, query, at_s=NOW, sleep=_no_sleep)
+    sig = coll.to_service_signals()["chat"]
+    assert sig.waiting_requests == 6.0  # both roles' gauges
+    assert {name: sig.get(name) for name in values} == values
+    # Read on the role they describe: output sizes on decode, the rest on prefill.
+    assert coll.readings["chat"]["decode"]["mean_output_tokens"].value == 250.0
+    assert coll.readings["chat"]["prefill"]["queued_prompt_tokens"].value == 4000.0
+    assert "queued_prompt_tokens" not in coll.readings["chat"]["decode"]
+
+
+def test_stack_without_a_frontend_or_traffic_reads_none_not_zero() -> None:
+    """No router/frontend scraped: arrival signals absent -> None (the policy falls back to
+    served + queue growth); no request finished in the window: sizes are NaN -> None."""
+    nan = _vec([({"service": s}, "NaN") for s in ("chat", "code", "summarize")])
+    query, _ = fake(
+        **{
+            "dynamo_frontend_requests_total": [],  # arrival_rps and arrival_peak_rps
+            "input_sequence_tokens": [],
+            "request_generation_tokens": nan,
+        }
+    )
+    coll = collect(_cfg(), query, at_s=NOW, sleep=_no_sleep)
+    sig = coll.to_service_signals()["chat"]
+    for name in ("arrival_rps", "arrival_peak_rps", "arrival_prompt_tps"):
+        assert sig.get(name) is None and coll.readings["chat"]["prefill"][name].reason == "absent", name
+    assert sig.mean_output_tokens is None and coll.readings["chat"]["decode"]["mean_output_tokens"].reason == "nan"
+    assert sig.decode_tps == 1234.0 and sig.queued_prompt_tokens == 1234.0  # the rest still read
+    assert coll.errors == []
 
 
 # --- history at start-up (range queries) ---------------------------------------------------

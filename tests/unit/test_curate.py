@@ -37,3 +37,19 @@ def test_curate_writes_a_config_the_loader_accepts() -> None:
     svc = new.service("chat")
     assert svc.policy.target_per_instance == res.chosen.target_per_instance
     assert (svc.pd_ratio.prefill, svc.pd_ratio.decode) == tuple(map(float, res.ratio))
+
+
+def test_each_policy_is_tuned_on_its_own_knob() -> None:
+    cfg = load_config(DEMO_CONFIG)
+    n = 60
+    curve = LoadCurve(
+        "c", 60.0, np.arange(n) * 60.0, np.linspace(5, 15, n), np.full(n, 1155.0), np.full(n, 211.0), np.ones(n, bool)
+    )
+    res = curate(cfg, "chat", curve, shares=(0.5, 0.8), headrooms=(0.7, 0.9))
+    heteroscale = [c for c in res.candidates if c.policy == "heteroscale"]
+    assert sorted(c.slo_headroom for c in heteroscale) == [0.7, 0.9]
+    assert all(c.slo_headroom is None for c in res.candidates if c.policy == "heteroscale-paper")
+    svc = parse_config(service_yaml(cfg, res.service)).service("chat")
+    assert svc.policy.slo_headroom in (0.7, 0.9)
+    paper_targets = {c.target_per_instance for c in res.candidates if c.policy == "heteroscale-paper"}
+    assert svc.policy.target_per_instance in paper_targets

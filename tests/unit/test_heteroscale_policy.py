@@ -154,18 +154,20 @@ def test_latency_net_fires_once_per_cold_start() -> None:
 
 
 def test_scale_in_waits_for_a_whole_window_of_lower_asks() -> None:
-    # 20 decode asked, then the load halves: hold until the asks of the last cold start are all
-    # lower (what is shed cannot be back sooner), then shed (damped to max_step_fraction per run).
+    # 20 decode asked, then the load halves: hold until the asks of the last max(cold start,
+    # scale-in cooldown) are all lower (what is shed cannot be back sooner), then shed (damped to
+    # max_step_fraction per run).
+    window = max(SVC.cold_start_s, P.scale_in_cooldown_s)
     state = NO_STATE
     t, state = heteroscale(ctx_for(20 * TARGET, current=(10, 20), now_s=0.0), state)
     assert t.action is Action.HOLD
     cur = t.counts
     now = 0.0
-    while now < SVC.cold_start_s - 60.0:
+    while now < window - 60.0:
         now += 60.0
         t, state = heteroscale(ctx_for(10 * TARGET, current=(cur.num_prefill, cur.num_decode), now_s=now), state)
         assert t.counts == RoleCounts(10, 20), now
-    t, state = heteroscale(ctx_for(10 * TARGET, current=(10, 20), now_s=SVC.cold_start_s), state)
+    t, state = heteroscale(ctx_for(10 * TARGET, current=(10, 20), now_s=window), state)
     assert t.action is Action.SCALE_IN and t.counts == RoleCounts(5, 10)
 
 

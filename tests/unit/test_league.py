@@ -42,19 +42,43 @@ def test_peak_auto_fills_about_80_percent_of_the_cluster() -> None:
     assert AUTO_GPU_SHARE * total - 12 <= used <= AUTO_GPU_SHARE * total
 
 
-def test_oracle_sizes_the_true_peak_at_the_policy_target_and_is_the_paper_floor() -> None:
+def _bursty(peak: float, n: int = 360, seed: int = 3, mean_in: float = 1155.0, mean_out: float = 211.0) -> LoadCurve:
+    """10-s windows: a base rate with seeded bursts at 6x (the code-completion-like load)."""
+    rng = np.random.default_rng(seed)
+    rps = peak / 6 * (0.8 + 0.4 * rng.random(n))
+    rps[rng.random(n) < 0.05] *= 6
+    return LoadCurve("bursty", 10.0, np.arange(n) * 10.0, rps, np.full(n, mean_in), np.full(n, mean_out), np.ones(n, bool))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "wave",
+        "wave-prefill-heavy",
+        "bursty",
+        "bursty-prefill-heavy",
+    ],
+)
+def test_oracle_is_never_beaten_at_equal_attainment(shape: str) -> None:
     cfg = load_config(DEMO_CONFIG)
-    # Large enough that min_instances and rounding do not decide (at 10 req/s the paper policy's
-    # +-10% hysteresis band lets it run hotter than its target and hold fewer GPUs than the oracle).
-    curves = {s.name: _wave(30.0) for s in cfg.services}
+    heavy = shape.endswith("prefill-heavy")
+    sizes = {"mean_in": 2310.0, "mean_out": 26.0} if heavy else {}
+    if shape.startswith("wave"):
+        curve = _wave(30.0)
+        if heavy:
+            n = len(curve.t_s)
+            curve = LoadCurve("wave", 60.0, curve.t_s, curve.req_per_s, np.full(n, 2310.0), np.full(n, 26.0), curve.observed)
+    else:
+        curve = _bursty(40.0, **sizes)
     rows = {
         r.policy: r.summary()
-        for r in run_league(cfg, curves, ("heteroscale-paper", "oracle"), keep_ticks=False, placement="greedy")
+        for r in run_league(cfg, {s.name: curve for s in cfg.services}, ALL_POLICIES, keep_ticks=False, placement="greedy")
     }
-    # Same headroom as the paper's policy, perfect knowledge of the load: fewer GPU-hours, no
-    # worse attainment (it used to size at 100% of the capacity at the SLO and miss it).
-    assert rows["oracle"]["gpu_hours"] < rows["heteroscale-paper"]["gpu_hours"]
-    assert rows["oracle"]["slo_attainment"] >= rows["heteroscale-paper"]["slo_attainment"]
+    floor = rows["oracle"]
+    assert floor["slo_attainment"] >= 0.97, floor  # the floor serves the load (a sanity check)
+    for name, r in rows.items():
+        if name != "oracle" and r["slo_attainment"] >= floor["slo_attainment"]:
+            assert r["gpu_hours"] >= floor["gpu_hours"], (name, r["gpu_hours"], floor["gpu_hours"])
 
 
 def test_history_deque_is_extended_in_place_and_trimmed_from_the_front() -> None:
