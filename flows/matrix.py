@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.curate import Lengths, curate, service_yaml
-from flows.replay import ALL_POLICIES, ReplayResult, initial_counts, run_league, static_peak_gpus
+from flows.replay import ALL_POLICIES, ReplayResult, run_league
 from models.config import ClusterConfig, PlacementMethod, Role, parse_config
 from sim import workloads as wl
+from sim.sizing import initial_counts, static_peak_gpus
 from sim.traces import LoadCurve, curve_from_requests, load_rates, load_requests
 from sim.twin import TwinParams, engines_for
 from tasks.core.placement import place_greedy
@@ -147,7 +148,7 @@ def with_feasible_ttft(config: ClusterConfig, floors: Mapping[str, Mapping[str, 
 
 def static_peak_places(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> bool:
     """Whether the greedy placement finds GPUs for static-peak's whole fleet on an empty cluster."""
-    plan = place_greedy(config, view_from_config(config), initial_counts(config, curves, "static-peak"))
+    plan = place_greedy(config, view_from_config(config), initial_counts(config, curves, at_peak=True))
     return not plan.unmet
 
 
