@@ -23,6 +23,7 @@ from models.config import ClusterConfig
 from models.enums import RunStatus
 from models.errors import redact, retry_transient
 from models.values import Action, ApplyMode
+from sim.twin import TwinParams, engines_for
 from tasks import steps
 from tasks.core.invariants import InvariantViolation, group_warnings, plan_violations
 from tasks.core.registry import load_config
@@ -145,7 +146,11 @@ def scale_cluster(
         store.prune_samples(cluster, now - config.cluster.retention_s)
         record["forecasts"] = forecasts = forecast_task(config, history)
         step = "compute targets"
-        targets, states = targets_task(config, view, signals, forecasts, store.load_states(cluster), now)
+        # The capacity model (cached on disk): SLO-grounded policies size for the request sizes seen now.
+        engines = engines_for(config, TwinParams())
+        targets, states = targets_task(
+            config, view, signals, forecasts, store.load_states(cluster), now, engines=engines
+        )
         record["targets"] = targets
         step = "place"
         record["plan"] = plan = place_task(config, view, targets)
