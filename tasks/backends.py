@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from models.config import ClusterConfig
-from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals
+from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals, SloState
 from tasks.core.topology import ClusterView
 
 
@@ -26,8 +26,19 @@ class ClusterBackend(Protocol):
         """Free GPUs per type and domain, and the placement running now."""
         ...
 
-    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
-        """Make the cluster match `plan` (or, in dry-run/advisory, say what would change)."""
+    def apply(
+        self,
+        config: ClusterConfig,
+        plan: PlacementPlan,
+        mode: ApplyMode,
+        now_s: float,
+        *,
+        slo: Mapping[str, SloState] | None = None,
+    ) -> ApplyResult:
+        """Make the cluster match `plan` (or, in dry-run/advisory, say what would change).
+
+        `slo`: each service's SLO state as the run read it (soft scale-in decides from it; a
+        backend never reads signals again)."""
         ...
 
 
@@ -99,6 +110,4 @@ def make_backends(
     plan = FaultPlan.parse(faults)
     if plan is not None:
         signals_backend, cluster_backend = wrap_faults(signals_backend, cluster_backend, plan)
-    if cluster == "kube":
-        kube.signals = signals_backend  # read again only to judge SLOs while instances drain
     return Backends(signals=signals_backend, cluster=cluster_backend, clock=clock, before_run=before)
