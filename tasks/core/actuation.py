@@ -276,6 +276,7 @@ def decide_actions(
         state = slo.get(key.service) if slo is not None else None
         status = state.status if state is not None else SloStatus.UNKNOWN
         serving, draining = cell.serving, cell.draining
+        restored = draining > 0 and (status is SloStatus.DEGRADED or want > serving)
 
         if draining and status is SloStatus.DEGRADED:
             _, back = pods_to_mark(cell.pods, 0)
@@ -323,7 +324,8 @@ def decide_actions(
                 left = window_s - (now_s - since)
                 record("keep-drained", cell.namespace, cell.name, draining, f"drain window: {left:.0f}s left")
 
-        if want == serving and cell.pods and cell.drained_pods != draining:
+        # A restore above already sets the pods' marks; otherwise heal a half-done drain.
+        if want == serving and not restored and cell.pods and cell.drained_pods != draining:
             mark, unmark = pods_to_mark(cell.pods, draining)
             if mark or unmark:
                 restores.append(SyncDrained(key, cell.namespace, cell.name, draining, mark, unmark))
