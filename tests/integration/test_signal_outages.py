@@ -117,7 +117,7 @@ def test_a_run_during_an_outage_is_held_as_signals_unavailable(
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
-    md = next(a.data for a in arts if a.type == "markdown" and "scale_cluster" in str(a.data))
+    md = next(a.data for a in arts if a.key == "scale-demo")
     assert "signals-unavailable" in md and "Signal queries that failed** (9)" in md and "no answer" in md
 
 
