@@ -72,6 +72,4 @@ def make_backends(
     plan = FaultPlan.parse(faults)
     if plan is not None:
         signals_backend, cluster_backend = wrap_faults(signals_backend, cluster_backend, plan)
-    if cluster == BackendKind.KUBE:
-        kube.signals = signals_backend  # read again only to judge SLOs while instances drain
     return Backends(signals=signals_backend, cluster=cluster_backend, clock=clock, before_run=before)

@@ -5,6 +5,15 @@ Each step is a Prefect task with a clear name and retries where the step talks t
 (signals, cluster, apply). The decisions are the plain functions of `tasks.steps`, the same the
 replay loop calls. The run row is written before anything is applied, and every run ends in the
 store with its status: held, applied, dry-run, advisory or failed (with the step that failed).
+
+Outages are outages: when no signal query could be read (`SignalRead.unavailable`: Prometheus
+down, a wrong URL, a proxy's HTML page), the run reads the cluster, holds every service, applies
+nothing and is recorded as `held` with error `signals-unavailable: <query, HTTP status, URL>`;
+its Prefect flow run ends in a COMPLETED state named `SignalsUnavailable` (distinct in the UI and
+the API; the store has the same record). The collect step is bounded by the config's collect
+budget (a share of the control period), so such a run still ends within the period.
+Apply gets the SLO state per service from this run's signals: the Kubernetes backend decides
+drains and restores from it, never from a second read; its decisions are recorded with reasons.
 """
 
 from __future__ import annotations
@@ -16,15 +25,17 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
+from prefect.states import Completed, State
 
 from flows.backends import make_backends
 from models import settings
 from models.config import ClusterConfig
 from models.enums import RunStatus
 from models.errors import redact, retry_transient
-from models.values import Action, ApplyMode
+from models.values import Action, ApplyMode, SignalRead
 from sim.twin import TwinParams, engines_for
 from tasks import steps
+from tasks.core.actuation import slo_states
 from tasks.core.invariants import InvariantViolation, group_warnings, plan_violations
 from tasks.core.registry import load_config
 from tasks.prometheus import bootstrap_history
@@ -32,7 +43,7 @@ from tasks.report import run_markdown
 from tasks.store import Store
 
 collect_task = task(
-    steps.collect_signals,
+    steps.read_signals,
     name="collect signals",
     retries=2,
     retry_delay_seconds=2,
@@ -88,8 +99,9 @@ def scale_cluster(
     twin_peak_rps: dict[str, float] | None = None,
     database_url: str | None = None,
     faults: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """One scaling run. Returns the run id, status and the decision per service."""
+) -> dict[str, Any] | State:
+    """One scaling run. Returns the run id, status and the decision per service (as the result
+    of a `SignalsUnavailable` state when no signal could be read)."""
     logger = get_run_logger()
     config = load_config(config_path)
     delay = settings.task_retry_delay_s()
@@ -129,11 +141,14 @@ def scale_cluster(
         now = float(be.clock())
         record["now_s"] = now
         step = "collect signals"
-        signals = collect(be.signals, config, now)
-        record["signals"] = signals
+        read = collect(be.signals, config, now)
+        record["signals"] = signals = read.signals
+        record["signal_errors"] = read.errors
         step = "read cluster"
         view = read_cluster(be.cluster, config, now)
         record["current"] = steps.current_counts(config, view)
+        if read.unavailable:
+            return _signals_unavailable(store, run_id, config, read, record, logger)
         step = "forecast load"
         keep_s = config.cluster.history_window_s  # the replay keeps the same window
         # A fresh store: one range query per signal group fills the forecaster's history (recorded).
@@ -151,7 +166,7 @@ def scale_cluster(
         targets, states = targets_task(
             config, view, signals, forecasts, store.load_states(cluster), now, engines=engines
         )
-        record["targets"] = targets
+        record["targets"] = targets = steps.explain_holds(targets, read)
         step = "place"
         record["plan"] = plan = place_task(config, view, targets)
         step = "check invariants"
@@ -160,7 +175,7 @@ def scale_cluster(
             raise InvariantViolation("; ".join(broken))
         warnings = group_warnings(config, view, plan)
         step = "apply"
-        record["result"] = result = apply(be.cluster, config, plan, apply_mode, now)
+        record["result"] = result = apply(be.cluster, config, plan, apply_mode, now, slo=slo_states(config, signals))
         step = "record run"
         if apply_mode is ApplyMode.APPLY:
             store.save_states(cluster, states)
@@ -169,10 +184,11 @@ def scale_cluster(
         if not result.changes:
             status = RunStatus.HELD
         summary = ", ".join(f"{n}: {t.num_prefill}P/{t.num_decode}D {t.action.value}" for n, t in targets.items())
-        if result.error:  # backend warnings (paused service, manual override, drains): kept in the record
-            summary += f" | warnings: {result.error}"
-        if result.error:
-            warnings.append(result.error)
+        # Backend warnings (paused service, manual override, drained instances kept) and the
+        # actuation decisions (drains, restores, removals) are kept in the record.
+        warnings += result.warnings
+        if result.actions:
+            summary += " | actuation: " + "; ".join(map(str, result.actions))
         if warnings:
             summary += " | warnings: " + "; ".join(warnings)
         record_task(store, run_id, status=status, summary=summary, **record)
@@ -202,7 +218,7 @@ def scale_cluster(
             **{
                 k: v
                 for k, v in record.items()
-                if k in ("signals", "current", "targets", "forecasts", "metric_values", "plan")
+                if k in ("signals", "current", "targets", "forecasts", "metric_values", "plan", "signal_errors")
             },
         )
         logger.error("run %s failed in step %r: %s", run_id, step, exc)
@@ -212,7 +228,37 @@ def scale_cluster(
         store.unlock(cluster, run_id)
 
 
-def _publish(config: ClusterConfig, status: RunStatus, record: dict[str, Any]) -> None:
+def _signals_unavailable(
+    store: Store, run_id: int, config: ClusterConfig, read: SignalRead, record: dict[str, Any], logger: Any
+) -> State:
+    """No signal could be read: hold everything, change nothing, record it as an outage."""
+    cluster, now = config.cluster.name, record["now_s"]
+    record["targets"] = targets = steps.hold_all(config, record["current"], read)
+    record["forecasts"] = {}
+    # The history gets a gap (None), never a zero.
+    record["metric_values"] = {s.name: None for s in config.services}
+    store.append_samples(cluster, now, record["metric_values"])
+    error = redact(f"{steps.SIGNALS_UNAVAILABLE}: " + "; ".join(map(str, read.errors)))
+    summary = f"{steps.SIGNALS_UNAVAILABLE}: {len(read.errors)} of {read.queries} signal queries failed; all held"
+    record_task(store, run_id, status=RunStatus.HELD, summary=summary, error=error, **record)
+    _publish(config, "held (signals-unavailable)", record)
+    logger.warning("run %s held: %s", run_id, error)
+    out = {
+        "run_id": run_id,
+        "status": RunStatus.HELD.value,
+        "status_reason": steps.SIGNALS_UNAVAILABLE,
+        "moving": False,
+        "changes": 0,
+        "errors": [str(e) for e in read.errors],
+        "decisions": {
+            n: {"num_prefill": t.num_prefill, "num_decode": t.num_decode, "action": t.action.value, "reason": t.reason}
+            for n, t in targets.items()
+        },
+    }
+    return Completed(name="SignalsUnavailable", message=error[:500], data=out)
+
+
+def _publish(config: ClusterConfig, status: RunStatus | str, record: dict[str, Any]) -> None:
     """The run's decision table as a Prefect artifact (visible on the flow-run page)."""
     from prefect.artifacts import create_markdown_artifact
 
@@ -225,6 +271,7 @@ def _publish(config: ClusterConfig, status: RunStatus, record: dict[str, Any]) -
         targets=record["targets"],
         plan=record.get("plan"),
         result=record.get("result"),
+        signal_errors=record.get("signal_errors", ()),
     )
     create_markdown_artifact(
         markdown=md, key=f"scale-{config.cluster.name}", description=f"scale_cluster {config.cluster.name}"

@@ -287,6 +287,10 @@ class ServiceSignalsSource(_Frozen):
     label_value: str | None = None
     queries: dict[str, str] = Field(default_factory=dict)
 
+    def group_key(self) -> tuple[Any, ...]:
+        """Services with equal keys share one set of queries (one query per signal per group)."""
+        return (self.profile, self.service_label, self.role_label, tuple(sorted(self.queries.items())))
+
     @field_validator("queries")
     @classmethod
     def _queries(cls, v: dict[str, str]) -> dict[str, str]:
@@ -306,13 +310,59 @@ class ServiceSignalsSource(_Frozen):
         return v
 
 
+# The collect step's worst case (every query timing out on every attempt) must fit in this share
+# of the control period, leaving the rest for reading the cluster, placement and apply.
+COLLECT_SHARE = 0.5
+COLLECT_BACKOFF_S = 0.2  # before the first retry of a query; doubles each retry
+DEFAULT_QUERY_RETRIES = 2
+MAX_DERIVED_TIMEOUT_S = 10.0
+MIN_QUERY_TIMEOUT_S = 0.5
+
+
+class CollectBudget(BaseModel):
+    """Worst-case time of one collect: `waves` rounds of parallel queries, each query
+    `retries + 1` attempts of at most `timeout_s` plus the back-off between them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queries: int
+    parallel: int
+    timeout_s: float
+    retries: int
+    backoff_s: float
+    limit_s: float  # COLLECT_SHARE of the control period
+
+    @property
+    def waves(self) -> int:
+        return math.ceil(self.queries / self.parallel) if self.queries else 0
+
+    @property
+    def backoff_total_s(self) -> float:
+        return sum(self.backoff_s * 2**i for i in range(self.retries))
+
+    @property
+    def worst_case_s(self) -> float:
+        return self.waves * ((self.retries + 1) * self.timeout_s + self.backoff_total_s)
+
+    def explain(self) -> str:
+        return (
+            f"{self.waves} wave(s) of up to {self.parallel} parallel queries ({self.queries} in all) x "
+            f"{self.retries + 1} attempt(s) x {self.timeout_s:.3g}s timeout + {self.backoff_total_s:.3g}s back-off "
+            f"= {self.worst_case_s:.3g}s"
+        )
+
+
 class PrometheusSettings(_Frozen):
     """Cluster-level Prometheus access. The URL may also come from HETEROSCALE_PROMETHEUS_URL;
-    the bearer token only from HETEROSCALE_PROMETHEUS_TOKEN (never from this file)."""
+    the bearer token only from HETEROSCALE_PROMETHEUS_TOKEN (never from this file).
+
+    `timeout_s` / `retries` unset: derived from the control period so that a whole collect, every
+    query failing on every attempt, fits in COLLECT_SHARE of it (`ClusterConfig.collect_budget`);
+    set, they are checked against the same bound."""
 
     url: str | None = None
-    timeout_s: PositiveFloat = 10.0
-    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    timeout_s: PositiveFloat | None = None
+    retries: Annotated[int, Field(ge=0, le=10)] | None = None
     # A role whose latest sample is older than this is stale: its signals are None, flagged.
     max_staleness_s: PositiveFloat = 120.0
     # Window of rate() and histogram quantiles; default: the control period.
@@ -489,7 +539,48 @@ class ClusterConfig(_Frozen):
                 bad = [g for g in spec.gpu_types if g not in known]
                 if bad:
                     raise ValueError(f"services[{i}].{role}.gpu_types {bad} are not among gpu_types {sorted(known)}")
+        self.collect_budget()  # the collect step must fit in the control period
         return self
+
+    def collect_budget(self) -> CollectBudget:
+        """The collect step's per-query timeout and retries and its worst-case time, which fits in
+        COLLECT_SHARE of the control period by construction (ValueError when configured values
+        cannot). One query per signal per profile group (tasks/prometheus.py)."""
+        prom = self.prometheus
+        groups = {svc.signals.group_key() for svc in self.services}
+        limit = COLLECT_SHARE * self.cluster.control_period_s
+        base = {"queries": len(groups) * len(SIGNAL_QUERY_NAMES), "parallel": prom.max_parallel_queries}
+        if prom.timeout_s is not None:
+            budget = CollectBudget(
+                **base,
+                timeout_s=prom.timeout_s,
+                retries=DEFAULT_QUERY_RETRIES if prom.retries is None else prom.retries,
+                backoff_s=COLLECT_BACKOFF_S,
+                limit_s=limit,
+            )
+            if prom.retries is None:  # only the timeout given: as many retries as fit
+                while budget.worst_case_s > limit and budget.retries > 0:
+                    budget = budget.model_copy(update={"retries": budget.retries - 1})
+            if budget.worst_case_s > limit:
+                raise ValueError(
+                    f"prometheus: a collect could take {budget.explain()}, over {COLLECT_SHARE:.0%} of "
+                    f"cluster.control_period_s ({limit:.3g}s); lower prometheus.timeout_s or retries, raise "
+                    "max_parallel_queries, or leave timeout_s unset to derive it from the control period"
+                )
+            return budget
+        for retries in range(DEFAULT_QUERY_RETRIES if prom.retries is None else prom.retries, -1, -1):
+            probe = CollectBudget(**base, timeout_s=1.0, retries=retries, backoff_s=COLLECT_BACKOFF_S, limit_s=limit)
+            waves = max(probe.waves, 1)
+            timeout = min(MAX_DERIVED_TIMEOUT_S, (limit / waves - probe.backoff_total_s) / (retries + 1))
+            if timeout >= MIN_QUERY_TIMEOUT_S:
+                return probe.model_copy(update={"timeout_s": timeout})
+            if prom.retries is not None:
+                break
+        raise ValueError(
+            f"prometheus: cluster.control_period_s {self.cluster.control_period_s:g}s is too short for "
+            f"{base['queries']} queries at {base['parallel']} in parallel with per-query timeouts of at least "
+            f"{MIN_QUERY_TIMEOUT_S:g}s within {COLLECT_SHARE:.0%} of it; raise max_parallel_queries or the period"
+        )
 
     def service(self, name: str) -> Service:
         for svc in self.services:

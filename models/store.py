@@ -2,7 +2,10 @@
 
 One `ScalingRun` per run (held, failed and applied alike) with its inputs; one `DecisionRecord`
 per service; one `PlacementRecord`; one `AppliedChange` per cell changed (or that would change,
-in dry-run and advisory modes); and the policy state each service carries between runs.
+in dry-run and advisory modes); one `ActuationDecision` per actuation decision (drain, restore,
+removal, kept drain ...) with its reason; one `SignalErrorRecord` per signal query that failed
+(HTTP status, URL without credentials); and the policy state each service carries between runs.
+A held run whose signals were all unreadable has `error` "signals-unavailable: <query errors>".
 JSON columns hold structured inputs as text so any SQLAlchemy database works (SQLite default,
 PostgreSQL by URL).
 """
@@ -82,6 +85,36 @@ class AppliedChange(SQLModel, table=True):
     replicas_after: int
     mode: str
     applied: bool
+
+
+class ActuationDecision(SQLModel, table=True):
+    """One actuation decision of a run (tasks/core/actuation.py), executed or recorded as a hold."""
+
+    __tablename__ = "actuation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="scaling_run.id", index=True)
+    kind: str  # create | scale-out | drain | restore | remove-drained | keep-drained | ...
+    namespace: str
+    name: str
+    count: int
+    reason: str
+    pods_json: str = "[]"
+    mode: str
+    applied: bool
+
+
+class SignalErrorRecord(SQLModel, table=True):
+    """A signal query that failed after its retries in a run."""
+
+    __tablename__ = "signal_error"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="scaling_run.id", index=True)
+    query: str
+    status: int | None = None  # HTTP status; None when nothing answered (refused, timeout)
+    url: str = ""
+    message: str = ""
 
 
 class PolicyStateRecord(SQLModel, table=True):

@@ -176,9 +176,90 @@ class Change:
     after: int
 
 
+class SloStatus(StrEnum):
+    MET = "met"
+    DEGRADED = "degraded"
+    UNKNOWN = "unknown"  # neither p99 TTFT nor TBT could be read
+
+
+@dataclass(frozen=True, slots=True)
+class SloState:
+    """A service's latency SLOs as this run read them (from the collected signals)."""
+
+    service: str
+    status: SloStatus
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ActuationRecord:
+    """One actuation decision of a run, for the record: what, on which object, how many, why.
+
+    `kind`: create | scale-out | drain | restore | remove-drained | keep-drained | resync-drained
+    | update-template | prune. `pods` names the pods a drain or restore marks.
+    """
+
+    kind: str
+    namespace: str
+    name: str
+    count: int
+    reason: str
+    pods: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        pods = f" [{', '.join(self.pods)}]" if self.pods else ""
+        return f"{self.kind} {self.count} {self.namespace}/{self.name}{pods}: {self.reason}"
+
+
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
+    """What apply changed (or would change), the actuation decisions behind it, and warnings.
+
+    `error` is reserved for a failure text; warnings (paused service, manual override, drained
+    instances kept) are in `warnings` and never make a run failed.
+    """
+
     mode: ApplyMode
     changes: tuple[Change, ...]
     applied: bool
     error: str | None = None
+    warnings: tuple[str, ...] = ()
+    actions: tuple[ActuationRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class QueryError:
+    """A signal query that failed after its retries: which, the HTTP status (None for a
+    timeout, refused connection or malformed answer), the URL (no credentials) and the message."""
+
+    query: str  # "<profile>/<signal>", e.g. "vllm/decode_tps"
+    status: int | None
+    url: str
+    message: str
+    services: tuple[str, ...] = ()  # the services whose signals it left unread
+
+    def __str__(self) -> str:
+        status = f"HTTP {self.status}" if self.status is not None else "no answer"
+        at = f" from {self.url}" if self.url else ""
+        return f"{self.query}: {status}{at}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class SignalRead:
+    """What one collect returned: the signals per service and the queries that failed.
+
+    `unavailable`: queries were sent and none could be read (an outage, a wrong URL, a proxy's
+    HTML page): the run holds with status reason `signals-unavailable`.
+    """
+
+    signals: Mapping[str, ServiceSignals]
+    errors: tuple[QueryError, ...] = ()
+    queries: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def unavailable(self) -> bool:
+        return self.queries > 0 and len(self.errors) >= self.queries
+
+    def errors_for(self, service: str) -> tuple[QueryError, ...]:
+        return tuple(e for e in self.errors if not e.services or service in e.services)

@@ -23,7 +23,7 @@ from typing import Any
 
 from models.config import ClusterConfig
 from models.errors import TransientError
-from models.values import ApplyMode, ApplyResult, Placement, PlacementPlan, ServiceSignals
+from models.values import ApplyMode, ApplyResult, Placement, PlacementPlan, ServiceSignals, SloState
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.topology import ClusterView
 
@@ -105,22 +105,32 @@ class FaultyCluster:
             raise InjectedFault("injected: cluster API unreachable while reading state")
         return self.inner.read_state(config, now_s)
 
-    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
+    def apply(
+        self,
+        config: ClusterConfig,
+        plan: PlacementPlan,
+        mode: ApplyMode,
+        now_s: float,
+        *,
+        slo: Mapping[str, SloState] | None = None,
+    ) -> ApplyResult:
         if self.rng.random() < self.plan.apply_error_rate:
             raise InjectedFault("injected: cluster API error before any change (HTTP 500)")
         k = self.plan.apply_crash_after
         if k is None or mode is not ApplyMode.APPLY:
-            return self.inner.apply(config, plan, mode, now_s)
+            return self.inner.apply(config, plan, mode, now_s, slo=slo)
         current = self.inner.read_state(config, now_s).placement
         keys = sorted(set(current.cells) | set(plan.placement.cells))
         changed = [key for key in keys if current.cells.get(key, 0) != plan.placement.cells.get(key, 0)]
         if len(changed) <= k:
-            return self.inner.apply(config, plan, mode, now_s)
+            return self.inner.apply(config, plan, mode, now_s, slo=slo)
         # Apply the first k cell changes only, then crash.
         partial = dict(current.cells)
         for key in changed[:k]:
             partial[key] = plan.placement.cells.get(key, 0)
-        self.inner.apply(config, dataclasses.replace(plan, placement=Placement.of(partial.items())), mode, now_s)
+        self.inner.apply(
+            config, dataclasses.replace(plan, placement=Placement.of(partial.items())), mode, now_s, slo=slo
+        )
         raise InjectedFault(f"injected: crash after {k} of {len(changed)} cell changes")
 
 

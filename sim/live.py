@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ClusterConfig, Role
-from models.values import ApplyMode, ApplyResult, CellKey, PlacementPlan, ServiceSignals
+from models.values import ApplyMode, ApplyResult, CellKey, PlacementPlan, ServiceSignals, SloState
 from sim.sizing import initial_counts
 from sim.traces import LoadCurve, load_curve
 from sim.twin import Twin
@@ -171,8 +171,16 @@ class TwinBackend:
     def read_state(self, config: ClusterConfig, now_s: float) -> ClusterView:
         return self.twin.read_state(config, now_s)
 
-    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
-        result = self.twin.apply(config, plan, mode, now_s)
+    def apply(
+        self,
+        config: ClusterConfig,
+        plan: PlacementPlan,
+        mode: ApplyMode,
+        now_s: float,
+        *,
+        slo: Mapping[str, SloState] | None = None,
+    ) -> ApplyResult:
+        result = self.twin.apply(config, plan, mode, now_s, slo=slo)
         self.save()
         return result
 

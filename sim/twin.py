@@ -42,6 +42,7 @@ from models.values import (
     Placement,
     PlacementPlan,
     ServiceSignals,
+    SloState,
 )
 from sim import capacity as cap
 from sim.capacity import CapacityError
@@ -250,7 +251,15 @@ class Twin:
             gpu_budget=self._view.gpu_budget,
         )
 
-    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
+    def apply(
+        self,
+        config: ClusterConfig,
+        plan: PlacementPlan,
+        mode: ApplyMode,
+        now_s: float,
+        *,
+        slo: Mapping[str, SloState] | None = None,  # no soft scale-in in the twin: unused
+    ) -> ApplyResult:
         current = self.placement()
         keys = sorted(set(current.cells) | set(plan.placement.cells))
         changes = tuple(

@@ -7,12 +7,12 @@ The flows and the replay loop only see these protocols. Implementations: the rep
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from models.config import ClusterConfig
-from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals
+from models.values import ApplyMode, ApplyResult, PlacementPlan, ServiceSignals, SloState
 from tasks.core.topology import ClusterView
 
 
@@ -27,8 +27,19 @@ class ClusterBackend(Protocol):
         """Free GPUs per type and domain, and the placement running now."""
         ...
 
-    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
-        """Make the cluster match `plan` (or, in dry-run/advisory, say what would change)."""
+    def apply(
+        self,
+        config: ClusterConfig,
+        plan: PlacementPlan,
+        mode: ApplyMode,
+        now_s: float,
+        *,
+        slo: Mapping[str, SloState] | None = None,
+    ) -> ApplyResult:
+        """Make the cluster match `plan` (or, in dry-run/advisory, say what would change).
+
+        `slo`: each service's SLO state as the run read it (soft scale-in decides from it; a
+        backend never reads signals again)."""
         ...
 
 

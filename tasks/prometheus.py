@@ -7,9 +7,16 @@ Contract:
   * service names are regex- and string-escaped into one `service=~"a|b"` matcher, so a name can
     never inject PromQL (names are DNS-1123 already; this is defence in depth);
   * a transient error (timeout, connection refused, HTTP 429/5xx) is retried `retries` times
-    with back-off; a permanent one (HTTP 4xx: a bad query) is not. A query that still fails
-    leaves its signals `None` and the error in `Collection.errors`: the policy holds, it never
-    reads a failure as zero load;
+    with back-off; a permanent one (HTTP 4xx: a bad query; an answer that is not Prometheus
+    JSON, such as a proxy's HTML page) is not. A query that still fails leaves its signals `None`
+    and a `QueryError` (query, HTTP status, URL without credentials, message) in
+    `Collection.errors`: the policy holds, it never reads a failure as zero load. A read returns
+    the values and these errors together (`PrometheusSignals.read` -> `SignalRead`); every query
+    failing is an outage (`SignalRead.unavailable`), never a quiet hold;
+  * bounded: per-query timeout and retries come from `ClusterConfig.collect_budget()` (derived
+    from the control period, or configured and checked against it), the HTTP client does no
+    retries of its own, and `collect` stops waiting at the budget's worst case: a collect never
+    takes longer than its share of the control period, whatever the server does;
   * a value that is absent, NaN or infinite is `None` (missing); a role whose newest scraped
     sample is older than `max_staleness_s` has every signal `None` and `stale=True`.
 History at start-up (`fetch_history`, `bootstrap_history`): when the store holds little history
@@ -27,9 +34,10 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from string import Template
 from typing import Any, Protocol
@@ -37,7 +45,7 @@ from typing import Any, Protocol
 from models.config import ClusterConfig, Role, SignalsProfile
 from models.enums import SignalName
 from models.errors import PermanentError, TransientError, redact
-from models.values import ServiceSignals
+from models.values import QueryError, ServiceSignals, SignalRead
 
 ENV_URL = "HETEROSCALE_PROMETHEUS_URL"
 ENV_TOKEN = "HETEROSCALE_PROMETHEUS_TOKEN"
@@ -55,14 +63,37 @@ MAX_RANGE_POINTS = 10_000
 # The store writes one transaction per timestamp (Store.append_samples, ~2-9 ms here): the
 # bootstrapped past is recorded at most this many timestamps (bucket means), a day at 6 minutes.
 MAX_RECORDED_POINTS = 240
+# A query's own timeouts end it within the budget; this covers thread start-up and scheduling.
+DEADLINE_SLACK_S = 0.5
 
 
-class TransientQueryError(TransientError):
+class _QueryFailure(Exception):
+    """A failed query, with the HTTP status (None: no answer) and the URL (no credentials)."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+class TransientQueryError(_QueryFailure, TransientError):
     """Worth retrying: timeout, connection failure, overload (HTTP 429 / 5xx)."""
 
 
-class PermanentQueryError(PermanentError):
+class PermanentQueryError(_QueryFailure, PermanentError):
     """Not worth retrying: the query itself is wrong (HTTP 4xx) or the answer is malformed."""
+
+
+def public_url(url: str) -> str:
+    """`url` without user info, query string or fragment: safe for records and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 @dataclass(frozen=True)
@@ -334,8 +365,7 @@ def profile_groups(config: ClusterConfig) -> list[ProfileGroup]:
     groups: dict[tuple[Any, ...], list[tuple[str, str]]] = {}
     for svc in config.services:
         src = svc.signals
-        key = (src.profile, src.service_label, src.role_label, tuple(sorted(src.queries.items())))
-        groups.setdefault(key, []).append((src.label_value or svc.name, svc.name))
+        groups.setdefault(src.group_key(), []).append((src.label_value or svc.name, svc.name))
     return [
         ProfileGroup(
             profile=k[0], service_label=k[1], role_label=k[2], window_s=window, overrides=k[3], services=tuple(v)
@@ -369,7 +399,21 @@ class Collection:
     queries: int = 0
     attempts: int = 0
     wall_s: float = 0.0
-    errors: list[str] = field(default_factory=list)
+    errors: list[QueryError] = field(default_factory=list)
+    budget_s: float | None = None  # the worst case the collect was bounded by
+
+    @property
+    def unavailable(self) -> bool:
+        """Queries were sent and not one was answered: the source is down or not Prometheus."""
+        return self.queries > 0 and len(self.errors) >= self.queries
+
+    def to_read(self, *, now_s: float | None = None) -> SignalRead:
+        return SignalRead(
+            signals=self.to_service_signals(now_s=now_s),
+            errors=tuple(self.errors),
+            queries=self.queries,
+            wall_s=self.wall_s,
+        )
 
     def to_service_signals(self, *, now_s: float | None = None) -> dict[str, ServiceSignals]:
         """ServiceSignals per service. Times move into the caller's time base (`now_s`): the
@@ -407,7 +451,12 @@ class Collection:
             "queries": self.queries,
             "attempts": self.attempts,
             "wall_s": round(self.wall_s, 4),
-            "errors": self.errors,
+            "budget_s": None if self.budget_s is None else round(self.budget_s, 3),
+            "unavailable": self.unavailable,
+            "errors": [str(e) for e in self.errors],
+            "failed_queries": [
+                {"query": e.query, "status": e.status, "url": e.url, "message": e.message} for e in self.errors
+            ],
             "services": {
                 svc: {role: {sig: r.as_json() for sig, r in sigs.items()} for role, sigs in roles.items()}
                 for svc, roles in self.readings.items()
@@ -565,7 +614,7 @@ def fetch_history(
     """The policy metric of every service over `[end_s - window_s, end_s]`, one range query per
     (profile group, metric), with the collector's retry rule. A failed query leaves its services
     without history and is listed in `errors`."""
-    settings = config.prometheus
+    budget = config.collect_budget()
     step = range_step_s(window_s, step_s or config.cluster.control_period_s)
     started = time.perf_counter()
     fetch = HistoryFetch(samples={}, step_s=step)
@@ -575,7 +624,13 @@ def fetch_history(
             return query_range(q, end_s - window_s, end_s, step, timeout_s)
 
         res, _attempts = run_query(
-            one, promql, None, timeout_s=settings.timeout_s, retries=settings.retries, sleep=sleep
+            one,
+            promql,
+            None,
+            timeout_s=budget.timeout_s,
+            retries=budget.retries,
+            sleep=sleep,
+            backoff_s=budget.backoff_s,
         )
         fetch.queries += 1
         if isinstance(res, Exception):
@@ -686,20 +741,38 @@ def collect(
     """Query every signal of every service (one query per signal per profile group).
 
     `at_s`: evaluation time (Prometheus' own "now" when None; staleness is then judged against
-    `clock()`). Queries run in parallel, at most `prometheus.max_parallel_queries` at a time.
+    `clock()`). Queries run in parallel, at most `prometheus.max_parallel_queries` at a time, with
+    the budget's timeout and retries; a query still running at the budget's worst case (a server
+    that trickles its answer past the socket timeouts) is recorded as failed and not waited for.
     """
-    settings = config.prometheus
+    budget = config.collect_budget()
     started = time.perf_counter()
     query_time = at_s if at_s is not None else clock()
     groups = profile_groups(config)
     jobs = [(g, name, q) for g in groups for name, q in g.queries().items()]
 
     def run(job: tuple[ProfileGroup, str, str]) -> tuple[list[dict[str, Any]] | Exception, int]:
-        return run_query(query, job[2], at_s, timeout_s=settings.timeout_s, retries=settings.retries, sleep=sleep)
+        return run_query(
+            query,
+            job[2],
+            at_s,
+            timeout_s=budget.timeout_s,
+            retries=budget.retries,
+            sleep=sleep,
+            backoff_s=budget.backoff_s,
+        )
 
-    with ThreadPoolExecutor(max_workers=settings.max_parallel_queries) as pool:
-        results = list(pool.map(run, jobs))
-    coll = Collection(query_time_s=query_time, readings={}, queries=len(jobs))
+    pool = ThreadPoolExecutor(max_workers=budget.parallel)
+    futures = [pool.submit(run, job) for job in jobs]
+    wait(futures, timeout=budget.worst_case_s + DEADLINE_SLACK_S)
+    pool.shutdown(wait=False, cancel_futures=True)
+    results: list[tuple[list[dict[str, Any]] | Exception, int]] = [
+        f.result()
+        if f.done() and not f.cancelled()
+        else (TransientQueryError(f"no answer within the collect budget ({budget.explain()})"), 0)
+        for f in futures
+    ]
+    coll = Collection(query_time_s=query_time, readings={}, queries=len(jobs), budget_s=budget.worst_case_s)
     for g in groups:
         answers: dict[str, list[dict[str, Any]] | Exception] = {}
         for (jg, name, _q), (res, attempts) in zip(jobs, results, strict=True):
@@ -708,43 +781,102 @@ def collect(
             answers[name] = res
             coll.attempts += attempts
             if isinstance(res, Exception):
-                coll.errors.append(f"{g.profile.value}/{name}: {res}")
-        coll.readings.update(interpret(g, answers, query_time_s=query_time, max_staleness_s=settings.max_staleness_s))
+                coll.errors.append(query_error(f"{g.profile.value}/{name}", res, tuple(n for _, n in g.services)))
+        coll.readings.update(
+            interpret(g, answers, query_time_s=query_time, max_staleness_s=config.prometheus.max_staleness_s)
+        )
     coll.wall_s = time.perf_counter() - started
     return coll
 
 
+def query_error(name: str, exc: Exception, services: tuple[str, ...]) -> QueryError:
+    return QueryError(
+        query=name,
+        status=getattr(exc, "status", None),
+        url=getattr(exc, "url", ""),
+        message=str(exc),
+        services=services,
+    )
+
+
 def _client(url: str, token: str | None) -> Any:
     from prometheus_api_client import PrometheusConnect
+    from urllib3.util.retry import Retry
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    return PrometheusConnect(url=url, headers=headers, disable_ssl=False, method="POST")
+    # No retries in the HTTP client (its default retries 5xx and refused connections with
+    # back-off, ~20 s a query): `run_query` retries within the collect budget.
+    return PrometheusConnect(
+        url=url, headers=headers, disable_ssl=False, method="POST", retry=Retry(total=0, raise_on_status=False)
+    )
 
 
-def _call(fn: Callable[[], list[dict[str, Any]]], token: str | None) -> list[dict[str, Any]]:
-    """Run one HTTP query; map its failures to transient / permanent errors, token redacted."""
+_STATUS = re.compile(r"HTTP Status Code (\d{3})")
+
+
+def _server_message(text: str) -> str:
+    """Prometheus' own `errorType: error` from an error body quoted in the client's message."""
+    m = re.search(r'"errorType"\s*:\s*"([^"]*)".*?"error"\s*:\s*"((?:[^"\\]|\\.)*)"', text)
+    return f"{m.group(1)}: {m.group(2)}" if m else text
+
+
+def _transport_message(exc: Exception) -> str:
+    """A short cause for a failed connection or timeout (the library's text repeats the PromQL)."""
+    import requests
+
+    text = str(exc)
+    for needle, short in (
+        ("Connection refused", "connection refused"),
+        ("Name or service not known", "host name not found"),
+        ("nodename nor servname", "host name not found"),
+        ("No route to host", "no route to host"),
+        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
+    ):
+        if needle in text:
+            return short
+    if isinstance(exc, requests.Timeout):
+        return f"timed out ({type(exc).__name__})"
+    return f"{type(exc).__name__}: " + re.sub(r"with url: \S+", "", text)
+
+
+def _call(fn: Callable[[], list[dict[str, Any]]], token: str | None, url: str = "") -> list[dict[str, Any]]:
+    """Run one HTTP query; map its failures to transient / permanent errors with the HTTP status
+    and the URL (token and user info removed)."""
     import requests
     from prometheus_api_client import PrometheusApiClientException
 
     try:
         return fn()
     except (requests.Timeout, requests.ConnectionError) as exc:
-        raise TransientQueryError(redact(f"{type(exc).__name__}: {exc}", token)) from None
+        raise TransientQueryError(redact(_transport_message(exc), token)[:300], url=url) from None
     except PrometheusApiClientException as exc:
         text = redact(str(exc), token)
-        transient = any(f"HTTP Status Code {c}" in text for c in ("429", "500", "502", "503", "504"))
-        raise (TransientQueryError if transient else PermanentQueryError)(text[:300]) from None
-    except (ValueError, KeyError) as exc:  # a non-JSON or malformed body
-        raise PermanentQueryError(redact(f"malformed answer: {exc}", token)) from None
+        m = _STATUS.search(text)
+        status = int(m.group(1)) if m else None
+        transient = status in (429, 500, 502, 503, 504)
+        raise (TransientQueryError if transient else PermanentQueryError)(
+            _server_message(text)[:300], status=status, url=url
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:  # a non-JSON or malformed body
+        raise PermanentQueryError(
+            redact(f"not a Prometheus answer ({type(exc).__name__}: {exc}); is the URL Prometheus' base URL?", token)[
+                :300
+            ],
+            status=200,
+            url=url,
+        ) from None
+    except requests.RequestException as exc:  # invalid URL, too many redirects: retrying cannot help
+        raise PermanentQueryError(redact(f"{type(exc).__name__}: {exc}", token)[:300], url=url) from None
 
 
 def http_query(url: str, *, token: str | None = None) -> QueryFn:
     """A QueryFn over HTTP with prometheus-api-client (POST: long service matchers fit)."""
     client = _client(url, token)
+    where = public_url(f"{url}/api/v1/query")
 
     def query(promql: str, at_s: float | None, timeout_s: float) -> list[dict[str, Any]]:
         params = {} if at_s is None else {"time": f"{at_s:.3f}"}
-        return _call(lambda: client.custom_query(promql, params=params, timeout=timeout_s), token)
+        return _call(lambda: client.custom_query(promql, params=params, timeout=timeout_s), token, where)
 
     return query
 
@@ -754,11 +886,14 @@ def http_query_range(url: str, *, token: str | None = None) -> RangeQueryFn:
     import datetime as dt
 
     client = _client(url, token)
+    where = public_url(f"{url}/api/v1/query_range")
 
     def query_range(promql: str, start_s: float, end_s: float, step_s: float, timeout_s: float) -> list[dict[str, Any]]:
         start = dt.datetime.fromtimestamp(start_s, dt.UTC)
         end = dt.datetime.fromtimestamp(end_s, dt.UTC)
-        return _call(lambda: client.custom_query_range(promql, start, end, f"{step_s:g}s", timeout=timeout_s), token)
+        return _call(
+            lambda: client.custom_query_range(promql, start, end, f"{step_s:g}s", timeout=timeout_s), token, where
+        )
 
     return query_range
 
@@ -800,8 +935,12 @@ class PrometheusSignals:
         self.last = collect(config, self._query)
         return self.last
 
+    def read(self, config: ClusterConfig, now_s: float) -> SignalRead:
+        """The signals per service in the flow's time base, with every query that failed."""
+        return self.collect(config).to_read(now_s=now_s)
+
     def read_signals(self, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
-        return self.collect(config).to_service_signals(now_s=now_s)
+        return dict(self.read(config, now_s).signals)
 
     def read_history(
         self, config: ClusterConfig, now_s: float, *, window_s: float = BOOTSTRAP_WINDOW_S

@@ -1,4 +1,7 @@
-"""Human-readable renderings of a scaling run: the markdown table operators read in the UI."""
+"""Human-readable renderings of a scaling run: the markdown table operators read in the UI.
+
+Besides the decision table: the signal queries that failed (query, HTTP status, URL), the
+actuation decisions with their reasons (drains, restores, removals, kept drains) and warnings."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from models.values import (
     ApplyResult,
     Forecast,
     PlacementPlan,
+    QueryError,
     RoleCounts,
     ServiceSignals,
     Targets,
@@ -28,6 +32,7 @@ def run_markdown(
     targets: Mapping[str, Targets],
     plan: PlacementPlan | None,
     result: ApplyResult | None,
+    signal_errors: tuple[QueryError, ...] = (),
 ) -> str:
     lines = [
         f"# scale_cluster · {cluster} · {status}",
@@ -45,6 +50,14 @@ def run_markdown(
             f"{cur.num_prefill}/{cur.num_decode} | {t.num_prefill}/{t.num_decode} | "
             f"{t.action.value} | {t.reason.replace('|', '/')} |"
         )
+    if signal_errors:
+        lines += ["", f"**Signal queries that failed** ({len(signal_errors)}):", ""]
+        lines += ["| query | HTTP status | URL | message |", "|---|---:|---|---|"]
+        lines += [
+            f"| {e.query} | {e.status if e.status is not None else 'no answer'} | {e.url} | "
+            f"{e.message.replace('|', '/')} |"
+            for e in signal_errors
+        ]
     if plan is not None:
         lines += ["", f"**Placement** ({plan.method}): {plan.reason}"]
     if result is not None:
@@ -56,4 +69,13 @@ def run_markdown(
                 f"| {c.key.service} | {c.key.role.value} | {c.key.gpu_type} | {c.key.s1} | {c.before} | {c.after} |"
                 for c in result.changes
             ]
+        if result.actions:
+            lines += ["", "**Actuation decisions**:", "", "| decision | object | count | pods | reason |"]
+            lines += ["|---|---|---:|---|---|"]
+            lines += [
+                f"| {a.kind} | {a.namespace}/{a.name} | {a.count} | {', '.join(a.pods)} | {a.reason.replace('|', '/')} |"
+                for a in result.actions
+            ]
+        if result.warnings:
+            lines += ["", "**Warnings**:", ""] + [f"- {w}" for w in result.warnings]
     return "\n".join(lines)

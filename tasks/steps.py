@@ -2,14 +2,20 @@
 
 `flows.scale_cluster` wraps each in a Prefect task (retries, names, observability); the replay
 loop calls the very same functions every control period in simulated time. One decision code
-path, two drivers. Only `collect_signals`, `read_cluster` and `apply_plan` touch a backend; the
-rest are pure.
+path, two drivers. Only `read_signals` (`collect_signals`), `read_cluster` and `apply_plan` touch
+a backend; the rest are pure.
+
+Signals are read with their errors (`SignalRead`): a held service's reason names the queries
+that failed for it (`explain_holds`), and a read where no query succeeded holds every service
+with reason `signals-unavailable` (`hold_all`). `apply_plan` hands the backend the SLO state the
+run read (`tasks.core.actuation.slo_states`), so soft scale-in decides from the same signals.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping, MutableSequence
+from dataclasses import replace
 
 from models.config import ClusterConfig, PlacementMethod, Role, Service
 from models.values import (
@@ -21,6 +27,8 @@ from models.values import (
     RoleCounts,
     ServicePolicyState,
     ServiceSignals,
+    SignalRead,
+    SloState,
     Targets,
 )
 from tasks.backends import ClusterBackend, SignalsBackend
@@ -31,11 +39,47 @@ from tasks.core.policy import PolicyContext, get_policy
 from tasks.core.topology import ClusterView
 from tasks.placement_runner import run_ilp
 
+SIGNALS_UNAVAILABLE = "signals-unavailable"
+
+
+def read_signals(backend: SignalsBackend, config: ClusterConfig, now_s: float) -> SignalRead:
+    """Signals per service with the queries that failed. A backend with `read` (Prometheus)
+    reports its errors; one with only `read_signals` (the twin) reports none."""
+    read = getattr(backend, "read", None)
+    got: SignalRead = read(config, now_s) if read is not None else SignalRead(backend.read_signals(config, now_s))
+    # A service the backend said nothing about is missing, not idle.
+    signals = {s.name: got.signals.get(s.name) or ServiceSignals.missing(s.name) for s in config.services}
+    return SignalRead(signals=signals, errors=got.errors, queries=got.queries, wall_s=got.wall_s)
+
 
 def collect_signals(backend: SignalsBackend, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:
-    signals = backend.read_signals(config, now_s)
-    # A service the backend said nothing about is missing, not idle.
-    return {s.name: signals.get(s.name) or ServiceSignals.missing(s.name) for s in config.services}
+    return dict(read_signals(backend, config, now_s).signals)
+
+
+def explain_holds(targets: Mapping[str, Targets], read: SignalRead) -> dict[str, Targets]:
+    """Held services' reasons with the queries that failed for them (query, HTTP status, URL)."""
+    out = dict(targets)
+    for name, t in targets.items():
+        errors = read.errors_for(name)
+        if t.action is Action.HOLD and errors:
+            out[name] = replace(t, reason=f"{t.reason}; failed queries: " + "; ".join(map(str, errors)))
+    return out
+
+
+def hold_all(config: ClusterConfig, current: Mapping[str, RoleCounts], read: SignalRead) -> dict[str, Targets]:
+    """Every service held at its current counts because no signal could be read."""
+    why = f"{SIGNALS_UNAVAILABLE}: " + "; ".join(map(str, read.errors))
+    return {
+        s.name: Targets(
+            s.name,
+            current.get(s.name, RoleCounts(0, 0)).num_prefill,
+            current.get(s.name, RoleCounts(0, 0)).num_decode,
+            Action.HOLD,
+            why,
+            "hold",
+        )
+        for s in config.services
+    }
 
 
 def read_cluster(backend: ClusterBackend, config: ClusterConfig, now_s: float) -> ClusterView:
@@ -189,5 +233,7 @@ def apply_plan(
     plan: PlacementPlan,
     mode: ApplyMode,
     now_s: float,
+    *,
+    slo: Mapping[str, SloState] | None = None,
 ) -> ApplyResult:
-    return backend.apply(config, plan, mode, now_s)
+    return backend.apply(config, plan, mode, now_s, slo=slo)

@@ -2,8 +2,9 @@
 
 Only this module talks to the database. Every run is recorded: `start_run` writes the run row
 before anything is applied, `finish_run` writes the decisions, the placement and the changes
-with the final status (`models.enums.RunStatus`). A database that cannot be reached or is
-locked raises `StoreUnavailable` (transient: the record task retries it).
+with the final status (`models.enums.RunStatus`), the actuation decisions behind the changes and
+the signal queries that failed. A database that cannot be reached or is locked raises
+`StoreUnavailable` (transient: the record task retries it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlmodel import Session, SQLModel, col, create_engine, delete, select
 from models.enums import RunStatus
 from models.errors import TransientError
 from models.store import (
+    ActuationDecision,
     AppliedChange,
     ClusterLock,
     DecisionRecord,
@@ -29,11 +31,13 @@ from models.store import (
     PlacementRecord,
     PolicyStateRecord,
     ScalingRun,
+    SignalErrorRecord,
 )
 from models.values import (
     ApplyResult,
     Forecast,
     PlacementPlan,
+    QueryError,
     RoleCounts,
     ServicePolicyState,
     ServiceSignals,
@@ -121,6 +125,7 @@ class Store:
         error: str | None = None,
         summary: str = "",
         now_s: float | None = None,
+        signal_errors: tuple[QueryError, ...] = (),
     ) -> None:
         with self._session() as s:
             run = s.get(ScalingRun, run_id)
@@ -186,6 +191,22 @@ class Store:
                             applied=result.applied,
                         )
                     )
+                for a in result.actions:
+                    s.add(
+                        ActuationDecision(
+                            run_id=run_id,
+                            kind=a.kind,
+                            namespace=a.namespace,
+                            name=a.name,
+                            count=a.count,
+                            reason=a.reason,
+                            pods_json=json.dumps(list(a.pods)),
+                            mode=result.mode.value,
+                            applied=result.applied,
+                        )
+                    )
+            for e in signal_errors:
+                s.add(SignalErrorRecord(run_id=run_id, query=e.query, status=e.status, url=e.url, message=e.message))
             s.commit()
 
     def runs(self, cluster: str | None = None, limit: int = 20) -> list[ScalingRun]:
@@ -202,6 +223,15 @@ class Store:
     def changes(self, run_id: int) -> list[AppliedChange]:
         with self._session() as s:
             return list(s.exec(select(AppliedChange).where(AppliedChange.run_id == run_id)))
+
+    def actuations(self, run_id: int) -> list[ActuationDecision]:
+        with Session(self.engine) as s:
+            q = select(ActuationDecision).where(ActuationDecision.run_id == run_id).order_by(col(ActuationDecision.id))
+            return list(s.exec(q))
+
+    def signal_errors(self, run_id: int) -> list[SignalErrorRecord]:
+        with Session(self.engine) as s:
+            return list(s.exec(select(SignalErrorRecord).where(SignalErrorRecord.run_id == run_id)))
 
     # --- policy state and metric history ------------------------------------------------
 

@@ -1,7 +1,8 @@
 """CLI for signals and forecasting: `collect`, `twin serve`, `bench forecast`.
 
 `collect` prints exactly what the scale_cluster flow reads from Prometheus (same collector, same
-config); `twin serve` runs the twin as a vLLM-style metrics exporter in accelerated real time,
+config, same time budget) and exits 1 when no signal could be read (Prometheus down, a wrong URL,
+an answer that is not Prometheus JSON), naming each failed query, its HTTP status and URL; `twin serve` runs the twin as a vLLM-style metrics exporter in accelerated real time,
 sharing the persisted twin state with the `twin` cluster backend so `twin scale` (scale_cluster
 with signals from Prometheus) closes the loop;
 `bench forecast` backtests every forecaster on a rate trace (rolling origin) and prints MAPE and
@@ -35,7 +36,9 @@ def collect(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Read every service's signals from Prometheus, per role: value (or null) and staleness."""
+    """Read every service's signals from Prometheus, per role: value (or null) and staleness.
+
+    Exit code 1 when no query could be read (an outage), with what failed."""
     from tasks.core.registry import load_config
     from tasks.prometheus import PrometheusSignals
 
@@ -46,6 +49,7 @@ def collect(
     out = _user_errors(run)
     if json_out:
         print(json.dumps(out, indent=2))
+        _exit_if_unavailable(out)
         return
     t = Table(title=f"signals ({out['queries']} queries, {out['wall_s'] * 1000:.0f} ms)")
     for col in ("service", "role", "signal", "value", "stale", "reason"):
@@ -55,9 +59,31 @@ def collect(
             for name, r in sigs.items():
                 v = "null" if r["value"] is None else f"{r['value']:.4g}"
                 t.add_row(svc, role, name, v, str(r["stale"]).lower(), r["reason"] or "")
-    console.print(t)
+    if not out["unavailable"]:
+        console.print(t)
     for e in out["errors"]:
-        console.print(f"[red]error[/] {e}", highlight=False)
+        console.print("[red]error[/] ", end="", highlight=False)
+        console.print(e, markup=False, highlight=False)
+    _exit_if_unavailable(out)
+
+
+def _exit_if_unavailable(out: dict) -> None:
+    """An outage is not a result: say so on stderr and exit 1."""
+    if not out["unavailable"]:
+        return
+    from heteroscale.cli import err
+
+    statuses = sorted({str(q["status"]) if q["status"] is not None else "no answer" for q in out["failed_queries"]})
+    urls = sorted({q["url"] for q in out["failed_queries"] if q["url"]})
+    err.print(
+        f"error: no signal could be read: all {out['queries']} queries failed ({', '.join(statuses)}) "
+        f"from {', '.join(urls) or 'the signals source'} in {out['wall_s']:.1f}s "
+        f"(budget {out['budget_s']}s); check that Prometheus is up and the URL is its base URL",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(1)
 
 
 @twin_app.command("serve")

@@ -7,8 +7,8 @@ Modules, in the order one run uses them:
 * `discovery`  — read nodes, pods and managed Deployments (paginated) into the same `ClusterView`
                  the twin produces, plus what actuation needs to know about each managed cell;
 * `render`     — pure: the Deployment of one placement cell (labels, affinity, GPU requests);
-* `actuation`  — pure: compare plan and cluster, decide the ordered actions (scale-out, soft
-                 scale-in, drain finalisation, restore), respecting pause and manual overrides;
-* `backend`    — `KubeBackend`, the `ClusterBackend` the flow holds: runs discovery, asks
-                 `actuation` what to do, and performs it in apply / dry-run / advisory mode.
+* `backend`    — `KubeBackend`, the `ClusterBackend` the flow holds: discovers once per apply,
+                 asks the pure `tasks.core.actuation.decide_actions` what to do (scale-out, soft
+                 scale-in, drain finalisation, restore, which pods; from the SLO state the run
+                 read), and executes it in apply / dry-run / advisory mode.
 """

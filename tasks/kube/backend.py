@@ -2,22 +2,27 @@
 
 Contract:
 * `read_state` discovers the cluster (tasks.kube.discovery) and returns its `ClusterView`.
-* `apply(config, plan, mode, now_s)` discovers again (fresh resource versions), renders every
-  cell's Deployment, asks `actuation.decide_actions` what to do, and:
+* `apply(config, plan, mode, now_s, slo=...)` discovers once (nodes, pods and managed
+  Deployments, fresh resource versions: a retried apply re-reads what its failed attempt
+  changed), renders every cell's Deployment, and executes what the pure
+  `tasks.core.actuation.decide_actions` decided from that one read and the run's SLO state per
+  service (`slo`, from the signals the flow collected; nothing is read from Prometheus here):
   - `apply`: performs the actions in order: server-side apply (field manager
     `kubernetes.field_manager`, force only over our own template fields) for templates, the scale
-    subresource with a resourceVersion precondition for replicas, pod label/annotation patches
-    for soft scale-in, deletes only for opted-in prunes;
+    subresource with a resourceVersion precondition for replicas, label/annotation patches of
+    exactly the pods the decision names for soft scale-in, deletes only for opted-in prunes;
   - `dry-run`: sends the same writes with `dryRun=All` (the server validates, nothing persists);
   - `advisory`: writes nothing to the cluster; exports the desired Deployments (with replicas)
     as YAML under the data dir and records the changes.
-  Warnings (pause, manual overrides, orphans, unreadable SLOs) go to `ApplyResult.error` and the
-  log; the run still succeeds.
-* Errors: 409 on a scale is retried with a fresh read (and skipped with a warning if a human
-  changed the replicas meanwhile); transient errors (429/5xx/timeouts) and permanent ones (403
-  naming the RBAC verb and resource) propagate with the list of actions already applied, so a
-  failed run's record says what changed. Every action is idempotent against fresh state: re-running
-  a failed run converges instead of repeating work.
+  Every decision (drain, restore, removal, kept drain, scale-out ...) with its reason goes to
+  `ApplyResult.actions`; warnings (pause, manual overrides, orphans, unreadable SLOs, skipped
+  writes) to `ApplyResult.warnings` and the log; the run still succeeds.
+* Errors: 409 on a scale is retried with a fresh read of the scale subresource (and skipped with
+  a warning if a human changed the replicas meanwhile); a pod that vanished since discovery is
+  skipped with a warning (the next run re-syncs); transient errors (429/5xx/timeouts) and
+  permanent ones (403 naming the RBAC verb and resource) propagate with the list of actions
+  already applied, so a failed run's record says what changed. Every action is idempotent
+  against fresh state: re-running a failed run converges instead of repeating work.
 """
 
 from __future__ import annotations
@@ -33,21 +38,21 @@ import yaml
 from kubernetes import client as k8s
 
 from models.config import ClusterConfig, Role
-from models.values import ApplyMode, ApplyResult, PlacementPlan
-from tasks.core.topology import ClusterView
-from tasks.kube import render as r
-from tasks.kube.actuation import (
+from models.values import ApplyMode, ApplyResult, PlacementPlan, SloState
+from tasks.core.actuation import (
     ActionPlan,
     ApplyTemplate,
     Drain,
     KubeAction,
     Prune,
+    RenderedCell,
     Restore,
     Scale,
     SyncDrained,
     decide_actions,
-    slo_ok,
 )
+from tasks.core.topology import ClusterView
+from tasks.kube import render as r
 from tasks.kube.client import REQUEST_TIMEOUT_S, KubeConflict, KubeError, KubePermanentError, api_error, connect
 from tasks.kube.discovery import Discovered, build_discovered, read_cluster_objects
 
@@ -62,14 +67,12 @@ class KubeBackend:
         self,
         api: k8s.ApiClient,
         *,
-        signals: Any | None = None,
         export_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.api = api
         self.apps = k8s.AppsV1Api(api)
         self.core = k8s.CoreV1Api(api)
-        self.signals = signals  # SignalsBackend, read only to judge SLOs while instances drain
         self.export_dir = export_dir
         self.clock = clock
 
@@ -94,41 +97,57 @@ class KubeBackend:
 
     # ------------------------------------------------------------------------------- actuation
 
-    def decide(self, config: ClusterConfig, plan: PlacementPlan, now_s: float) -> tuple[Discovered, ActionPlan]:
+    def decide(
+        self, config: ClusterConfig, plan: PlacementPlan, slo: Mapping[str, SloState] | None, now_s: float
+    ) -> tuple[Discovered, ActionPlan]:
+        """One discovery, the rendered Deployments, and the pure decision on them."""
         found = self.discover(config)
-        keys = set(found.cells) | {k for k in plan.placement.cells if k.service in {s.name for s in config.services}}
+        configured = {s.name for s in config.services}
+        keys = set(found.cells) | {k for k in plan.placement.cells if k.service in configured}
         templates = self._templates(config, {(k.service, k.role) for k in keys})
-        manifests = {
-            k: r.render_deployment(config, k, s2=found.s2_of(k.s1), **templates.get((k.service, k.role), {}))
-            for k in keys
-        }
-        slo: dict[str, bool | None] = {}
-        if any(c.draining for c in found.cells.values()) and self.signals is not None:
-            slo = slo_ok(config, self.signals.read_signals(config, now_s))
-        return found, decide_actions(config, found, plan, manifests, slo, now_s)
+        rendered: dict[Any, RenderedCell] = {}
+        for k in keys:
+            body = r.render_deployment(config, k, s2=found.s2_of(k.s1), **templates.get((k.service, k.role), {}))
+            meta = body["metadata"]
+            rendered[k] = RenderedCell(
+                namespace=str(meta["namespace"]),
+                name=str(meta["name"]),
+                group=r.group_name(config.service(k.service), k.s1, found.s2_of(k.s1)),
+                template_hash=meta["annotations"].get(r.A_TEMPLATE_HASH),
+                manifest=body,
+            )
+        actions = decide_actions(config, found.cells, plan, rendered, slo, now_s, orphans=found.orphans)
+        return found, actions
 
-    def apply(self, config: ClusterConfig, plan: PlacementPlan, mode: ApplyMode, now_s: float) -> ApplyResult:
-        found, actions = self.decide(config, plan, now_s)
+    def apply(
+        self,
+        config: ClusterConfig,
+        plan: PlacementPlan,
+        mode: ApplyMode,
+        now_s: float,
+        *,
+        slo: Mapping[str, SloState] | None = None,
+    ) -> ApplyResult:
+        found, actions = self.decide(config, plan, slo, now_s)
         warnings = list(actions.warnings)
         if mode is ApplyMode.ADVISORY:
             path = self.export_desired(config, found, actions)
             warnings.append(f"advisory: desired state written to {path}")
-            return ApplyResult(mode, actions.changes, applied=False, error="; ".join(warnings) or None)
+            return ApplyResult(mode, actions.changes, applied=False, warnings=tuple(warnings), actions=actions.records)
         dry = mode is ApplyMode.DRY_RUN
         fm = config.kubernetes.field_manager
         done: list[str] = []
         for action in actions.actions:
             try:
-                note = self._perform(config, action, dry=dry, field_manager=fm)
+                note, skipped = self._perform(config, action, dry=dry, field_manager=fm)
             except KubeError as exc:
                 applied = "; ".join(done) if done else "nothing"
                 # Same class, so Prefect retries transient ones; the message keeps the record.
                 raise type(exc)(f"{exc} [applied before failing: {applied}]") from exc
-            if note.startswith("skipped"):
-                warnings.append(note)
+            warnings += skipped
             done.append(note)
             log.info("%s%s", "dry-run: " if dry else "", note)
-        return ApplyResult(mode, actions.changes, applied=not dry, error="; ".join(warnings) or None)
+        return ApplyResult(mode, actions.changes, applied=not dry, warnings=tuple(warnings), actions=actions.records)
 
     def export_desired(self, config: ClusterConfig, found: Discovered, actions: ActionPlan) -> Path:
         from models import settings
@@ -175,7 +194,10 @@ class KubeBackend:
             }
         return out
 
-    def _perform(self, config: ClusterConfig, action: KubeAction, *, dry: bool, field_manager: str) -> str:
+    def _perform(
+        self, config: ClusterConfig, action: KubeAction, *, dry: bool, field_manager: str
+    ) -> tuple[str, list[str]]:
+        """Execute one decided action; returns what was done and warnings for writes skipped."""
         dry_run = "All" if dry else None
         if isinstance(action, ApplyTemplate):
             body = copy.deepcopy(dict(action.manifest))
@@ -197,25 +219,32 @@ class KubeBackend:
                     _request_timeout=REQUEST_TIMEOUT_S,
                 ),
             )
-            return f"{'created' if action.create else 'updated template of'} {ns}/{name}"
+            return f"{'created' if action.create else 'updated template of'} {ns}/{name}", []
         if isinstance(action, Scale):
-            return self._scale(action, dry_run=dry_run, field_manager=field_manager)
+            note = self._scale(action, dry_run=dry_run, field_manager=field_manager)
+            return note, [note] if note.startswith("skipped") else []
+        label = config.kubernetes.serving_label
         if isinstance(action, Drain):
             self._annotate(action.namespace, action.name, action.draining_after, action.since_s, dry_run, field_manager)
-            marked = self._sync_drained(config, action.namespace, action.name, action.draining_after, dry_run)
+            gone = self._mark(action.namespace, action.pods, label, drained=True, dry_run=dry_run)
             return (
-                f"draining {action.count} of {action.namespace}/{action.name} (out of service discovery, "
-                f"{marked} pod(s) marked; removal after {config.kubernetes.soft_scale_in_window_s:g}s)"
+                f"draining {action.count} of {action.namespace}/{action.name} (out of service discovery: "
+                f"{', '.join(action.pods) or 'no pod yet'}; removal after {config.kubernetes.soft_scale_in_window_s:g}s)",
+                gone,
             )
         if isinstance(action, Restore):
             self._annotate(
                 action.namespace, action.name, action.draining_after, action.drain_since_s, dry_run, field_manager
             )
-            self._sync_drained(config, action.namespace, action.name, action.draining_after, dry_run)
-            return f"restored {action.count} drained instance(s) of {action.namespace}/{action.name}: {action.reason}"
+            gone = self._mark(action.namespace, action.pods, label, drained=False, dry_run=dry_run)
+            return (
+                f"restored {action.count} drained instance(s) of {action.namespace}/{action.name}: {action.reason}",
+                gone,
+            )
         if isinstance(action, SyncDrained):
-            self._sync_drained(config, action.namespace, action.name, action.target, dry_run)
-            return f"re-synced drained pods of {action.namespace}/{action.name} to {action.target}"
+            gone = self._mark(action.namespace, action.mark, label, drained=True, dry_run=dry_run)
+            gone += self._mark(action.namespace, action.unmark, label, drained=False, dry_run=dry_run)
+            return f"re-synced drained pods of {action.namespace}/{action.name} to {action.target}", gone
         if isinstance(action, Prune):
             self._call(
                 "delete",
@@ -225,7 +254,7 @@ class KubeBackend:
                     action.name, action.namespace, dry_run=dry_run, _request_timeout=REQUEST_TIMEOUT_S
                 ),
             )
-            return f"pruned {action.namespace}/{action.name}"
+            return f"pruned {action.namespace}/{action.name}", []
         raise TypeError(f"unknown action {action!r}")
 
     def _scale(self, a: Scale, *, dry_run: str | None, field_manager: str) -> str:
@@ -300,47 +329,31 @@ class KubeBackend:
             ),
         )
 
-    def _sync_drained(self, config: ClusterConfig, namespace: str, name: str, target: int, dry_run: str | None) -> int:
-        """Mark or unmark pods so exactly `target` are out of service discovery; returns how many are."""
-        label = config.kubernetes.serving_label
-        pods = self._call(
-            "list",
-            "pods",
-            namespace,
-            lambda: self.core.list_namespaced_pod(
-                namespace, label_selector=f"{r.L_INSTANCE}={name}", _request_timeout=REQUEST_TIMEOUT_S
-            ),
-        ).items
-        live = [p for p in pods if (p.status is None or p.status.phase not in ("Succeeded", "Failed"))]
-        drained = [p for p in live if (p.metadata.labels or {}).get(label) != "true"]
-        serving = [p for p in live if (p.metadata.labels or {}).get(label) == "true"]
-        if len(drained) < target:
-            # Drain the pods that serve least: not yet Ready first, then the newest (coldest caches).
-            serving.sort(key=lambda p: (_ready(p), -_created_s(p)))
-            for pod in serving[: target - len(drained)]:
-                self._patch_pod(pod, {label: "false"}, {r.A_DELETION_COST: r.DRAINED_DELETION_COST}, dry_run)
-            return min(target, len(drained) + len(serving))
-        for pod in drained[: len(drained) - target]:
-            self._patch_pod(pod, {label: "true"}, {r.A_DELETION_COST: None}, dry_run)
-        return target
-
-    def _patch_pod(
-        self, pod: Any, labels: Mapping[str, str], annotations: Mapping[str, str | None], dry_run: str | None
-    ) -> None:
-        ns, name = pod.metadata.namespace, pod.metadata.name
-        self._call(
-            "patch",
-            "pods",
-            ns,
-            lambda: self.core.patch_namespaced_pod(
-                name,
-                ns,
-                {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}},
-                dry_run=dry_run,
-                _content_type=MERGE_PATCH,
-                _request_timeout=REQUEST_TIMEOUT_S,
-            ),
-        )
+    def _mark(
+        self, namespace: str, pods: tuple[str, ...], label: str, *, drained: bool, dry_run: str | None
+    ) -> list[str]:
+        """Take the named pods out of (or back into) service discovery; warnings for pods gone."""
+        labels = {label: "false" if drained else "true"}
+        annotations = {r.A_DELETION_COST: r.DRAINED_DELETION_COST if drained else None}
+        gone = []
+        for name in pods:
+            try:
+                self.core.patch_namespaced_pod(
+                    name,
+                    namespace,
+                    {"metadata": {"labels": labels, "annotations": annotations}},
+                    dry_run=dry_run,
+                    _content_type=MERGE_PATCH,
+                    _request_timeout=REQUEST_TIMEOUT_S,
+                )
+            except k8s.ApiException as exc:
+                if exc.status != 404:
+                    raise api_error(exc, verb="patch", resource="pods", namespace=namespace) from exc
+                # Deleted since discovery (node lost, evicted): the next run re-syncs the marks.
+                gone.append(f"skipped pod {namespace}/{name}: gone since discovery; the next run re-syncs")
+            except Exception as exc:
+                raise api_error(exc, verb="patch", resource="pods", namespace=namespace) from exc
+        return gone
 
     @staticmethod
     def _call(verb: str, resource: str, namespace: str | None, fn: Callable[[], Any]) -> Any:
@@ -348,15 +361,3 @@ class KubeBackend:
             return fn()
         except Exception as exc:  # classified into transient / conflict / permanent
             raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from exc
-
-
-def _ready(pod: Any) -> bool:
-    for cond in (pod.status.conditions if pod.status else None) or ():
-        if cond.type == "Ready":
-            return cond.status == "True"
-    return False
-
-
-def _created_s(pod: Any) -> float:
-    ts = pod.metadata.creation_timestamp
-    return ts.timestamp() if ts is not None else 0.0

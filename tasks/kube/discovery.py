@@ -14,12 +14,13 @@ Two halves:
   - the placement running now: per managed cell, the replicas in service (spec.replicas minus
     those being drained), starting instances included, as the twin reports it;
   - per managed cell what actuation needs (resource version, drain state, last applied replicas,
-    pause, who last set the replicas), managed Deployments of services no longer configured
+    pause, who last set the replicas, its live pods: serving or drained, Ready, age), managed Deployments of services no longer configured
     (orphans), and warnings for nodes that cannot be used (missing labels, unknown GPU type).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
@@ -30,37 +31,13 @@ from kubernetes import client as k8s
 
 from models.config import ClusterConfig, Role
 from models.values import CellKey, Placement
+from tasks.core.actuation import ManagedCell, ManagedPod
 from tasks.core.topology import ClusterView, DomainCapacity
 from tasks.kube import render as r
 from tasks.kube.client import REQUEST_TIMEOUT_S, api_error
 
 PAGE_SIZE = 500
 JsonObj = dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class ManagedCell:
-    """One managed Deployment as read from the API."""
-
-    key: CellKey
-    name: str
-    namespace: str
-    replicas: int
-    resource_version: str | None
-    template_hash: str | None
-    applied_replicas: int | None
-    draining: int = 0
-    drain_since_s: float | None = None
-    paused: bool = False
-    replicas_manager: str | None = None  # field manager that last set spec.replicas, when known
-    # spec.replicas is not what heteroscale last recorded and someone else last wrote it.
-    manual_override: bool = False
-    pods: int = 0  # live pods of this Deployment seen in the pod list
-    drained_pods: int = 0  # of which out of service discovery (serving label not "true")
-
-    @property
-    def serving(self) -> int:
-        return max(0, self.replicas - self.draining)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +192,29 @@ def replicas_manager(dep: Mapping[str, Any]) -> str | None:
     return latest[1] if latest else None
 
 
+def managed_pod(pod: Mapping[str, Any], serving_label: str) -> ManagedPod:
+    """What actuation needs to know about one pod: serving or drained, Ready, age."""
+    meta = pod.get("metadata") or {}
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or ()
+    )
+    return ManagedPod(
+        name=str(meta.get("name")),
+        serving=_labels(pod).get(serving_label) == "true",
+        ready=ready,
+        created_s=_timestamp_s(meta.get("creationTimestamp")),
+    )
+
+
+def _timestamp_s(value: Any) -> float:
+    """Epoch seconds of an RFC 3339 timestamp (0 when absent or unreadable: oldest)."""
+    try:
+        return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def build_discovered(
     config: ClusterConfig,
     nodes: Iterable[Mapping[str, Any]],
@@ -297,15 +297,14 @@ def build_discovered(
 
     # Pods -> GPUs held by everything that is not a managed instance of a configured service.
     managed_instances = {(c.namespace, c.name): c for c in cells.values()}
-    pod_counts: dict[CellKey, list[int]] = defaultdict(lambda: [0, 0])
+    pods_of: dict[CellKey, list[ManagedPod]] = defaultdict(list)
     for pod in pods:
         labels = _labels(pod)
         ns = (pod.get("metadata") or {}).get("namespace")
         cell = managed_instances.get((str(ns), labels.get(r.L_INSTANCE, "")))
         if cell is not None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-            pod_counts[cell.key][0] += 1
-            pod_counts[cell.key][1] += labels.get(ks.serving_label) != "true"
-    cells = {k: replace(c, pods=pod_counts[k][0], drained_pods=pod_counts[k][1]) for k, c in cells.items()}
+            pods_of[cell.key].append(managed_pod(pod, ks.serving_label))
+    cells = {k: replace(c, pods=tuple(sorted(pods_of[k], key=lambda p: p.name))) for k, c in cells.items()}
     managed_instances = {(c.namespace, c.name): c for c in cells.values()}
     other: dict[tuple[str, str], int] = defaultdict(int)
     for pod in pods:

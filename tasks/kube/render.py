@@ -26,6 +26,7 @@ from typing import Any
 
 from models.config import AffinityLevel, ClusterConfig, Service
 from models.values import CellKey
+from tasks.core.actuation import A_APPLIED_REPLICAS as APPLIED_REPLICAS_ANNOTATION
 
 MANAGER = "heteroscale"
 DOMAIN = "heteroscale.io"
@@ -43,7 +44,7 @@ L_GROUP = f"{DOMAIN}/group"
 A_TEMPLATE_HASH = f"{DOMAIN}/template-hash"
 A_MODEL = f"{DOMAIN}/model"
 # Replica count heteroscale last set; a different spec.replicas means a human changed it.
-A_APPLIED_REPLICAS = f"{DOMAIN}/applied-replicas"
+A_APPLIED_REPLICAS = APPLIED_REPLICAS_ANNOTATION
 # Soft scale-in in progress: how many replicas are out of service discovery, and since when.
 A_DRAINING = f"{DOMAIN}/draining-replicas"
 A_DRAIN_SINCE = f"{DOMAIN}/draining-since-s"

@@ -13,7 +13,8 @@ import yaml
 from kubernetes import client as k8s
 
 from models.config import ClusterConfig, Role, parse_config
-from models.values import ApplyMode, CellKey, Placement, PlacementPlan
+from models.values import ApplyMode, CellKey, Placement, PlacementPlan, SloState, SloStatus
+from tasks.core.actuation import Drain, Restore, Scale
 from tasks.kube import discovery
 from tasks.kube.backend import KubeBackend
 from tasks.kube.client import KubePermanentError, KubeTransientError
@@ -80,7 +81,7 @@ def test_apply_is_idempotent_and_pause_stops_changes(kc: KubeCluster, tmp_path: 
         "chat-decode-a100-c1", "llm", {"metadata": {"annotations": {"heteroscale.io/paused": "true"}}}
     )
     res = be.apply(cfg, _plan(3, 6), ApplyMode.APPLY, 2.0)
-    assert res.changes == () and "paused" in (res.error or "")
+    assert res.changes == () and res.error is None and "paused" in "; ".join(res.warnings)
     assert {n: d["spec"]["replicas"] for n, d in kc.deployments().items()} == {
         "chat-prefill-h100-c1": 2,
         "chat-decode-a100-c1": 4,
@@ -95,7 +96,7 @@ def test_manual_replica_change_is_respected_until_cleared(kc: KubeCluster, tmp_p
         "chat-decode-a100-c1", "llm", {"spec": {"replicas": 7}}, field_manager="kubectl"
     )
     res = be.apply(cfg, _plan(3, 6), ApplyMode.APPLY, 1.0)
-    assert "changed manually by 'kubectl' to 7" in (res.error or "")
+    assert "changed manually by 'kubectl' to 7" in "; ".join(res.warnings)
     deps = kc.deployments()
     assert deps["chat-decode-a100-c1"]["spec"]["replicas"] == 7  # not fought
     assert deps["chat-prefill-h100-c1"]["spec"]["replicas"] == 3  # the rest of the service proceeds
@@ -105,6 +106,57 @@ def test_manual_replica_change_is_respected_until_cleared(kc: KubeCluster, tmp_p
     )
     res = be.apply(cfg, _plan(3, 8), ApplyMode.APPLY, 2.0)
     assert kc.deployments()["chat-decode-a100-c1"]["spec"]["replicas"] == 8
+
+
+def test_executed_changes_equal_the_pure_decision(kc: KubeCluster, tmp_path: Path) -> None:
+    """What apply does to pods and replicas is exactly what `decide_actions` decided, and the
+    result records every decision."""
+    cfg, be = _config(), _backend(kc, tmp_path)
+    be.apply(cfg, _plan(2, 6), ApplyMode.APPLY, 0.0)
+    kc.reconcile_pods()
+
+    def labels() -> dict[str, str]:
+        return {n: p["metadata"]["labels"]["heteroscale.io/serving"] for n, p in kc.pods("llm").items()}
+
+    def replicas() -> dict[str, int]:
+        return {n: d["spec"]["replicas"] for n, d in kc.deployments().items()}
+
+    met = {"chat": SloState("chat", SloStatus.MET, "within SLO")}
+    # 1. Scale-in: the decided drains mark exactly the decided pods; replicas stay.
+    before, reps = labels(), replicas()
+    _, decided = be.decide(cfg, _plan(1, 3), met, 10.0)
+    res = be.apply(cfg, _plan(1, 3), ApplyMode.APPLY, 10.0, slo=met)
+    after = labels()
+    drained = {p for a in decided.actions if isinstance(a, Drain) for p in a.pods}
+    assert len(drained) == 4 and {n for n in after if after[n] != before[n]} == drained
+    assert all(after[n] == "false" for n in drained) and replicas() == reps
+    costs = {
+        n: p["metadata"].get("annotations", {}).get("controller.kubernetes.io/pod-deletion-cost")
+        for n, p in kc.pods("llm").items()
+    }
+    assert {n for n, c in costs.items() if c == "-1000"} == drained
+    assert res.actions == decided.records and {r.kind for r in res.actions} == {"drain"}
+
+    # 2. SLO breach inside the window: the decided restores unmark exactly the drained pods.
+    degraded = {"chat": SloState("chat", SloStatus.DEGRADED, "TBT p99 0.3s > SLO 0.1s")}
+    _, decided = be.decide(cfg, _plan(1, 3), degraded, 12.0)
+    res = be.apply(cfg, _plan(1, 3), ApplyMode.APPLY, 12.0, slo=degraded)
+    restored = {p for a in decided.actions if isinstance(a, Restore) for p in a.pods}
+    assert restored == drained and all(v == "true" for v in labels().values())
+    assert res.actions == decided.records and all("TBT p99 0.3s" in r.reason for r in res.actions)
+
+    # 3. Drain again, then past the window with SLOs met: the decided scale-downs are the replicas.
+    be.apply(cfg, _plan(1, 3), ApplyMode.APPLY, 20.0, slo=met)
+    _, decided = be.decide(cfg, _plan(1, 3), met, 30.0)
+    res = be.apply(cfg, _plan(1, 3), ApplyMode.APPLY, 30.0, slo=met)
+    scales = {a.name: a.after for a in decided.actions if isinstance(a, Scale)}
+    assert scales == {"chat-prefill-h100-c1": 1, "chat-decode-a100-c1": 3} and replicas() == scales
+    assert [r.kind for r in res.actions] == ["remove-drained", "remove-drained"]
+    # Without an SLO state, a drain is kept (and recorded), never finished.
+    kc.reconcile_pods()  # the ReplicaSet removed the drained pods
+    be.apply(cfg, _plan(1, 2), ApplyMode.APPLY, 40.0, slo=met)
+    res = be.apply(cfg, _plan(1, 2), ApplyMode.APPLY, 100.0)
+    assert replicas()["chat-decode-a100-c1"] == 3 and [r.kind for r in res.actions] == ["keep-drained"]
 
 
 def test_conflict_is_retried_with_a_fresh_read(kc: KubeCluster, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ replicas, then take a scale-in through the soft path (drain -> window -> removal
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,7 @@ def test_scale_out_then_soft_scale_in(
     drained = [p for p in pods.values() if p["metadata"]["labels"]["heteroscale.io/serving"] != "true"]
     assert len(drained) == 3 + (3 - want_p)
     assert all(p["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"] == "-1000" for p in drained)
+    drain_run, drained_names = out["run_id"], {p["metadata"]["name"] for p in drained}
 
     # 3. Within the window nothing is removed; after it (SLOs met) the drained ones go.
     out = scale_cluster(config_path=str(config_path), backend="kube")
@@ -179,6 +181,16 @@ def test_scale_out_then_soft_scale_in(
     assert deps["chat-decode-a100-c1"]["spec"]["replicas"] == 3
     assert deps["chat-prefill-h100-c1"]["spec"]["replicas"] == want_p
     assert "heteroscale.io/draining-replicas" not in deps["chat-decode-a100-c1"]["metadata"]["annotations"]
+    # The run record holds each drain decision with its reason and the pods it took out, and the removal.
+    from models import settings
+    from tasks.store import Store
+
+    store = Store(settings.database_url())
+    recs = {a.name: a for a in store.actuations(drain_run) if a.kind == "drain"}
+    assert recs["chat-decode-a100-c1"].count == 3 and "plan wants 3" in recs["chat-decode-a100-c1"].reason
+    assert {n for a in recs.values() for n in json.loads(a.pods_json)} == drained_names
+    assert "actuation: drain 3 llm/chat-decode-a100-c1" in next(r for r in store.runs() if r.id == drain_run).summary
+    assert {a.kind for a in store.actuations(out["run_id"])} == {"remove-drained"}
     cluster.reconcile_pods()
     serving = [p for p in cluster.pods("llm").values() if p["metadata"]["labels"]["heteroscale.io/serving"] == "true"]
     assert len(serving) == 3 + want_p  # the drained pods were the ones removed

@@ -411,3 +411,91 @@ def test_hundred_services_history_is_still_one_query() -> None:
     chat = next(s for s in data["services"] if s["name"] == "chat")
     data["services"] = [{**chat, "name": f"svc-{i:03d}"} for i in range(100)]
     assert len(history_queries(parse_config(data))) == 1
+
+
+# --- the collect budget: bounded below the control period by construction ---------------------
+
+
+def _sized(
+    services: int, *, period_s: float, parallel: int, profiles: int = 1, labels: int = 1, **prom: Any
+) -> ClusterConfig:
+    data = load_config(DEMO).model_dump(mode="json", exclude_none=True)
+    base = data["services"][0]
+    kinds = ["vllm", "sglang", "dynamo"][:profiles]
+    data["services"] = [
+        {**base, "name": f"s{i}", "signals": {"profile": kinds[i % len(kinds)], "service_label": f"l{i % labels}"}}
+        for i in range(services)
+    ]
+    data["cluster"]["control_period_s"] = period_s
+    data["prometheus"] = {"max_parallel_queries": parallel, **prom}
+    return parse_config(data)
+
+
+@pytest.mark.parametrize("period_s", [10.0, 30.0, 60.0, 300.0])
+@pytest.mark.parametrize("parallel", [1, 4, 64])
+@pytest.mark.parametrize("services", [1, 3, 100])
+def test_derived_budget_fits_half_the_control_period(period_s: float, parallel: int, services: int) -> None:
+    """Whatever the size, the worst case (every query timing out on every attempt, with the
+    back-off between attempts) fits in half the period: queries run in at most `waves` rounds.
+    A config where no timeout of at least 0.5 s could fit is refused at load, saying why."""
+    from models.config import ConfigError
+
+    try:
+        cfg = _sized(services, period_s=period_s, parallel=parallel, profiles=3, labels=4)
+    except ConfigError as exc:
+        assert "too short" in str(exc) and "max_parallel_queries" in str(exc)
+        return
+    b = cfg.collect_budget()
+    assert b.queries == len(SIGNAL_QUERY_NAMES) * len(profile_groups(cfg))
+    assert b.waves * ((b.retries + 1) * b.timeout_s + b.backoff_total_s) == pytest.approx(b.worst_case_s)
+    assert b.worst_case_s <= 0.5 * period_s + 1e-9 and b.timeout_s >= 0.5
+
+
+def test_configured_timeouts_that_cannot_fit_fail_validation_and_say_so() -> None:
+    from models.config import ConfigError
+
+    with pytest.raises((ConfigError, ValueError), match=r"3 wave\(s\).*3 attempt\(s\) x 10s timeout.*control_period_s"):
+        _sized(3, period_s=60.0, parallel=4, timeout_s=10.0, retries=2)
+    # A timeout alone keeps as many retries as fit.
+    b = _sized(3, period_s=60.0, parallel=4, timeout_s=4.0).collect_budget()
+    assert b.retries == 1 and b.worst_case_s <= 30.0
+    with pytest.raises((ConfigError, ValueError), match="too short"):
+        _sized(3, period_s=2.0, parallel=1)
+
+
+def test_collect_stops_waiting_at_its_budget_whatever_the_server_does() -> None:
+    """A query that ignores its timeout (a server trickling its answer) is recorded as failed
+    once the budget's worst case has passed; the collect does not wait for it."""
+    cfg = _sized(1, period_s=4.0, parallel=4)
+    release = threading.Event()
+
+    def hung(promql: str, at_s: float | None, timeout_s: float) -> list[dict[str, Any]]:
+        release.wait(60)
+        return []
+
+    try:
+        coll = collect(cfg, hung, at_s=NOW, sleep=_no_sleep)
+    finally:
+        release.set()
+    assert coll.unavailable and len(coll.errors) == len(SIGNAL_QUERY_NAMES) and coll.budget_s == cfg.collect_budget().worst_case_s
+    assert all("no answer within the collect budget" in e.message and e.status is None for e in coll.errors)
+
+
+def test_http_client_does_not_retry_on_its_own() -> None:
+    from tasks.prometheus import _client
+
+    client = _client("http://127.0.0.1:9", None)
+    adapter = client._session.get_adapter("http://127.0.0.1:9/api/v1/query")
+    assert adapter.max_retries.total == 0
+
+
+def test_query_errors_carry_status_and_url_without_credentials() -> None:
+    query, _ = fake(inter_token_latency=PermanentQueryError("bad_data: parse error", status=400, url="http://p/q"))
+    coll = collect(_cfg(), query, at_s=NOW, sleep=_no_sleep)
+    (err,) = coll.errors
+    assert (err.query, err.status, err.url) == ("vllm/tbt_p99_s", 400, "http://p/q")
+    assert str(err) == "vllm/tbt_p99_s: HTTP 400 from http://p/q: bad_data: parse error"
+    assert err.services == ("chat", "code", "summarize") and not coll.unavailable
+    from tasks.prometheus import public_url
+
+    assert public_url("https://u:pw@prom:9090/api/v1/query?x=1") == "https://prom:9090/api/v1/query"

@@ -7,11 +7,9 @@ import json
 import kubernetes_validate
 
 from models.config import Role, parse_config
-from models.values import CellKey, Placement, PlacementPlan
-from tasks.core.topology import ClusterView, DomainCapacity
+from models.values import CellKey, Placement, PlacementPlan, SloState, SloStatus
+from tasks.core.actuation import Drain, ManagedCell, RenderedCell, Scale, decide_actions
 from tasks.kube import render as r
-from tasks.kube.actuation import Drain, Scale, decide_actions
-from tasks.kube.discovery import Discovered, ManagedCell
 from tests.integration.test_kube_scenario import CONFIG
 
 CFG = parse_config(json.loads(json.dumps(CONFIG)))
@@ -55,11 +53,15 @@ def test_long_names_stay_dns_labels() -> None:
     assert len(name) <= 63 and name != r.deployment_name(CellKey("a" * 50, Role.DECODE, "h100", key.s1))
 
 
-def _discovered(cell: ManagedCell) -> Discovered:
-    view = ClusterView(
-        capacities=(DomainCapacity("a100", "c1", "pod-c", 16, 8),), placement=Placement.of([(D, cell.serving)])
-    )
-    return Discovered(view=view, cells={D: cell})
+def _rendered() -> dict[CellKey, RenderedCell]:
+    body = r.render_deployment(CFG, D, s2="pod-c")
+    meta = body["metadata"]
+    group = r.group_name(CFG.service("chat"), "c1", "pod-c")
+    return {D: RenderedCell(meta["namespace"], meta["name"], group, meta["annotations"][r.A_TEMPLATE_HASH], body)}
+
+
+def _slo(status: SloStatus) -> dict[str, SloState]:
+    return {"chat": SloState("chat", status, status.value)}
 
 
 def _cell(**kw: object) -> ManagedCell:
@@ -81,18 +83,18 @@ def _plan(n: int) -> PlacementPlan:
 
 
 def test_scale_in_drains_first_then_removes_after_window_or_restores_on_slo_breach() -> None:
-    manifests = {D: r.render_deployment(CFG, D, s2="pod-c")}
-    first = decide_actions(CFG, _discovered(_cell()), _plan(4), manifests, {"chat": True}, 100.0)
+    rendered, met = _rendered(), _slo(SloStatus.MET)
+    first = decide_actions(CFG, {D: _cell()}, _plan(4), rendered, met, 100.0)
     drains = [a for a in first.actions if isinstance(a, Drain)]
     assert [(a.count, a.draining_after) for a in drains] == [(2, 2)]
     assert not [a for a in first.actions if isinstance(a, Scale)]
     draining = _cell(draining=2, drain_since_s=100.0)
-    early = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": True}, 101.0)
+    early = decide_actions(CFG, {D: draining}, _plan(4), rendered, met, 101.0)
     assert not [a for a in early.actions if isinstance(a, Scale)]
     after_window = 100.0 + CFG.kubernetes.soft_scale_in_window_s + 1.0
-    late = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": True}, after_window)
+    late = decide_actions(CFG, {D: draining}, _plan(4), rendered, met, after_window)
     assert [(a.before, a.after) for a in late.actions if isinstance(a, Scale)] == [(6, 4)]
-    breach = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": False}, after_window)
+    breach = decide_actions(CFG, {D: draining}, _plan(4), rendered, _slo(SloStatus.DEGRADED), after_window)
     assert [c.after for c in breach.changes] == [6] and not [a for a in breach.actions if isinstance(a, Scale)]
-    blind = decide_actions(CFG, _discovered(draining), _plan(4), manifests, {"chat": None}, after_window)
+    blind = decide_actions(CFG, {D: draining}, _plan(4), rendered, _slo(SloStatus.UNKNOWN), after_window)
     assert not blind.actions and "cannot be read" in blind.warnings[0]
