@@ -455,9 +455,9 @@ def test_configured_timeouts_that_cannot_fit_fail_validation_and_say_so() -> Non
     from models.config import ConfigError
 
     with pytest.raises((ConfigError, ValueError), match=r"3 wave\(s\).*3 attempt\(s\) x 10s timeout.*control_period_s"):
-        _sized(3, period_s=60.0, parallel=4, timeout_s=10.0, retries=2)
+        _sized(3, period_s=60.0, parallel=8, timeout_s=10.0, retries=2)
     # A timeout alone keeps as many retries as fit.
-    b = _sized(3, period_s=60.0, parallel=4, timeout_s=4.0).collect_budget()
+    b = _sized(3, period_s=60.0, parallel=8, timeout_s=4.0).collect_budget()
     assert b.retries == 1 and b.worst_case_s <= 30.0
     with pytest.raises((ConfigError, ValueError), match="too short"):
         _sized(3, period_s=2.0, parallel=1)
@@ -466,7 +466,7 @@ def test_configured_timeouts_that_cannot_fit_fail_validation_and_say_so() -> Non
 def test_collect_stops_waiting_at_its_budget_whatever_the_server_does() -> None:
     """A query that ignores its timeout (a server trickling its answer) is recorded as failed
     once the budget's worst case has passed; the collect does not wait for it."""
-    cfg = _sized(1, period_s=4.0, parallel=4)
+    cfg = _sized(1, period_s=4.0, parallel=len(SIGNAL_QUERY_NAMES))  # one wave
     release = threading.Event()
 
     def hung(promql: str, at_s: float | None, timeout_s: float) -> list[dict[str, Any]]:
