@@ -95,7 +95,7 @@ def test_the_collect_task_retries_transient_errors_only(
         return collect_task.with_options(retry_delay_seconds=0)(backend, cfg, 0.0)
 
     if ok:
-        assert set(one_collect()) == {s.name for s in cfg.services}
+        assert set(one_collect().signals) == {s.name for s in cfg.services}
     else:
         with pytest.raises(type(exc)):
             one_collect()

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from heteroscale.cli import app
 from models import settings
-from models.config import load_config
+from models.config import SIGNAL_QUERY_NAMES, load_config
 from tasks.store import Store
 from tests.conftest import DEMO_CONFIG
 from tests.integration.prom import free_port, start_prometheus
@@ -32,6 +32,9 @@ pytestmark = pytest.mark.integration
 
 # A decode_tps override with a missing parenthesis: Prometheus answers 400 bad_data.
 BROKEN_DECODE_TPS = "sum by ($by) (rate(vllm:generation_tokens_total{$decode}[$window])"
+
+# One query per signal of the vLLM profile (the demo's one profile group).
+N = len(SIGNAL_QUERY_NAMES)
 
 
 class _HtmlPage(http.server.BaseHTTPRequestHandler):
@@ -74,14 +77,14 @@ def _collect(url: str) -> tuple[int, str]:
 def test_collect_with_nothing_listening_exits_1_and_says_what_failed() -> None:
     code, out = _collect(f"http://127.0.0.1:{free_port()}")
     assert code == 1
-    assert "no signal could be read: all 9 queries failed (no answer)" in out
+    assert f"no signal could be read: all {N} queries failed (no answer)" in out
     assert "connection refused" in out
 
 
 def test_collect_from_an_html_page_exits_1_not_rows_of_malformed_answers(html_page: str) -> None:
     code, out = _collect(html_page)
     assert code == 1
-    assert "all 9 queries failed (200)" in out and "not a Prometheus answer" in out
+    assert f"all {N} queries failed (200)" in out and "not a Prometheus answer" in out
     assert "signal" in out and "stale" not in out  # no table of 30 null rows
 
 
@@ -106,7 +109,7 @@ def test_a_run_during_an_outage_is_held_as_signals_unavailable(
     assert f"no answer from http://127.0.0.1:{port}/api/v1/query: connection refused" in run.error
     assert "s3cr3t" not in run.error and "s3cr3t" not in run.summary
     errors = store.signal_errors(run.id)
-    assert len(errors) == 9 and {e.status for e in errors} == {None}
+    assert len(errors) == N and {e.status for e in errors} == {None}
     assert {e.url for e in errors} == {f"http://127.0.0.1:{port}/api/v1/query"}
     assert all(d.action == "hold" and d.reason.startswith("signals-unavailable") for d in store.decisions(run.id))
     assert store.changes(run.id) == []
@@ -118,7 +121,7 @@ def test_a_run_during_an_outage_is_held_as_signals_unavailable(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id]))
         )
     md = next(a.data for a in arts if a.key == "scale-demo")
-    assert "signals-unavailable" in md and "Signal queries that failed** (9)" in md and "no answer" in md
+    assert "signals-unavailable" in md and f"Signal queries that failed** ({N})" in md and "no answer" in md
 
 
 def test_a_400_from_prometheus_is_in_the_held_runs_record(
