@@ -28,12 +28,17 @@ Contract:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from tasks.core.registry import load_config
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLUSTERS_DIR = PROJECT_ROOT / "deployments" / "clusters"
@@ -72,7 +77,6 @@ def cluster_deployments(
     only: Sequence[str] = (),
 ) -> list[ClusterDeployment]:
     """One deployment per cluster config file. Raises `ConfigError` on an invalid config."""
-    from tasks.core.registry import load_config
 
     out = []
     for path in sorted(clusters_dir.glob("*.yaml")):
@@ -127,6 +131,7 @@ def prefect_yaml(deployments: Sequence[ClusterDeployment], *, pool: str = PROCES
 
 def ensure_pool(name: str, pool_type: str, template: dict[str, Any] | None = None) -> None:
     """Create the work pool if missing (an existing pool is left as the operator set it)."""
+    # late: prefect: ~2 s at import, flow runs only
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
@@ -150,6 +155,7 @@ def register(
     manual: bool = True,
 ) -> dict[str, str]:
     """Create or update the deployments on the Prefect API in `PREFECT_API_URL`. Returns name -> id."""
+    # late: prefect: ~2 s at import, flow runs only
     from prefect import Flow
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
@@ -172,8 +178,6 @@ def register(
         # Process: the worker runs the flow from this checkout. Kubernetes: from the image.
         if target == "process":
             return Flow.from_source(source=str(PROJECT_ROOT), entrypoint=entrypoint)  # type: ignore[return-value]
-        import importlib
-
         module, _, attr = entrypoint.partition(":")
         return getattr(importlib.import_module(module.removesuffix(".py").replace("/", ".")), attr)
 
@@ -226,8 +230,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no cluster configs in {args.clusters_dir}", file=sys.stderr)
         return 2
     if args.print_yaml:
-        import yaml
-
         pool = PROCESS_POOL if args.target == "process" else K8S_POOL
         print(yaml.safe_dump(prefect_yaml(deps, pool=pool), sort_keys=False))
         return 0

@@ -26,12 +26,14 @@ def artifact_key(*parts: str) -> str:
 
 
 def publish_table(rows: Sequence[Mapping[str, Any]], *, key: str, description: str) -> None:
+    # late: prefect: ~2 s at import, flow runs only
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(table=[dict(r) for r in rows], key=key, description=description)
 
 
 def publish_markdown(markdown: str, *, key: str, description: str) -> None:
+    # late: prefect: ~2 s at import, flow runs only
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(markdown=markdown, key=key, description=description)
@@ -39,6 +41,7 @@ def publish_markdown(markdown: str, *, key: str, description: str) -> None:
 
 def publish_plot(path: Path, *, key: str, title: str) -> None:
     """The PNG at `path` inline on the run page, plus a link to the file itself."""
+    # late: prefect: ~2 s at import, flow runs only
     from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
     data = path.read_bytes()
@@ -88,9 +91,11 @@ def scale_run_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def scale_run_plot(rows: list[dict[str, Any]], path: Path, *, title: str, top: int = 24) -> Path:
     """Current vs target instances per service (the `top` services with the most load)."""
+    # late: matplotlib: ~0.5 s, plots only
     import matplotlib
 
     matplotlib.use("Agg")
+    # late: matplotlib: ~0.5 s, plots only
     import matplotlib.pyplot as plt
 
     shown = sorted(rows, key=lambda r: -(r["decode_tps"] or 0.0))[:top]
@@ -122,6 +127,7 @@ def publish_scale_run(cluster: str, status: str, record: Mapping[str, Any], out_
     Observability only: by the time this runs the decision is applied and recorded, so a failure
     here (a full disk, a plotting error) is logged as a warning and never fails the run.
     """
+    # late: prefect: ~2 s at import, flow runs only
     from prefect import get_run_logger
 
     try:

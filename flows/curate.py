@@ -158,7 +158,9 @@ def curate(
 
     chosen = best(candidates)
     per_policy = {pol: best([c for c in candidates if c.policy == pol]) for pol in policies}
-    target = next((c.target_per_instance for p, c in per_policy.items() if p != "heteroscale"), chosen.target_per_instance)
+    target = next(
+        (c.target_per_instance for p, c in per_policy.items() if p != "heteroscale"), chosen.target_per_instance
+    )
     update = {"name": chosen.policy, "target_per_instance": target}
     if "heteroscale" in per_policy and per_policy["heteroscale"].slo_headroom is not None:
         update["slo_headroom"] = per_policy["heteroscale"].slo_headroom

@@ -75,9 +75,11 @@ def _floor_table(rows: Sequence[Mapping[str, Any]], config: ClusterConfig) -> li
 
 
 def _plt() -> Any:
+    # late: matplotlib: ~0.5 s, plots only
     import matplotlib
 
     matplotlib.use("Agg")
+    # late: matplotlib: ~0.5 s, plots only
     import matplotlib.pyplot as plt
 
     return plt

@@ -38,12 +38,19 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
+from flows.curate import Lengths, capacity_at_slo
+from flows.replay import load_service_curves
 from models import settings
 from models.config import AffinityLevel, ClusterConfig, Metric, PdRatio, Role, Service
 from models.enums import TargetSource
 from models.values import Action, Targets
+from sim.live import auto_peaks
 from sim.traces import LoadCurve
+from sim.twin import TwinParams, engines_for
+from tasks import steps
 from tasks.core.registry import load_config
+from tasks.core.topology import view_from_config
 
 DEFAULT_SWEEP = (1.0, 1.25, 1.5, 2.0, 3.0)
 _EPS = 1e-9
@@ -182,8 +189,6 @@ def planned_config(config: ClusterConfig, chosen: Mapping[str, Pairing], prices:
 
 def place_fleet(config: ClusterConfig, chosen: Mapping[str, Pairing]) -> dict[str, Any]:
     """Place the chosen fleet on the cluster's topology with the scaling runs' placement."""
-    from tasks import steps
-    from tasks.core.topology import view_from_config
 
     targets = {
         name: Targets(name, p.num_prefill, p.num_decode, Action.SCALE_OUT, "capacity plan at peak", TargetSource.PLAN)
@@ -309,11 +314,8 @@ def config_at_slo(
             "an SLO other than the config's needs request sizes for the capacity model: give a trace, "
             "not only peak_metrics"
         )
-    from flows.curate import Lengths, capacity_at_slo
 
     if engines is None:
-        from sim.twin import TwinParams, engines_for
-
         engines = engines_for(config, TwinParams())
     notes: list[dict[str, Any]] = []
     services = []
@@ -497,9 +499,11 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 def plot(result: Mapping[str, Any], path: Path) -> Path:
     """GPUs per type (stacked) and cost per day against growth; cluster size as dashed lines."""
+    # late: matplotlib: ~0.5 s, plots only
     import matplotlib
 
     matplotlib.use("Agg")
+    # late: matplotlib: ~0.5 s, plots only
     import matplotlib.pyplot as plt
 
     rows = result["sensitivity"]
@@ -533,11 +537,8 @@ def plot(result: Mapping[str, Any], path: Path) -> Path:
 def plan_curves(config: ClusterConfig, trace: str, peak_rps: Mapping[str, float] | None) -> dict[str, LoadCurve]:
     """The load to plan for: `trace` scaled per service to `peak_rps` (default: each service's
     peak at which it needs about half its `max_instances`, as the twin backend serves it)."""
-    from flows.replay import load_service_curves
 
     if peak_rps is None:
-        from sim.live import auto_peaks
-
         base, _ = load_service_curves(config, trace)
         peak_rps = auto_peaks(config, next(iter(base.values())))
     return load_service_curves(config, trace, None, peak_rps)[0]
@@ -573,7 +574,6 @@ def plan_capacity(
     Load: `trace` (scaled per service to `peak_rps`, default: the twin's auto peaks) or
     `peak_metrics` (service -> {decode_tps, prefill_tps}, a forecast), which wins when given.
     """
-    from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
 
     config = load_config(config_path)
     curves = _curves_task(config, trace, peak_rps) if peak_metrics is None and trace else None
@@ -600,6 +600,7 @@ def plan_capacity(
     if out_dir:
         out = Path(out_dir)
     else:
+        # late: prefect: ~2 s at import, flow runs only
         from prefect.runtime import flow_run
 
         out = settings.data_dir() / "plan" / str(flow_run.get_id() or "local")

@@ -11,10 +11,12 @@ summary rows of the `summary.json` contract.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +28,7 @@ from sim.faults import FaultPlan
 from sim.faults import wrap as wrap_faults
 from sim.floor import FloorPlan
 from sim.sizing import fit_to_cluster, initial_counts, peak_metric
-from sim.traces import LoadCurve
+from sim.traces import LoadCurve, load_curve
 from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
@@ -171,7 +173,9 @@ def replay(
         # The starting fleet also serves the first cold start's load per role at the SLO: sized for
         # decode at the curated ratio alone, a prefill-heavy load starts with one prefill instance
         # and a backlog that every policy (the oracle too) spends its first minutes draining.
-        floor0 = FloorPlan(config.services, twin.engines, curves, period, bandwidth_gb_per_s=twin.params.kv_bandwidth_gb_per_s)
+        floor0 = FloorPlan(
+            config.services, twin.engines, curves, period, bandwidth_gb_per_s=twin.params.kv_bandwidth_gb_per_s
+        )
         first = floor0.targets(t0, t0)[1]
         start = {
             n: RoleCounts(max(c.num_prefill, first[n].num_prefill), max(c.num_decode, first[n].num_decode))
@@ -313,7 +317,6 @@ def run_league(
 
 def per_service_values(values: Sequence[str], services: Sequence[str], what: str) -> dict[str, str]:
     """`[SERVICE=]VALUE` options: a bare value applies to every service not named explicitly."""
-    from pathlib import Path
 
     explicit: dict[str, str] = {}
     default: str | None = None
@@ -334,7 +337,6 @@ def per_service_values(values: Sequence[str], services: Sequence[str], what: str
 
 def trace_shift_s(trace: str) -> float:
     """Seconds of `PATH@SHIFT` (SHIFT like 7h, 90m, 600s or 600); 0 without a suffix."""
-    import re
 
     m = re.fullmatch(r".*@(\d+(?:\.\d+)?)([hms]?)", trace)
     if m is None:
@@ -365,7 +367,6 @@ def load_service_curves(
     same load shape that many hours later, another time zone); `peak_rps`: "auto" (fit the
     load to the cluster, `fit_to_cluster`), `{service: req/s}` or `[SERVICE=]X` items, or None
     (the trace as it is). Each distinct (trace, lengths) is read once."""
-    from sim.traces import load_curve
 
     names = [s.name for s in config.services]
 

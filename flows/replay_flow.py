@@ -26,9 +26,13 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
+from flows.league import table, write_outputs
+from flows.replay import DEFAULT_LEAGUE, load_service_curves, replay
 from models import settings
-from models.config import ClusterConfig
+from models.config import ClusterConfig, PlacementMethod
+from sim.sizing import fit_to_cluster
 from sim.traces import LoadCurve
+from tasks.core.policy import POLICIES
 from tasks.core.registry import load_config
 
 # A UI run replays at most this much of each trace by default (a 14-day trace takes minutes).
@@ -51,6 +55,7 @@ def window(curves: dict[str, LoadCurve], hours: float | None) -> dict[str, LoadC
 def _out_dir(out_dir: str | None, what: str) -> Path:
     if out_dir:
         return Path(out_dir)
+    # late: prefect: ~2 s at import, flow runs only
     from prefect.runtime import flow_run
 
     return settings.data_dir() / what / str(flow_run.get_id() or "local")
@@ -64,14 +69,11 @@ def load_curves_task(
     lengths: str | list[str] | None,
     hours: float | None,
 ) -> dict[str, LoadCurve]:
-    from flows.replay import load_service_curves
 
     # The window is cut before fitting: "auto" sizes the load for what is actually replayed.
     curves, _factor = load_service_curves(config, trace, lengths, None if peak_rps == "auto" else peak_rps)
     curves = window(curves, hours)
     if peak_rps == "auto":
-        from sim.sizing import fit_to_cluster
-
         curves, _factor = fit_to_cluster(config, curves)
     return curves
 
@@ -80,7 +82,6 @@ def load_curves_task(
 def replay_policy_task(
     config: ClusterConfig, curves: dict[str, LoadCurve], policy: str, placement: str | None = None
 ) -> Any:
-    from flows.replay import replay
 
     # No per-tick records: the league needs the totals, and a day of ticks is memory for nothing.
     return replay(config, curves, policy, placement=placement)
@@ -90,14 +91,11 @@ def replay_policy_task(
 def write_outputs_task(
     results: list[Any], config: ClusterConfig, curves: dict[str, LoadCurve], out: Path, command: str
 ) -> dict[str, Path]:
-    from flows.league import write_outputs
 
     return write_outputs(results, config, curves, out, command=command)
 
 
 def _check(policies: list[str], placement: str | None) -> None:
-    from models.config import PlacementMethod
-    from tasks.core.policy import POLICIES
 
     # Permanent: fail the run at once with the valid names, before any replay starts.
     bad = [p for p in policies if p not in POLICIES]
@@ -133,8 +131,6 @@ def replay_flow(
     `trace`: a path or `[SERVICE=]PATH[@SHIFT]` items; `peak_rps`: "auto" (static-peak needs ~80%
     of the cluster), `{service: req/s}` or None (as recorded); `hours`: replay the first hours only
     (None: all); `placement`: greedy | ilp for every policy (default: per policy)."""
-    from flows.league import table
-    from flows.replay import DEFAULT_LEAGUE
 
     logger = get_run_logger()
     config = load_config(config_path)
@@ -171,7 +167,6 @@ def bench_policies_flow(
     placement: str | None = None,
 ) -> dict[str, Any]:
     """The policy league on each trace; one table over all traces, a plot per trace."""
-    from flows.replay import DEFAULT_LEAGUE
 
     config = load_config(config_path)
     policies = list(policies or DEFAULT_LEAGUE)

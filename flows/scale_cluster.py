@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.states import Completed, State
 
+from flows.artifacts import publish_scale_run
 from flows.backends import make_backends
 from models import settings
 from models.config import ClusterConfig
@@ -260,6 +261,7 @@ def _signals_unavailable(
 
 def _publish(config: ClusterConfig, status: RunStatus | str, record: dict[str, Any]) -> None:
     """The run's decision table as a Prefect artifact (visible on the flow-run page)."""
+    # late: prefect: ~2 s at import, flow runs only
     from prefect.artifacts import create_markdown_artifact
 
     md = run_markdown(
@@ -276,7 +278,6 @@ def _publish(config: ClusterConfig, status: RunStatus | str, record: dict[str, A
     create_markdown_artifact(
         markdown=md, key=f"scale-{config.cluster.name}", description=f"scale_cluster {config.cluster.name}"
     )
-    from flows.artifacts import publish_scale_run
 
     run_dir = settings.data_dir() / "runs" / config.cluster.name / (_flow_run_id() or "local")
     publish_scale_run(config.cluster.name, status, record, run_dir)

@@ -115,6 +115,7 @@ def perf_from_aiconfigurator(model: str, gpu: str, tp: int, *, backend: str = "v
     if path.exists():
         return pd.read_parquet(path)
     try:
+        # late: aiconfigurator-core: seconds, only on a capacity-cache miss
         from aiconfigurator_core.sdk.engine import EngineHandle
     except ImportError as exc:  # pragma: no cover - the package is a project dependency
         raise CapacityError(f"aiconfigurator-core is not installed: {exc}") from None
@@ -174,6 +175,7 @@ def _nnls(a: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Non-negative least squares on relative error (1 ms and 10 s rows alike), refitted once
     without rows off by more than 50%: one artefact row (Splitwise's batch-64 prefill) must not
     bend the whole fit."""
+    # late: scipy: only when fitting
     from scipy.optimize import nnls
 
     keep = np.ones(len(y), dtype=bool)
@@ -196,6 +198,7 @@ def model_memory(model: str) -> tuple[float, float]:
     shape = {"hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64}
     shape |= {"num_hidden_layers": 80, "num_key_value_heads": 8, "vocab_size": 32000}
     with contextlib.suppress(ImportError, FileNotFoundError):
+        # late: aiconfigurator-core: seconds, only on a capacity-cache miss
         import aiconfigurator_core
 
         cfg_path = Path(aiconfigurator_core.__file__).parent / "model_configs" / f"{name}_config.json"
@@ -253,6 +256,7 @@ def validate_against_splitwise(path: str | Path, *, model: str = "llama2-70b") -
     for (gpu, tp), grp in measured.groupby(["gpu", "tp"]):
         if gpu not in GPU_SYSTEMS:
             continue  # e.g. the power-capped H100 has no aiconfigurator system
+        # late: aiconfigurator-core: seconds, only on a capacity-cache miss
         from aiconfigurator_core.sdk.engine import EngineHandle
 
         with _quiet():

@@ -53,6 +53,7 @@ from prometheus_client.registry import Collector
 
 from models.config import ClusterConfig, Role
 from models.values import ServiceSignals
+from sim.live import load_cells, load_twin_state, read_state, state_lock, twin_state, write_state
 from sim.sizing import initial_counts
 from sim.traces import LoadCurve
 from sim.twin import Twin
@@ -172,7 +173,6 @@ class TwinExporter(Collector):
     # --- the shared state file ------------------------------------------------------------
 
     def _open_state(self, path: Path) -> None:
-        from sim.live import load_twin_state, read_state, state_lock, write_state
 
         with state_lock(path):
             state = read_state(path)
@@ -182,14 +182,12 @@ class TwinExporter(Collector):
             write_state(path, self._state_json())
 
     def _state_json(self) -> dict[str, object]:
-        from sim.live import twin_state
 
         beat = {"wall_s": time.time(), "pid": os.getpid(), "speed": self.speed}
         return {**twin_state(self.twin), "cells_version": self._cells_version, "live": beat}
 
     def _sync(self) -> None:
         """Adopt instances a scaling run applied since the last tick; publish clock and heartbeat."""
-        from sim.live import load_cells, read_state, state_lock, write_state
 
         assert self.state_path is not None
         with state_lock(self.state_path):

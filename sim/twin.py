@@ -368,7 +368,8 @@ class Twin:
 
         # --- prefill: cache-missed prompt tokens, plus what queued before.
         cap_p = sum(
-            n * model.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0)) for g, n in ready_p.items()
+            n * model.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0))
+            for g, n in ready_p.items()
         )
         backlog_p = self._backlog_p[svc.name]
         work_p = rps * prompt * dt + backlog_p
@@ -383,7 +384,9 @@ class Twin:
         if cap_p > 0:
             # p99 is set by the slowest GPU type serving prefill.
             ttft = max(
-                model.prefill_ttft_p99_s(eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0))
+                model.prefill_ttft_p99_s(
+                    eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0)
+                )
                 for g in ready_p
             )
             ttft += backlog_p / cap_p

@@ -32,6 +32,7 @@ placeholders: `$services` (service matcher), `$prefill` / `$decode` (plus the ro
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import re
@@ -41,6 +42,9 @@ from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from string import Template
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from urllib3.util.retry import Retry
 
 from models.config import ClusterConfig, Role, SignalsProfile
 from models.enums import SignalName
@@ -86,7 +90,6 @@ class PermanentQueryError(_QueryFailure, PermanentError):
 
 def public_url(url: str) -> str:
     """`url` without user info, query string or fragment: safe for records and logs."""
-    from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -800,8 +803,8 @@ def query_error(name: str, exc: Exception, services: tuple[str, ...]) -> QueryEr
 
 
 def _client(url: str, token: str | None) -> Any:
+    # late: prometheus-api-client and requests: Prometheus runs only
     from prometheus_api_client import PrometheusConnect
-    from urllib3.util.retry import Retry
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
     # No retries in the HTTP client (its default retries 5xx and refused connections with
@@ -822,6 +825,7 @@ def _server_message(text: str) -> str:
 
 def _transport_message(exc: Exception) -> str:
     """A short cause for a failed connection or timeout (the library's text repeats the PromQL)."""
+    # late: requests: Prometheus runs only
     import requests
 
     text = str(exc)
@@ -842,7 +846,10 @@ def _transport_message(exc: Exception) -> str:
 def _call(fn: Callable[[], list[dict[str, Any]]], token: str | None, url: str = "") -> list[dict[str, Any]]:
     """Run one HTTP query; map its failures to transient / permanent errors with the HTTP status
     and the URL (token and user info removed)."""
+    # late: requests: Prometheus runs only
     import requests
+
+    # late: prometheus-api-client and requests: Prometheus runs only
     from prometheus_api_client import PrometheusApiClientException
 
     try:
@@ -883,7 +890,6 @@ def http_query(url: str, *, token: str | None = None) -> QueryFn:
 
 def http_query_range(url: str, *, token: str | None = None) -> RangeQueryFn:
     """A RangeQueryFn over HTTP with prometheus-api-client's `custom_query_range`."""
-    import datetime as dt
 
     client = _client(url, token)
     where = public_url(f"{url}/api/v1/query_range")

@@ -37,6 +37,7 @@ from typing import Any
 import yaml
 from kubernetes import client as k8s
 
+from models import settings
 from models.config import ClusterConfig, Role
 from models.values import ApplyMode, ApplyResult, PlacementPlan, SloState
 from tasks.core.actuation import (
@@ -150,7 +151,6 @@ class KubeBackend:
         return ApplyResult(mode, actions.changes, applied=not dry, warnings=tuple(warnings), actions=actions.records)
 
     def export_desired(self, config: ClusterConfig, found: Discovered, actions: ActionPlan) -> Path:
-        from models import settings
 
         out = self.export_dir or settings.data_dir() / "kube"
         out.mkdir(parents=True, exist_ok=True)

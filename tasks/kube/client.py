@@ -13,6 +13,7 @@ Contract:
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -100,7 +101,6 @@ def api_error(exc: BaseException, *, verb: str, resource: str, namespace: str | 
 
 
 def _status_message(exc: k8s.ApiException) -> str:
-    import json
 
     try:
         body = json.loads(exc.body or "{}")
