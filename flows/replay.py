@@ -28,7 +28,7 @@ from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.greedy import place_greedy
 from tasks.core.invariants import plan_violations
-from tasks.core.policy import POLICIES, bound_decode, split_by_ratio
+from tasks.core.policy import POLICIES, bound_decode, max_decode, split_by_ratio
 from tasks.core.topology import view_from_config
 
 DEFAULT_LEAGUE = ("static-peak", "hpa-gpu-util", "heteroscale-paper")
@@ -154,13 +154,17 @@ def initial_counts(config: ClusterConfig, curves: Mapping[str, LoadCurve], polic
         w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
         first[name] = float(np.mean(series[:w]))
     peaks = peak_metric(config, curves)
+    gpus = sum(p.nodes * p.gpus_per_node for p in config.topology.node_pools)
     out = {}
     for svc in config.services:
         value = peaks[svc.name] if policy == "static-peak" else first[svc.name]
         d = value / svc.policy.target_per_instance
         if svc.policy.metric is Metric.PREFILL_TPS:
             d /= svc.pd_ratio.prefill_per_decode
-        out[svc.name] = split_by_ratio(svc, bound_decode(svc, math.ceil(d - 1e-9)))
+        # No more instances than the cluster's GPUs could hold (an outlier in a trace asks for
+        # 1e12 instances); bound_decode is O(1) and takes floats (inf, NaN) as they come.
+        cap = max_decode(svc, gpus // min(svc.prefill.gpus_per_instance, svc.decode.gpus_per_instance))
+        out[svc.name] = split_by_ratio(svc, bound_decode(svc, min(d - 1e-9, float(cap))))
     return out
 
 
@@ -415,13 +419,16 @@ def load_service_curves(
     trace: str | Sequence[str],
     lengths: str | Sequence[str] | None = None,
     peak_rps: str | Sequence[str] | Mapping[str, float] | None = None,
+    *,
+    time_unit: str = "auto",
 ) -> tuple[dict[str, LoadCurve], float | None]:
     """One curve per service and the `auto` scale factor (None unless `peak_rps` is "auto").
 
     `trace` / `lengths`: one path for all or `[SERVICE=]PATH` items (`PATH@SHIFT`, e.g. `@7h`: the
     same load shape that many hours later, another time zone); `peak_rps`: "auto" (fit the
     load to the cluster, `fit_to_cluster`), `{service: req/s}` or `[SERVICE=]X` items, or None
-    (the trace as it is). Each distinct (trace, lengths) is read once."""
+    (the trace as it is); `time_unit`: of numeric timestamps (sim.traces.load_curve). Each
+    distinct (trace, lengths) is read once."""
     from sim.traces import load_curve
 
     names = [s.name for s in config.services]
@@ -448,7 +455,7 @@ def load_service_curves(
             raise ValueError(f"no trace for service {name!r}; give one trace or one per service")
         key = (traces[name], lens.get(name))
         if key not in cache:
-            cache[key] = load_curve(key[0], lengths=key[1], dt_s=dt)
+            cache[key] = load_curve(key[0], lengths=key[1], dt_s=dt, time_unit=time_unit)
         curve = cache[key]
         if name in peaks:
             try:

@@ -61,11 +61,22 @@ def state_lock(state_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class TwinStateError(ValueError):
+    """A twin state file that cannot be read; the message names the file and the fix."""
+
+
 def read_state(state_path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(state_path.read_text())
+        state = json.loads(state_path.read_text())
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TwinStateError(
+            f"{state_path}: twin state is corrupt ({exc}); delete the file to start the twin afresh"
+        ) from None
+    if not isinstance(state, dict):
+        raise TwinStateError(f"{state_path}: twin state is not a JSON object; delete the file to start afresh")
+    return state
 
 
 def write_state(state_path: Path, state: Mapping[str, Any]) -> None:
@@ -143,7 +154,13 @@ class TwinBackend:
         # Served by a running exporter: that process is the cluster, this one only reads and applies.
         self.live = is_live(state)
         if state is not None:
-            load_twin_state(self.twin, config, state)
+            try:
+                load_twin_state(self.twin, config, state)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise TwinStateError(
+                    f"{state_path}: twin state does not fit cluster {config.cluster.name!r} ({type(exc).__name__}: "
+                    f"{exc}); delete the file to start the twin afresh"
+                ) from None
         else:
             from flows.replay import initial_counts
 
@@ -189,16 +206,13 @@ class TwinBackend:
 
 def auto_peaks(config: ClusterConfig, curve: LoadCurve) -> dict[str, float]:
     """Peak request rate per service at which it needs about half its `max_instances`."""
-    from tasks.core.policy import bound_decode, split_by_ratio
+    from tasks.core.policy import bound_decode, max_decode
 
     out_tokens = float(curve.mean_output_tokens.mean()) or 1.0
     in_tokens = float(curve.mean_input_tokens.mean()) or 1.0
     peaks = {}
     for svc in config.services:
-        d = 1
-        while split_by_ratio(svc, d + 1).total <= svc.policy.max_instances // 2:
-            d += 1
-        d = bound_decode(svc, d)
+        d = bound_decode(svc, max(1, max_decode(svc, svc.policy.max_instances // 2)))
         metric = d * svc.policy.target_per_instance
         if svc.policy.metric.value == "prefill_tps":
             metric *= svc.pd_ratio.prefill_per_decode
