@@ -43,6 +43,10 @@ T = TypeVar("T")
 DEMO_PEAKS = {"chat": 60.0, "code": 30.0, "summarize": 20.0}
 
 
+# Exits and click's own usage errors are already what the user should see.
+_PASS_THROUGH = (typer.Exit, click.exceptions.Exit, click.ClickException, click.exceptions.Abort)
+
+
 class UsageError(ValueError):
     """A bad option value (exit 2), raised before anything slow starts."""
 
@@ -181,7 +185,7 @@ class _Group(TyperGroup):
             warnings.showwarning = _show_warning
             try:
                 return super().invoke(ctx)
-            except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            except _PASS_THROUGH:
                 raise
             except KeyboardInterrupt:
                 fail("interrupted", 130)
@@ -225,7 +229,7 @@ def _user_errors(fn: Callable[[], T]) -> T:
     """Run `fn`; a failure goes through `explain` (the same path as every command's)."""
     try:
         return fn()
-    except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+    except _PASS_THROUGH:
         raise
     except Exception as exc:
         if _STATE.debug or os.environ.get("HETEROSCALE_DEBUG") == "1":

@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -528,12 +529,19 @@ class ClusterConfig(_Frozen):
         return self
 
     @model_validator(mode="after")
-    def _semantic_check(self) -> Self:
+    def _semantic_check(self, info: ValidationInfo) -> Self:
         """What parses but cannot work: roles with no node to run on, instances larger than any
-        node, a minimum fleet above the GPU budget or the cluster."""
+        node, a minimum fleet above the GPU budget or the cluster. Checked for a file an operator
+        wrote (`load_config`: context semantic="error"), not for a mapping built in code (synthetic
+        benchmark clusters are deliberately short of some GPU types)."""
+        if (info.context or {}).get("semantic") != "error":
+            return self
         pools_by_type: dict[str, list[NodePool]] = {}
         for pool in self.topology.node_pools:
             pools_by_type.setdefault(pool.gpu_type, []).append(pool)
+        # Types named in kubernetes.gpu_type_values are looked for by node discovery: the
+        # Kubernetes backend supplies their nodes, so a topology without them only warrants a warning.
+        discovered = set(self.kubernetes.gpu_type_values)
         total = sum(p.nodes * p.gpus_per_node for p in self.topology.node_pools)
         for i, svc in enumerate(self.services):
             for role in Role:
@@ -545,7 +553,7 @@ class ClusterConfig(_Frozen):
                     for g in spec.gpu_types
                     if any(p.gpus_per_node >= spec.gpus_per_instance for p in pools_by_type.get(g, ()))
                 ]
-                if not fits:
+                if not fits and not discovered.intersection(spec.gpu_types):
                     biggest = max(
                         (p.gpus_per_node for g in spec.gpu_types for p in pools_by_type.get(g, ())), default=0
                     )
@@ -557,9 +565,10 @@ class ClusterConfig(_Frozen):
                     )
                     raise ValueError(
                         f"{where}.gpu_types: {why}; add a node pool of such a type to topology.node_pools, "
-                        f"or allow a GPU type that has one{'' if absent else ' (or lower gpus_per_instance)'}"
+                        "allow a GPU type that has one, or lower gpus_per_instance (kubernetes.gpu_type_values "
+                        "names the types node discovery supplies)"
                     )
-                if absent:
+                elif absent:
                     warnings.warn(
                         f"{where}.gpu_types {absent} have no node pool in topology.node_pools: instances of "
                         "those types are only placed if Kubernetes discovery finds such nodes",
@@ -567,10 +576,12 @@ class ClusterConfig(_Frozen):
                         stacklevel=2,
                     )
         need = sum(svc.min_fleet_gpus() for svc in self.services)
-        if need > total:
-            raise ValueError(
-                f"services[].policy.min_instances: the minimum fleet needs {need} GPUs, the topology has {total}; "
-                "lower min_instances or add nodes"
+        if need > total and not discovered:
+            warnings.warn(
+                f"services[].policy.min_instances: the minimum fleet needs {need} GPUs, the topology has {total}: "
+                "placement will report unmet demand every period; lower min_instances or add nodes",
+                ConfigWarning,
+                stacklevel=2,
             )
         budget = self.cluster.gpu_budget
         if budget is not None and need > budget:
@@ -616,12 +627,13 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "<top level>"
 
 
-def parse_config(data: Any, *, source: str = "<config>") -> ClusterConfig:
-    """Validate an already-parsed mapping; errors name `source` and each field path."""
+def parse_config(data: Any, *, source: str = "<config>", strict: bool = False) -> ClusterConfig:
+    """Validate an already-parsed mapping; errors name `source` and each field path. `strict`:
+    semantic problems (ClusterConfig._semantic_check) are errors, not warnings."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return ClusterConfig.model_validate(data)
+        return ClusterConfig.model_validate(data, context={"semantic": "error" if strict else "warn"})
     except ValidationError as exc:
         lines = [f"{source}: invalid cluster config ({exc.error_count()} problem(s)):"]
         for err in exc.errors():
@@ -684,4 +696,4 @@ def load_config(path: str | Path) -> ClusterConfig:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
-    return parse_config(data, source=str(p))
+    return parse_config(data, source=str(p), strict=True)

@@ -164,7 +164,7 @@ def _to_seconds(path: Path, t: np.ndarray, time_unit: str, *, per_request: bool)
     span = float(t.max() - t.min()) if len(t) else 0.0
     if per_request and span > MAX_AUTO_SPAN_S:
         raise TraceError(
-            f"{path}: timestamps span {span / 86400:.1f} days if they are seconds ({span / 3600:.2f} h if "
+            f"{path}: timestamps span {span / 86400:.1f} days if they are seconds ({span / 3.6e6:.2f} h if "
             "milliseconds); pass --time-unit ms if they are milliseconds, or --time-unit s to replay them as seconds"
         )
     return t
@@ -174,7 +174,7 @@ def _parse_times(path: Path, df: pd.DataFrame, col: str, time_unit: str = "auto"
     """Seconds from the first request, and the epoch time of the first request (0 if unknown)."""
     raw = df[col].str.strip()
     numeric = pd.to_numeric(raw, errors="coerce")
-    if numeric.notna().sum() * 2 > len(raw):
+    if numeric.notna().sum() * 2 > (raw != "").sum():
         # A numeric column: every cell must be a finite number (an empty or 'nan' one is named).
         t = _to_seconds(path, _numbers(path, df, col, "a finite number of seconds"), time_unit, per_request=True)
         return t - t.min(), 0.0
@@ -384,7 +384,7 @@ def check_against_config(config: ClusterConfig, curves: Mapping[str, LoadCurve],
         if curve.max_request_tokens > svc.max_context_tokens:
             found.append(
                 f"{curve.name}: a request of {curve.max_request_tokens:.4g} tokens (input + output) is above "
-                f"service {name!r}'s max_context_tokens {svc.max_context_tokens}; fix the trace or raise "
+                f"the max_context_tokens ({svc.max_context_tokens}) of service {name!r}; fix the trace or raise "
                 "services[].max_context_tokens"
             )
         bound = max_servable_req_per_s(config, name, curve)
@@ -395,5 +395,6 @@ def check_against_config(config: ClusterConfig, curves: Mapping[str, LoadCurve],
                 "check --peak-rps and the trace's time unit"
             )
     if found and not allow:
-        raise TraceError("; ".join(found) + " (or pass --allow-implausible to replay it anyway)")
+        more = f" (and {len(found) - 1} more like it)" if len(found) > 1 else ""
+        raise TraceError(f"{found[0]}{more}; or pass --allow-implausible to replay it anyway")
     return found

@@ -21,7 +21,7 @@ import typer
 from rich.table import Table
 
 from heteroscale import settings
-from heteroscale.cli import _per_service, _user_errors, app, console
+from heteroscale.cli import UsageError, _choice, _per_service, _user_errors, app, console
 
 # The demo cluster's planning load: the bundled Azure trace scaled to these peak req/s per
 # service (docs/capacity-planning.md records the answer for exactly this load).
@@ -102,6 +102,8 @@ def plan_cmd(
     """Capacity plan: GPUs per type and domain at peak, cost per day, P/D ratio and pairing."""
     from flows.plan_capacity import markdown, plot
 
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a directory")
     result = _user_errors(
         lambda: _plan(
             config, trace, peak_rps, peak_metrics, growth_per_month, horizon_days, gpu_type, price, utilisation
@@ -152,8 +154,21 @@ def deploy(
     image: Annotated[str | None, typer.Option(help="Image (kubernetes target).")] = None,
     paused: Annotated[bool, typer.Option(help="Register the schedules paused.")] = False,
     print_yaml: Annotated[bool, typer.Option("--print-yaml", help="Print the equivalent prefect.yaml.")] = False,
+    ephemeral: Annotated[
+        bool, typer.Option("--ephemeral", help="Register on a throw-away local server (no PREFECT_API_URL).")
+    ] = False,
 ) -> None:
     """Register one scheduled scale_cluster deployment per cluster config (PREFECT_API_URL)."""
+    _choice(target, ("process", "kubernetes"), "--target")
+    _choice(backend, ("twin", "kube"), "--backend")
+    if interval is not None and not interval > 0:
+        raise UsageError(f"--interval must be positive seconds, got {interval:g}")
+    if not print_yaml and not ephemeral and not _prefect_api_url():
+        raise UsageError(
+            "no PREFECT_API_URL: deployments registered now would live on a throw-away ephemeral server and "
+            "never run. Start a server (`make serve`, or `prefect server start`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, or pass --ephemeral to register there anyway"
+        )
     argv = ["--target", target, "--backend", backend]
     argv += ["--interval", str(interval)] if interval else []
     argv += ["--image", image] if image else []
@@ -161,6 +176,16 @@ def deploy(
     argv += ["--print-yaml"] if print_yaml else []
     code = subprocess.call([sys.executable, str(settings.PROJECT_ROOT / "deployments" / "deploy.py"), *argv])
     raise typer.Exit(code)
+
+
+def _prefect_api_url() -> str | None:
+    """PREFECT_API_URL from the environment, else from the active Prefect profile."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
 
 
 @app.command()

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from heteroscale.cli import _user_errors, app, bench_app, console, print_run
+from heteroscale.cli import MODES, _choice, _user_errors, app, bench_app, console, print_run
 
 if TYPE_CHECKING:
     from models.config import ClusterConfig
@@ -57,7 +58,7 @@ def collect(
                 t.add_row(svc, role, name, v, str(r["stale"]).lower(), r["reason"] or "")
     console.print(t)
     for e in out["errors"]:
-        console.print(f"[red]error[/] {e}", highlight=False)
+        console.print(Text.assemble(("error ", "red"), str(e)), highlight=False)
 
 
 @twin_app.command("serve")
@@ -130,7 +131,8 @@ def twin_scale(
     from models.config import load_config
     from tasks.prometheus import ENV_URL
 
-    _user_errors(lambda: load_config(config))
+    _choice(mode, MODES, "--mode")  # before Prefect starts
+    load_config(config)
     if prometheus_url:
         os.environ[ENV_URL] = prometheus_url  # the flow runs in this process and reads it
     print_run(

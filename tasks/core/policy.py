@@ -632,8 +632,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     if new_p + new_d > p.max_instances:
         new_p, new_d = split_by_ratio(svc, bound_decode(svc, new_d)).num_prefill, bound_decode(svc, new_d)
     new_p, new_d = max(1, new_p), max(1, new_d)
-    while new_p + new_d < p.min_instances:
-        new_d += 1
+    new_d = max(new_d, p.min_instances - new_p)  # O(1): was a loop of +1 steps up to min_instances
     new = RoleCounts(new_p, new_d)
 
     action = _action(cur, new)
