@@ -34,7 +34,9 @@ def _floats(values: list[str], names: list[str], what: str) -> dict[str, float]:
         try:
             out[k] = float(v)
         except ValueError:
-            raise ValueError(f"{what} for {k}: {v!r} is not a number") from None
+            raise UsageError(f"{what} for {k}: {v!r} is not a number") from None
+        if not (out[k] > 0 and out[k] < float("inf")):
+            raise UsageError(f"{what} for {k}: {v!r} must be a finite positive number")
     return out
 
 
@@ -49,9 +51,17 @@ def _plan(
     price: list[str],
     utilisation: float | None,
 ) -> dict[str, Any]:
+    import math
+
     from flows.plan_capacity import plan, plan_curves
     from models.config import load_config
 
+    if not (math.isfinite(growth_per_month) and growth_per_month > -1):
+        raise UsageError(f"--growth-per-month must be a finite share above -1, got {growth_per_month:g}")
+    if not (math.isfinite(horizon_days) and horizon_days >= 0):
+        raise UsageError(f"--horizon-days must be finite and not negative, got {horizon_days:g}")
+    if utilisation is not None and not 0 < utilisation <= 1:
+        raise UsageError(f"--utilisation must be a share in (0, 1], got {utilisation:g}")
     cfg = load_config(config)
     names = [s.name for s in cfg.services]
     prices: dict[str, float] = {}
@@ -62,7 +72,9 @@ def _plan(
         try:
             prices[g] = float(v)
         except ValueError:
-            raise ValueError(f"--price {p!r}: {v!r} is not a number") from None
+            raise UsageError(f"--price {p!r}: {v!r} is not a number") from None
+        if not (prices[g] >= 0 and prices[g] < float("inf")):
+            raise UsageError(f"--price {p!r}: a price is a finite number >= 0")
     kwargs: dict[str, Any] = {
         "growth_per_month": growth_per_month,
         "horizon_days": horizon_days,
