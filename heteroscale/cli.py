@@ -346,7 +346,8 @@ def _print_league(rows: list[dict[str, Any]]) -> None:
         "unmet periods",
         "wall s",
     ):
-        t.add_column(col, justify="left" if col == "policy" else "right")
+        # The policy names are what the table is read by: never ellipsised.
+        t.add_column(col, justify="left" if col == "policy" else "right", no_wrap=col == "policy")
     for r in rows:
         t.add_row(
             r["policy"],
