@@ -89,8 +89,10 @@ def replay_policy_task(
 def write_outputs_task(
     results: list[Any], config: ClusterConfig, curves: dict[str, LoadCurve], out: Path, command: str
 ) -> dict[str, Path]:
-    from heteroscale.league import write_outputs
+    from heteroscale.league import prepare_out_dir, write_outputs
 
+    # A re-run into the same out_dir leaves no plot of the previous run (other files are kept).
+    prepare_out_dir(out, force=True)
     return write_outputs(results, config, curves, out, command=command)
 
 
