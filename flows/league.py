@@ -7,6 +7,9 @@ Prefect replay flow, so the `summary.json` contract has one definition.
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,59 @@ from typing import Any
 from flows.replay import ReplayResult
 from models.config import ClusterConfig
 from sim.traces import LoadCurve
+
+# Every file `write_outputs` writes: a re-run into the same --out removes them first, so no plot
+# of a previous run is left beside the new report.
+OUTPUT_FILES = ("summary.json", "league.md", "report.md", "replay.png", "league-gpus.png", "league-tradeoff.png")
+
+
+class OutDirError(ValueError):
+    """An --out that cannot take the outputs (a file, foreign files without --force, unwritable)."""
+
+
+def prepare_out_dir(out_dir: Path, *, force: bool = False, dry: bool = False) -> None:
+    """Check `out_dir` can take the outputs and (unless `dry`) remove this tool's old outputs.
+
+    Refused: a path that is a file; a directory holding files this tool does not write, unless
+    `force` (they are then left alone); a directory that cannot be created or written."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutDirError(f"--out {out_dir}: is a file, not a directory; give a new or empty directory")
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OUTPUT_FILES)
+        if foreign and not force:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutDirError(
+                f"--out {out_dir}: holds files this tool did not write ({shown}); give a new or empty "
+                "directory, or pass --force to write beside them"
+            )
+        if dry:
+            probe_dir = out_dir
+        else:
+            for name in OUTPUT_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+            return
+    else:
+        probe_dir = next((p for p in out_dir.parents if p.exists()), Path("."))
+        if not probe_dir.is_dir():
+            raise OutDirError(f"--out {out_dir}: {probe_dir} is a file, not a directory")
+        if not dry:
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutDirError(f"--out {out_dir}: cannot create it ({exc.strerror})") from None
+            return
+    try:
+        tempfile.TemporaryFile(dir=probe_dir).close()
+    except OSError as exc:
+        raise OutDirError(f"--out {out_dir}: cannot write in {probe_dir} ({exc.strerror})") from None
+
+
+def _p99(samples: Sequence[float]) -> float | None:
+    """Nearest-rank p99 of a service's per-tick p99s (as the league's whole-run figure)."""
+    if not samples:
+        return None
+    v = sorted(samples)
+    return v[max(0, math.ceil(0.99 * len(v)) - 1)]
 
 
 def _fmt_s(v: float | None) -> str:
@@ -116,12 +172,15 @@ def plot_instances(results: Sequence[ReplayResult], config: ClusterConfig, path:
                 )
                 load.set_ylabel("req/s", color="grey")
         if row == 0:
-            ax_p.legend(loc="upper left", fontsize=8)
             ax_p.set_title("prefill instances (lines) and offered load (grey)")
             ax_d.set_title("decode instances (lines) and offered load (grey)")
     for ax in axes[-1]:
         ax.set_xlabel("hours into the trace")
-    fig.tight_layout()
+    # One legend for the figure, above the plots: inside an axes it hides the lines it names.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    if handles:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6), fontsize=9, frameon=False)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -150,7 +209,7 @@ def plot_gpus(results: Sequence[ReplayResult], path: Path) -> Path:
     ax.set_xlabel("hours into the trace")
     ax.set_ylabel("GPUs held")
     load_ax.set_ylabel("offered req/s (grey)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.08, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -159,17 +218,29 @@ def plot_gpus(results: Sequence[ReplayResult], path: Path) -> Path:
 
 
 def plot_tradeoff(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """GPU-hours against SLO attainment, one point per policy."""
+    """GPU-hours against SLO attainment, one point per policy, labelled in a legend (labels
+    written beside close points overlap)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for r in rows:
-        ax.scatter(r["gpu_hours"], r["slo_attainment"] * 100)
-        ax.annotate(r["policy"], (r["gpu_hours"], r["slo_attainment"] * 100), fontsize=8)
-    ax.set_xlabel("GPU-hours")
-    ax.set_ylabel("SLO attainment (%)")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    markers = "osD^vP*Xh"
+    for i, r in enumerate(rows):
+        unmet = f", {r['unmet_periods']} unmet periods" if r.get("unmet_periods") else ""
+        ax.scatter(
+            r["gpu_hours"],
+            r["slo_attainment"] * 100,
+            s=60,
+            marker=markers[i % len(markers)],
+            label=f"{r['policy']} ({r['gpu_hours']:.0f} GPU-h, {r['slo_attainment']:.1%}{unmet})",
+            zorder=3,
+        )
+    ax.set_xlabel("GPU-hours (lower is cheaper)")
+    ax.set_ylabel("SLO attainment, % (higher is better)")
+    ax.set_title("cost vs SLO attainment per policy")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.15)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
@@ -183,8 +254,30 @@ def write_outputs(
     command: str = "",
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """Write summary.json, league.md, report.md and the plots; return their paths."""
+    """Write summary.json, league.md, report.md and the plots; return their paths.
+
+    Written into a temporary directory beside them and moved into `out_dir` at the end, so a
+    failure half-way leaves no half set of outputs (`prepare_out_dir` removes an old run's)."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".heteroscale-partial-", dir=out_dir))
+    try:
+        written = _write_outputs(results, config, curves, work, command=command, extra=extra)
+        for path in written.values():
+            path.replace(out_dir / path.name)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {k: out_dir / p.name for k, p in written.items()}
+
+
+def _write_outputs(
+    results: Sequence[ReplayResult],
+    config: ClusterConfig,
+    curves: Mapping[str, LoadCurve],
+    out_dir: Path,
+    *,
+    command: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Path]:
     rows = [r.summary() for r in results]
     summary = {
         "results": rows,
@@ -205,15 +298,17 @@ def write_outputs(
         paths["gpus"] = plot_gpus(results, out_dir / "league-gpus.png")
     paths["tradeoff"] = plot_tradeoff(rows, out_dir / "league-tradeoff.png")
     per_service = [
-        "| policy | service | GPU-hours | SLO attainment | worst TTFT p99 s | worst TBT p99 s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| policy | service | GPU-hours | SLO attainment | TTFT p99 s (whole run) | worst TTFT p99 s (one window) "
+        "| TBT p99 s (whole run) | worst TBT p99 s (one window) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         for name, st in r.twin.stats.items():
             attained = st.good_s / st.total_s if st.total_s else 0.0
             per_service.append(
                 f"| {r.policy} | {name} | {st.gpu_seconds / 3600:.1f} | {attained:.1%} | "
-                f"{st.ttft_p99_s_max:.2f} | {st.tbt_p99_s_max:.3f} |"
+                f"{_fmt_s(_p99(st.ttft_samples))} | {st.ttft_p99_s_max:.2f} | "
+                f"{_fmt_s(_p99(st.tbt_samples))} | {st.tbt_p99_s_max:.3f} |"
             )
     report = [
         f"# Replay report — cluster `{config.cluster.name}`",
@@ -228,7 +323,17 @@ def write_outputs(
         "DCGM-style utilisation the twin reports (decode stays high whenever it serves). SLO attainment",
         "is the share of time windows whose p99 TTFT and TBT are both within target. Unmet periods are",
         "control periods in which placement could not find GPUs of an allowed type in an allowed domain",
-        "for every instance the policy asked for (the GPUs exist, but not where that service may run).",
+        "for every instance the policy asked for (the GPUs exist, but not where that service may run);",
+        "a policy unmet in most periods ran a smaller fleet than it chose, so its figures are not its own.",
+        "",
+        "Two p99 latencies are reported and they answer different questions. The league's **TTFT p99 s**",
+        "and **TBT p99 s** are whole-run figures: the 99th percentile, over every observed tick of every",
+        "service, of that tick's p99 (what a user sees over the whole replay); the per-service table gives",
+        "the same figure per service. Its **worst … p99 s (one window)** columns are the single worst",
+        "tick of that service (missing-data ticks included). The worst window is at least the whole-run",
+        "p99 and is often far above it: one cold-start burst sets it, while the whole-run p99 ignores the",
+        "worst 1% of ticks. `inf` means a tick with no capacity at all for that role (e.g. every instance",
+        "still starting).",
         "",
         "![GPU-hours vs SLO attainment](league-tradeoff.png)",
         "",

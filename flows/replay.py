@@ -360,14 +360,16 @@ def load_service_curves(
     trace: str | Sequence[str],
     lengths: str | Sequence[str] | None = None,
     peak_rps: str | Sequence[str] | Mapping[str, float] | None = None,
+    *,
+    time_unit: str = "auto",
 ) -> tuple[dict[str, LoadCurve], float | None]:
     """One curve per service and the `auto` scale factor (None unless `peak_rps` is "auto").
 
     `trace` / `lengths`: one path for all or `[SERVICE=]PATH` items (`PATH@SHIFT`, e.g. `@7h`: the
     same load shape that many hours later, another time zone); `peak_rps`: "auto" (fit the
     load to the cluster, `fit_to_cluster`), `{service: req/s}` or `[SERVICE=]X` items, or None
-    (the trace as it is). Each distinct (trace, lengths) is read once."""
-
+    (the trace as it is); `time_unit`: of numeric timestamps (sim.traces.load_curve). Each
+    distinct (trace, lengths) is read once."""
     names = [s.name for s in config.services]
 
     def as_list(v: str | Sequence[str] | None) -> list[str]:
@@ -392,7 +394,7 @@ def load_service_curves(
             raise ValueError(f"no trace for service {name!r}; give one trace or one per service")
         key = (traces[name], lens.get(name))
         if key not in cache:
-            cache[key] = load_curve(key[0], lengths=key[1], dt_s=dt)
+            cache[key] = load_curve(key[0], lengths=key[1], dt_s=dt, time_unit=time_unit)
         curve = cache[key]
         if name in peaks:
             try:

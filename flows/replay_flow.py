@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
-from flows.league import table, write_outputs
+from flows.league import prepare_out_dir, table, write_outputs
 from flows.replay import DEFAULT_LEAGUE, load_service_curves, replay
 from models import settings
 from models.config import ClusterConfig, PlacementMethod
@@ -92,6 +92,8 @@ def write_outputs_task(
     results: list[Any], config: ClusterConfig, curves: dict[str, LoadCurve], out: Path, command: str
 ) -> dict[str, Path]:
 
+    # A re-run into the same out_dir leaves no plot of the previous run (other files are kept).
+    prepare_out_dir(out, force=True)
     return write_outputs(results, config, curves, out, command=command)
 
 

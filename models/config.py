@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import warnings
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -25,6 +26,7 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -43,6 +45,15 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used, with where and why."""
+
+
+class ConfigWarning(UserWarning):
+    """A config that loads but may not do what it says (the CLI prints it as a warning)."""
+
+
+# A request longer than this (input + output tokens) is not served by any model today; a
+# service's `max_context_tokens` (its model's context window) overrides it.
+DEFAULT_MAX_CONTEXT_TOKENS = 1_048_576
 
 
 class Role(StrEnum):
@@ -64,7 +75,8 @@ class Metric(StrEnum):
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # allow_inf_nan=False: `.inf` / `.nan` are never a target, a capacity or a cooldown.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class GpuType(_Frozen):
@@ -385,6 +397,8 @@ class Service(_Frozen):
     schedule: tuple[ScheduleWindow, ...] = ()
     cold_start_s: Annotated[float, Field(ge=0)] = 180.0
     prefix_cache_hit: Fraction = 0.0
+    # The model's context window: a trace request above it is refused (sim/traces.py).
+    max_context_tokens: Annotated[int, Field(ge=1)] = DEFAULT_MAX_CONTEXT_TOKENS
     signals: ServiceSignalsSource = ServiceSignalsSource()
     pod_template: PodTemplateSource | None = None  # Kubernetes backend only
 
@@ -397,7 +411,35 @@ class Service(_Frozen):
                 f"instance and its prefill at ratio {self.pd_ratio.prefill:g}:"
                 f"{self.pd_ratio.decode:g}; raise it to at least {smallest}"
             )
+        lo, hi = self.policy.min_instances, self.policy.max_instances
+        for j, w in enumerate(self.schedule):
+            total = w.num_prefill + w.num_decode
+            if not lo <= total <= hi:
+                raise ValueError(
+                    f"schedule[{j}] asks for {w.num_prefill}P + {w.num_decode}D = {total} instances, outside "
+                    f"policy [min_instances, max_instances] = [{lo}, {hi}]; lower the window's counts or raise "
+                    "the bounds"
+                )
+            if total and (w.num_prefill == 0 or w.num_decode == 0):
+                raise ValueError(
+                    f"schedule[{j}] fixes {w.num_prefill}P/{w.num_decode}D: a service serves only with both "
+                    "roles; give each at least 1 (or both 0)"
+                )
         return self
+
+    def min_fleet_gpus(self) -> int:
+        """GPUs of the smallest fleet the policy keeps (min_instances at the P/D ratio, at
+        least one of each role when min_instances > 0)."""
+        if self.policy.min_instances <= 0:
+            return 0
+        r = self.pd_ratio.prefill_per_decode
+        d = max(1, math.floor(self.policy.min_instances / (1.0 + r)))
+        while d > 1 and d + max(1, math.ceil(d * r - 1e-9)) > self.policy.min_instances:
+            d -= 1
+        while d + max(1, math.ceil(d * r - 1e-9)) < self.policy.min_instances:
+            d += 1
+        p = max(1, math.ceil(d * r - 1e-9))
+        return p * self.prefill.gpus_per_instance + d * self.decode.gpus_per_instance
 
     def role(self, role: Role) -> RoleSpec:
         return self.prefill if role is Role.PREFILL else self.decode
@@ -438,7 +480,8 @@ class ClusterSettings(_Frozen):
     name: Name
     control_period_s: Annotated[float, Field(gt=0)] = 60.0
     timezone: str = "UTC"
-    gpu_budget: Annotated[int, Field(ge=0)] | None = None
+    # At least one GPU: a budget of 0 would starve every service (omit it for no budget).
+    gpu_budget: Annotated[int, Field(ge=1)] | None = None
     placement: PlacementSettings = PlacementSettings()
     # Policy-metric history the forecasters see, in the flow and in the replay alike: the 7 days
     # profile-ar and the daily shape read, plus one (docs/forecasting.md).
@@ -497,6 +540,9 @@ class KubernetesSettings(_Frozen):
     soft_scale_in_window_s: Annotated[float, Field(ge=0)] = 300.0
     prune: bool = False
     default_image: str = "vllm/vllm-openai:latest"
+    # Mode of `heteroscale scale --kube` without --mode: None = dry-run (a real cluster is only
+    # changed when the config or the command line says `apply`).
+    mode: Literal["apply", "dry-run", "advisory"] | None = None
 
 
 class ClusterConfig(_Frozen):
@@ -582,6 +628,69 @@ class ClusterConfig(_Frozen):
             f"{MIN_QUERY_TIMEOUT_S:g}s within {COLLECT_SHARE:.0%} of it; raise max_parallel_queries or the period"
         )
 
+    @model_validator(mode="after")
+    def _semantic_check(self, info: ValidationInfo) -> Self:
+        """What parses but cannot work: roles with no node to run on, instances larger than any
+        node, a minimum fleet above the GPU budget or the cluster. Checked for a file an operator
+        wrote (`load_config`: context semantic="error"), not for a mapping built in code (synthetic
+        benchmark clusters are deliberately short of some GPU types)."""
+        if (info.context or {}).get("semantic") != "error":
+            return self
+        pools_by_type: dict[str, list[NodePool]] = {}
+        for pool in self.topology.node_pools:
+            pools_by_type.setdefault(pool.gpu_type, []).append(pool)
+        # Types named in kubernetes.gpu_type_values are looked for by node discovery: the
+        # Kubernetes backend supplies their nodes, so a topology without them only warrants a warning.
+        discovered = set(self.kubernetes.gpu_type_values)
+        total = sum(p.nodes * p.gpus_per_node for p in self.topology.node_pools)
+        for i, svc in enumerate(self.services):
+            for role in Role:
+                spec = svc.role(role)
+                where = f"services[{i}].{role}"
+                absent = [g for g in spec.gpu_types if g not in pools_by_type]
+                fits = [
+                    g
+                    for g in spec.gpu_types
+                    if any(p.gpus_per_node >= spec.gpus_per_instance for p in pools_by_type.get(g, ()))
+                ]
+                if not fits and not discovered.intersection(spec.gpu_types):
+                    biggest = max(
+                        (p.gpus_per_node for g in spec.gpu_types for p in pools_by_type.get(g, ())), default=0
+                    )
+                    why = (
+                        f"no node pool has GPU type(s) {list(spec.gpu_types)}"
+                        if len(absent) == len(spec.gpu_types)
+                        else f"gpus_per_instance {spec.gpus_per_instance} is more than any node of those types "
+                        f"has ({biggest} GPUs); an instance runs on one node"
+                    )
+                    raise ValueError(
+                        f"{where}.gpu_types: {why}; add a node pool of such a type to topology.node_pools, "
+                        "allow a GPU type that has one, or lower gpus_per_instance (kubernetes.gpu_type_values "
+                        "names the types node discovery supplies)"
+                    )
+                elif absent:
+                    warnings.warn(
+                        f"{where}.gpu_types {absent} have no node pool in topology.node_pools: instances of "
+                        "those types are only placed if Kubernetes discovery finds such nodes",
+                        ConfigWarning,
+                        stacklevel=2,
+                    )
+        need = sum(svc.min_fleet_gpus() for svc in self.services)
+        if need > total and not discovered:
+            warnings.warn(
+                f"services[].policy.min_instances: the minimum fleet needs {need} GPUs, the topology has {total}: "
+                "placement will report unmet demand every period; lower min_instances or add nodes",
+                ConfigWarning,
+                stacklevel=2,
+            )
+        budget = self.cluster.gpu_budget
+        if budget is not None and need > budget:
+            raise ValueError(
+                f"cluster.gpu_budget {budget} is below the minimum fleet's {need} GPUs (every service at "
+                "policy.min_instances); raise the budget or lower min_instances"
+            )
+        return self
+
     def service(self, name: str) -> Service:
         for svc in self.services:
             if svc.name == name:
@@ -605,12 +714,13 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out or "<top level>"
 
 
-def parse_config(data: Any, *, source: str = "<config>") -> ClusterConfig:
-    """Validate an already-parsed mapping; errors name `source` and each field path."""
+def parse_config(data: Any, *, source: str = "<config>", strict: bool = False) -> ClusterConfig:
+    """Validate an already-parsed mapping; errors name `source` and each field path. `strict`:
+    semantic problems (ClusterConfig._semantic_check) are errors, not warnings."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return ClusterConfig.model_validate(data)
+        return ClusterConfig.model_validate(data, context={"semantic": "error" if strict else "warn"})
     except ValidationError as exc:
         lines = [f"{source}: invalid cluster config ({exc.error_count()} problem(s)):"]
         for err in exc.errors():
@@ -629,9 +739,37 @@ def parse_config(data: Any, *, source: str = "<config>") -> ClusterConfig:
         raise ConfigError("\n".join(lines)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (YAML keeps the last one
+    silently: an operator's correction above a forgotten old value would lose)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+        except TypeError:  # an unhashable key: the constructor below reports it
+            continue
+        if first != key_node.start_mark.line + 1:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {first}); YAML would keep only the last one: remove one",
+                key_node.start_mark,
+            )
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def load_config(path: str | Path) -> ClusterConfig:
-    """Read and validate a cluster config file (YAML, loaded safely)."""
+    """Read and validate a cluster config file (YAML, loaded safely, duplicate keys refused)."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; give a cluster config YAML file")
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -639,10 +777,10 @@ def load_config(path: str | Path) -> ClusterConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no python tags
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{p}: not valid YAML{where}: {problem}") from None
-    return parse_config(data, source=str(p))
+    return parse_config(data, source=str(p), strict=True)

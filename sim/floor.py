@@ -97,7 +97,8 @@ def required_counts(
             )
             memo[key] = got
         n_p[i], n_d[i] = got
-    return n_p, n_d
+    # The service never runs more than max_instances: an outlier must not ask for 1e15 instances.
+    return np.minimum(n_p, cap_n), np.minimum(n_d, cap_n)
 
 
 class FloorPlan:

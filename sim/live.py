@@ -31,7 +31,7 @@ from sim.sizing import initial_counts
 from sim.traces import LoadCurve, load_curve
 from sim.twin import Twin
 from tasks.core.placement import place_greedy
-from tasks.core.policy import bound_decode, split_by_ratio
+from tasks.core.policy import bound_decode, max_decode
 from tasks.core.topology import ClusterView, view_from_config
 
 
@@ -63,11 +63,22 @@ def state_lock(state_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+class TwinStateError(ValueError):
+    """A twin state file that cannot be read; the message names the file and the fix."""
+
+
 def read_state(state_path: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(state_path.read_text())
+        state = json.loads(state_path.read_text())
     except FileNotFoundError:
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TwinStateError(
+            f"{state_path}: twin state is corrupt ({exc}); delete the file to start the twin afresh"
+        ) from None
+    if not isinstance(state, dict):
+        raise TwinStateError(f"{state_path}: twin state is not a JSON object; delete the file to start afresh")
+    return state
 
 
 def write_state(state_path: Path, state: Mapping[str, Any]) -> None:
@@ -145,7 +156,13 @@ class TwinBackend:
         # Served by a running exporter: that process is the cluster, this one only reads and applies.
         self.live = is_live(state)
         if state is not None:
-            load_twin_state(self.twin, config, state)
+            try:
+                load_twin_state(self.twin, config, state)
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                raise TwinStateError(
+                    f"{state_path}: twin state does not fit cluster {config.cluster.name!r} ({type(exc).__name__}: "
+                    f"{exc}); delete the file to start the twin afresh"
+                ) from None
         else:
             seed = place_greedy(config, view_from_config(config), initial_counts(config, curves))
             self.twin.seed(seed.placement)
@@ -201,10 +218,7 @@ def auto_peaks(config: ClusterConfig, curve: LoadCurve) -> dict[str, float]:
     in_tokens = float(curve.mean_input_tokens.mean()) or 1.0
     peaks = {}
     for svc in config.services:
-        d = 1
-        while split_by_ratio(svc, d + 1).total <= svc.policy.max_instances // 2:
-            d += 1
-        d = bound_decode(svc, d)
+        d = bound_decode(svc, max(1, max_decode(svc, svc.policy.max_instances // 2)))
         metric = d * svc.policy.target_per_instance
         if svc.policy.metric.value == "prefill_tps":
             metric *= svc.pd_ratio.prefill_per_decode

@@ -15,7 +15,7 @@ import numpy as np
 from models.config import ClusterConfig, Metric
 from models.values import RoleCounts
 from sim.traces import LoadCurve
-from tasks.core.policy import bound_decode, split_by_ratio
+from tasks.core.policy import bound_decode, max_decode, split_by_ratio
 
 
 def metric_series(config: ClusterConfig, curves: Mapping[str, LoadCurve]) -> dict[str, np.ndarray]:
@@ -52,13 +52,17 @@ def initial_counts(
         w = max(1, round(config.cluster.control_period_s / curves[name].dt_s))
         first[name] = float(np.mean(series[:w]))
     peaks = peak_metric(config, curves)
+    gpus = sum(p.nodes * p.gpus_per_node for p in config.topology.node_pools)
     out = {}
     for svc in config.services:
         value = peaks[svc.name] if at_peak else first[svc.name]
         d = value / svc.policy.target_per_instance
         if svc.policy.metric is Metric.PREFILL_TPS:
             d /= svc.pd_ratio.prefill_per_decode
-        out[svc.name] = split_by_ratio(svc, bound_decode(svc, math.ceil(d - 1e-9)))
+        # No more instances than the cluster's GPUs could hold (an outlier in a trace asks for
+        # 1e12 instances); bound_decode is O(1) and takes floats (inf, NaN) as they come.
+        cap = max_decode(svc, gpus // min(svc.prefill.gpus_per_instance, svc.decode.gpus_per_instance))
+        out[svc.name] = split_by_ratio(svc, bound_decode(svc, min(d - 1e-9, float(cap))))
     return out
 
 

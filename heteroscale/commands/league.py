@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 import yaml
 
-from heteroscale.cli import _load_curves, _user_errors, app, console
+from heteroscale.cli import UsageError, _load_curves, _user_errors, app, console
 
 
 @app.command("curate")
@@ -29,9 +29,17 @@ def curate_cmd(
     from tasks.core.registry import load_config, parse_config
 
     def run() -> None:
+        if out.is_dir():
+            raise UsageError(f"--out {out}: is a directory; give the curated config's file name")
+        if not 0 < train < 1:
+            raise UsageError(f"--train must be a share in (0, 1), got {train:g}")
         cfg = load_config(config)
+        known = [s.name for s in cfg.services]
+        unknown = [n for n in service if n not in known]
+        if unknown:
+            raise UsageError(f"--service {unknown}: no such service in {config}; services are {known}")
         curves, _ = _load_curves(cfg, trace, lengths, peak_rps)
-        names = service or [s.name for s in cfg.services]
+        names = service or known
         current = cfg
         for name in names:
             part, _rest = curves[name].split(train)
@@ -65,12 +73,25 @@ def pd_curve_cmd(
     from tasks.core.registry import load_config
 
     def run() -> None:
+        if budget < 2:
+            raise UsageError(f"--budget {budget}: needs at least 2 instances (one prefill, one decode)")
         cfg = load_config(config)
+        known = [s.name for s in cfg.services]
+        if service not in known:
+            raise UsageError(f"--service {service!r}: no such service in {config}; services are {known}")
+        # Bounded work: the curve tries every split of the budget, and no split above the cluster's GPUs is real.
+        gpus = sum(p.nodes * p.gpus_per_node for p in cfg.topology.node_pools)
+        if budget > gpus:
+            raise UsageError(f"--budget {budget}: more instances than the cluster's {gpus} GPUs could hold")
         svc = cfg.service(service)
         req = load_requests(trace or settings.BUNDLED_TRACE)
         lens = Lengths(float(req["input_tokens"].mean()), float(req["output_tokens"].mean()))
         rows = pd_curve(svc, engines_for(cfg, TwinParams()), lens, budget)
-        best = max(r[2] for r in rows)
+        best = max((r[2] for r in rows), default=0.0)
+        if best <= 0:
+            raise UsageError(
+                f"no P/D split of {budget} instances serves {service!r} within its SLOs at these request sizes"
+            )
         worst = min(r[2] for r in rows if r[2] > 0)
         for p, d, rps in rows:
             console.print(f"{p:3d}P {d:3d}D  {rps:8.2f} req/s  {'#' * round(40 * rps / best)}", highlight=False)

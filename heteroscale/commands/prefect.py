@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from heteroscale.cli import _per_service, _user_errors, app, console
+from heteroscale.cli import UsageError, _choice, _per_service, _user_errors, app, console
 from models import settings
 
 # The demo cluster's planning load: the bundled Azure trace scaled to these peak req/s per
@@ -34,7 +34,9 @@ def _floats(values: list[str], names: list[str], what: str) -> dict[str, float]:
         try:
             out[k] = float(v)
         except ValueError:
-            raise ValueError(f"{what} for {k}: {v!r} is not a number") from None
+            raise UsageError(f"{what} for {k}: {v!r} is not a number") from None
+        if not (out[k] > 0 and out[k] < float("inf")):
+            raise UsageError(f"{what} for {k}: {v!r} must be a finite positive number")
     return out
 
 
@@ -49,9 +51,17 @@ def _plan(
     price: list[str],
     utilisation: float | None,
 ) -> dict[str, Any]:
+    import math
+
     from flows.plan_capacity import plan, plan_curves
     from tasks.core.registry import load_config
 
+    if not (math.isfinite(growth_per_month) and growth_per_month > -1):
+        raise UsageError(f"--growth-per-month must be a finite share above -1, got {growth_per_month:g}")
+    if not (math.isfinite(horizon_days) and horizon_days >= 0):
+        raise UsageError(f"--horizon-days must be finite and not negative, got {horizon_days:g}")
+    if utilisation is not None and not 0 < utilisation <= 1:
+        raise UsageError(f"--utilisation must be a share in (0, 1], got {utilisation:g}")
     cfg = load_config(config)
     names = [s.name for s in cfg.services]
     prices: dict[str, float] = {}
@@ -62,7 +72,9 @@ def _plan(
         try:
             prices[g] = float(v)
         except ValueError:
-            raise ValueError(f"--price {p!r}: {v!r} is not a number") from None
+            raise UsageError(f"--price {p!r}: {v!r} is not a number") from None
+        if not (prices[g] >= 0 and prices[g] < float("inf")):
+            raise UsageError(f"--price {p!r}: a price is a finite number >= 0")
     kwargs: dict[str, Any] = {
         "growth_per_month": growth_per_month,
         "horizon_days": horizon_days,
@@ -102,6 +114,8 @@ def plan_cmd(
     """Capacity plan: GPUs per type and domain at peak, cost per day, P/D ratio and pairing."""
     from flows.plan_capacity import markdown, plot
 
+    if out is not None and out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a directory")
     result = _user_errors(
         lambda: _plan(
             config, trace, peak_rps, peak_metrics, growth_per_month, horizon_days, gpu_type, price, utilisation
@@ -152,8 +166,21 @@ def deploy(
     image: Annotated[str | None, typer.Option(help="Image (kubernetes target).")] = None,
     paused: Annotated[bool, typer.Option(help="Register the schedules paused.")] = False,
     print_yaml: Annotated[bool, typer.Option("--print-yaml", help="Print the equivalent prefect.yaml.")] = False,
+    ephemeral: Annotated[
+        bool, typer.Option("--ephemeral", help="Register on a throw-away local server (no PREFECT_API_URL).")
+    ] = False,
 ) -> None:
     """Register one scheduled scale_cluster deployment per cluster config (PREFECT_API_URL)."""
+    _choice(target, ("process", "kubernetes"), "--target")
+    _choice(backend, ("twin", "kube"), "--backend")
+    if interval is not None and not interval > 0:
+        raise UsageError(f"--interval must be positive seconds, got {interval:g}")
+    if not print_yaml and not ephemeral and not _prefect_api_url():
+        raise UsageError(
+            "no PREFECT_API_URL: deployments registered now would live on a throw-away ephemeral server and "
+            "never run. Start a server (`make serve`, or `prefect server start`) and export "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api, or pass --ephemeral to register there anyway"
+        )
     argv = ["--target", target, "--backend", backend]
     argv += ["--interval", str(interval)] if interval else []
     argv += ["--image", image] if image else []
@@ -161,6 +188,16 @@ def deploy(
     argv += ["--print-yaml"] if print_yaml else []
     code = subprocess.call([sys.executable, str(settings.PROJECT_ROOT / "deployments" / "deploy.py"), *argv])
     raise typer.Exit(code)
+
+
+def _prefect_api_url() -> str | None:
+    """PREFECT_API_URL from the environment, else from the active Prefect profile."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
 
 
 @app.command()

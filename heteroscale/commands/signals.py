@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from heteroscale.cli import _user_errors, app, bench_app, console, print_run
+from heteroscale.cli import MODES, _choice, _user_errors, app, bench_app, console, print_run
 
 if TYPE_CHECKING:
     from models.config import ClusterConfig
@@ -62,8 +63,7 @@ def collect(
     if not out["unavailable"]:
         console.print(t)
     for e in out["errors"]:
-        console.print("[red]error[/] ", end="", highlight=False)
-        console.print(e, markup=False, highlight=False)
+        console.print(Text.assemble(("error ", "red"), str(e)), highlight=False)
     _exit_if_unavailable(out)
 
 
@@ -156,7 +156,8 @@ def twin_scale(
     from tasks.core.registry import load_config
     from tasks.prometheus import ENV_URL
 
-    _user_errors(lambda: load_config(config))
+    _choice(mode, MODES, "--mode")  # before Prefect starts
+    load_config(config)
     if prometheus_url:
         os.environ[ENV_URL] = prometheus_url  # the flow runs in this process and reads it
     print_run(

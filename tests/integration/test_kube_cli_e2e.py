@@ -78,7 +78,10 @@ def test_scale_kube_cli_reads_prometheus_and_scales_the_cluster(
     assert dry.exit_code == 0, dry.output
     assert cluster.deployments() == {}  # dryRun=All: the server validated, nothing was stored
 
-    res = runner.invoke(app, ["scale", "--config", str(path), "--kube", "--api-url", cluster.url, "--json"])
+    # `--kube` is a dry-run unless told to apply (issue 15): this run applies.
+    res = runner.invoke(
+        app, ["scale", "--config", str(path), "--kube", "--api-url", cluster.url, "--mode", "apply", "--json"]
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{") :])
     chat = out["decisions"]["chat"]

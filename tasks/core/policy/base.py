@@ -56,15 +56,45 @@ def split_by_ratio(service: Service, num_decode: int) -> RoleCounts:
     return RoleCounts(num_prefill, num_decode)
 
 
-def bound_decode(service: Service, num_decode: int) -> int:
-    """Nearest decode count whose ratio-kept total lies within [min_instances, max_instances]."""
-    p = service.policy
-    d = max(0, num_decode)
-    while d > 0 and split_by_ratio(service, d).total > p.max_instances:
+def max_decode(service: Service, max_total: int) -> int:
+    """Largest decode count whose ratio-kept total is at most `max_total` (0 if none is).
+
+    O(1): `split_by_ratio(d).total` is d + max(1, ceil(d x P/D)), strictly increasing in d, so
+    the answer is within a couple of steps of max_total / (1 + P/D)."""
+    if max_total < 2:
+        return 0
+    r = service.pd_ratio.prefill_per_decode
+    d = max(0, min(max_total, math.floor(max_total / (1.0 + r))))
+    # Each loop runs at most a few times: the estimate is off by the two roundings only.
+    while split_by_ratio(service, d + 1).total <= max_total:
+        d += 1
+    while d > 0 and split_by_ratio(service, d).total > max_total:
         d -= 1
-    while split_by_ratio(service, d).total < p.min_instances:
+    return d
+
+
+def min_decode(service: Service, min_total: int) -> int:
+    """Smallest decode count whose ratio-kept total is at least `min_total` (O(1), as max_decode)."""
+    if min_total <= 0:
+        return 0
+    d = max_decode(service, min_total)
+    while split_by_ratio(service, d).total < min_total:
         d += 1
     return d
+
+
+def bound_decode(service: Service, num_decode: int | float) -> int:
+    """Nearest decode count whose ratio-kept total lies within [min_instances, max_instances].
+
+    O(1) whatever `num_decode` is (1e15, inf: an outlier in a trace must not hang a replay): it
+    is clamped to the largest count within max_instances first. NaN reads as 0 (the bounds decide).
+    """
+    p = service.policy
+    hi = max_decode(service, p.max_instances)
+    if isinstance(num_decode, float):
+        num_decode = hi if num_decode > hi else 0 if not num_decode > 0 else math.ceil(num_decode)
+    d = min(max(0, num_decode), hi)
+    return max(d, min_decode(service, p.min_instances))
 
 
 def hold(
