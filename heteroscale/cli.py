@@ -95,9 +95,8 @@ def explain(exc: BaseException) -> tuple[int, str]:
     import socket
     import ssl
 
-    from tasks.errors import PermanentError, redact
-
     from models.config import ConfigError
+    from models.errors import PermanentError, redact
     from sim.traces import TraceError
 
     text = redact(str(exc))

@@ -13,8 +13,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.replay import initial_counts
 from models.config import Service
+from sim.sizing import initial_counts
 from sim.traces import LoadCurve
 from tasks.core.policy import bound_decode, max_decode, min_decode, split_by_ratio
 from tests.builders import make_config, make_service, service_dict
@@ -72,7 +72,7 @@ def test_initial_counts_are_clamped_by_the_clusters_gpus() -> None:
     )
     gpus = sum(p.nodes * p.gpus_per_node for p in cfg.topology.node_pools)
     started = time.perf_counter()
-    for policy in ("static-peak", "heteroscale-paper"):
-        counts = initial_counts(cfg, {"chat": curve}, policy)["chat"]
+    for at_peak in (True, False):
+        counts = initial_counts(cfg, {"chat": curve}, at_peak=at_peak)["chat"]
         assert counts.total * 2 <= gpus  # 2 GPUs per instance in the builder's service
     assert time.perf_counter() - started < 1.0

@@ -140,9 +140,9 @@ def test_pd_curve_unknown_service_trace_dir_and_out_file(tmp_path: Path, monkeyp
 
 
 def test_corrupt_twin_state_is_one_line_with_the_fix(data_dir: Path) -> None:
+    from flows.backends import make_backends
     from models.config import load_config
     from sim.live import TwinStateError
-    from tasks.backends import make_backends
 
     state = data_dir / "twin" / "demo.json"
     state.parent.mkdir(parents=True)

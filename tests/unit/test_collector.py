@@ -477,7 +477,11 @@ def test_collect_stops_waiting_at_its_budget_whatever_the_server_does() -> None:
         coll = collect(cfg, hung, at_s=NOW, sleep=_no_sleep)
     finally:
         release.set()
-    assert coll.unavailable and len(coll.errors) == len(SIGNAL_QUERY_NAMES) and coll.budget_s == cfg.collect_budget().worst_case_s
+    assert (
+        coll.unavailable
+        and len(coll.errors) == len(SIGNAL_QUERY_NAMES)
+        and coll.budget_s == cfg.collect_budget().worst_case_s
+    )
     assert all("no answer within the collect budget" in e.message and e.status is None for e in coll.errors)
 
 

@@ -47,7 +47,9 @@ def _bursty(peak: float, n: int = 360, seed: int = 3, mean_in: float = 1155.0, m
     rng = np.random.default_rng(seed)
     rps = peak / 6 * (0.8 + 0.4 * rng.random(n))
     rps[rng.random(n) < 0.05] *= 6
-    return LoadCurve("bursty", 10.0, np.arange(n) * 10.0, rps, np.full(n, mean_in), np.full(n, mean_out), np.ones(n, bool))
+    return LoadCurve(
+        "bursty", 10.0, np.arange(n) * 10.0, rps, np.full(n, mean_in), np.full(n, mean_out), np.ones(n, bool)
+    )
 
 
 @pytest.mark.parametrize(
@@ -67,12 +69,16 @@ def test_oracle_is_never_beaten_at_equal_attainment(shape: str) -> None:
         curve = _wave(30.0)
         if heavy:
             n = len(curve.t_s)
-            curve = LoadCurve("wave", 60.0, curve.t_s, curve.req_per_s, np.full(n, 2310.0), np.full(n, 26.0), curve.observed)
+            curve = LoadCurve(
+                "wave", 60.0, curve.t_s, curve.req_per_s, np.full(n, 2310.0), np.full(n, 26.0), curve.observed
+            )
     else:
         curve = _bursty(40.0, **sizes)
     rows = {
         r.policy: r.summary()
-        for r in run_league(cfg, {s.name: curve for s in cfg.services}, ALL_POLICIES, keep_ticks=False, placement="greedy")
+        for r in run_league(
+            cfg, {s.name: curve for s in cfg.services}, ALL_POLICIES, keep_ticks=False, placement="greedy"
+        )
     }
     floor = rows["oracle"]
     assert floor["slo_attainment"] >= 0.97, floor  # the floor serves the load (a sanity check)
