@@ -246,7 +246,7 @@ def demo(out: Annotated[Path, typer.Option(help="Output directory.")] = Path("de
 def scale(
     config: Annotated[Path, typer.Option(help="Cluster config YAML.")] = settings.DEMO_CONFIG,
     backend: Annotated[str, typer.Option(help="twin (embedded default).")] = "twin",
-    mode: Annotated[str, typer.Option(help="apply | dry-run | advisory")] = "apply",
+    mode: Annotated[str, typer.Option(help="apply | dry-run | advisory | export")] = "apply",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     kube: Annotated[bool, typer.Option("--kube", help="Run against a Kubernetes cluster (backend kube).")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send every write with dryRun=All.")] = False,
