@@ -150,6 +150,10 @@ def test_work_pool_job_template_pod_validates() -> None:
     job = json.loads(json.dumps(tmpl["job_configuration"]["job_manifest"]))
     job["metadata"] = {"name": "x", "namespace": "heteroscale"}
     job["spec"]["ttlSecondsAfterFinished"] = 3600
-    container = job["spec"]["template"]["spec"]["containers"][0]
+    pod = job["spec"]["template"]["spec"]
+    # prefect-kubernetes requires these two in the pod spec; the API server drops them (see
+    # tests/integration/test_prefect_server.py::test_kubernetes_pool_accepts_the_job_template).
+    assert pod.pop("completions") == 1 and pod.pop("parallelism") == 1
+    container = pod["containers"][0]
     container.update(image="ghcr.io/example/heteroscale:latest", args=["python", "-m", "x"], env=[])
     _validate(job)
