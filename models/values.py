@@ -25,6 +25,9 @@ class ApplyMode(StrEnum):
     APPLY = "apply"
     DRY_RUN = "dry-run"
     ADVISORY = "advisory"
+    # Nothing is sent to the cluster: the decision is recorded and published as Prometheus
+    # metrics (`heteroscale exporter`) for HPA or KEDA to act on (docs/kubernetes.md).
+    EXPORT = "export"
 
 
 @dataclass(frozen=True, slots=True)

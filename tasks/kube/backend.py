@@ -131,6 +131,10 @@ class KubeBackend:
     ) -> ApplyResult:
         found, actions = self.decide(config, plan, slo, now_s)
         warnings = list(actions.warnings)
+        if mode is ApplyMode.EXPORT:
+            # HPA/KEDA own the replicas: nothing is sent; the exporter publishes the decision.
+            warnings.append("export: nothing sent to the cluster; desired replicas published by `heteroscale exporter`")
+            return ApplyResult(mode, actions.changes, applied=False, warnings=tuple(warnings), actions=actions.records)
         if mode is ApplyMode.ADVISORY:
             path = self.export_desired(config, found, actions)
             warnings.append(f"advisory: desired state written to {path}")
