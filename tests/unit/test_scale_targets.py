@@ -148,3 +148,18 @@ def test_rbac_names_only_the_kinds_and_verbs_the_config_uses() -> None:
     assert rules["batch"][("apps", "deployments")] == {"get", "list", "create", "patch"}
     kinds = [d["kind"] for d in rbac_manifests(parse_config(data))]
     assert kinds.count("Role") == 2 and kinds.count("RoleBinding") == 2 and "ClusterRole" in kinds
+
+
+def test_the_documented_example_config_validates_and_its_rbac_is_the_documented_one() -> None:
+    from tasks.core.registry import load_config
+    from tests.conftest import ROOT
+
+    cfg = load_config(ROOT / "deployments" / "k8s" / "examples" / "scale-ref.yaml")
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    snippet = docs.split("For the example config:", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    import yaml
+
+    documented = {
+        (rule["apiGroups"][0], rule["resources"][0]): set(rule["verbs"]) for rule in yaml.safe_load(snippet)["rules"]
+    }
+    assert namespace_rules(cfg)["llm"] == documented
