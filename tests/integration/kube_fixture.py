@@ -399,7 +399,7 @@ class KubeCluster:
         labels those of the object's /scale selector (`k=v` terms), on the node `pod_spec` names.
         StatefulSets and LeaderWorkerSets add and remove by ordinal (highest removed first; a
         LeaderWorkerSet's group is its leader plus `workers` worker pods); any other kind removes
-        its newest pods, ignoring the deletion cost (the controller picks)."""
+        by the same order, ignoring the deletion cost (its controller picks, not heteroscale)."""
         for name, obj in self.objects_of(resource).items():
             ns = obj["metadata"]["namespace"]
             scale = self.server._scale(obj, SCALABLE[resource])
