@@ -198,7 +198,7 @@ class SloState:
 class ActuationRecord:
     """One actuation decision of a run, for the record: what, on which object, how many, why.
 
-    `kind`: create | scale-out | drain | restore | remove-drained | keep-drained | resync-drained
+    `kind`: create | scale-out | scale-in | drain | restore | remove-drained | keep-drained | resync-drained
     | update-template | prune. `pods` names the pods a drain or restore marks.
     """
 
