@@ -13,7 +13,7 @@ $(UV):
 	.tools/bin/pip install -q --disable-pip-version-check uv==0.13.8
 
 $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --compile-bytecode --python $(PYTHON)
+	$(UV) sync --frozen --extra dev --extra k8s --compile-bytecode --python $(PYTHON)
 	touch $@
 
 setup: $(VENV)/.synced

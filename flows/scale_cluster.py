@@ -4,7 +4,9 @@ collect signals -> read cluster -> forecast -> targets -> place -> apply -> reco
 Each step is a Prefect task with a clear name and retries where the step talks to the outside
 (signals, cluster, apply). The decisions are the plain functions of `tasks.steps`, the same the
 replay loop calls. The run row is written before anything is applied, and every run ends in the
-store with its status: held, applied, dry-run, advisory or failed (with the step that failed).
+store with its status: held, applied, dry-run, advisory, export or failed (with the step that
+failed). In `export` mode nothing is sent to the cluster; the decision (per-cell current and
+desired replicas included) is what `heteroscale exporter` publishes for HPA/KEDA.
 
 Outages are outages: when no signal query could be read (`SignalRead.unavailable`: Prometheus
 down, a wrong URL, a proxy's HTML page), the run reads the cluster, holds every service, applies
@@ -148,6 +150,7 @@ def scale_cluster(
         step = "read cluster"
         view = read_cluster(be.cluster, config, now)
         record["current"] = steps.current_counts(config, view)
+        record["current_cells"] = view.placement
         if read.unavailable:
             return _signals_unavailable(store, run_id, config, read, record, logger)
         step = "forecast load"
@@ -178,7 +181,8 @@ def scale_cluster(
         step = "apply"
         record["result"] = result = apply(be.cluster, config, plan, apply_mode, now, slo=slo_states(config, signals))
         step = "record run"
-        if apply_mode is ApplyMode.APPLY:
+        # Export mode: HPA/KEDA act on the published decision, so cooldowns run as if applied.
+        if apply_mode in (ApplyMode.APPLY, ApplyMode.EXPORT):
             store.save_states(cluster, states)
         moving = any(t.action is not Action.HOLD for t in targets.values())
         status = RunStatus(apply_mode.value) if apply_mode is not ApplyMode.APPLY else RunStatus.APPLIED

@@ -32,6 +32,7 @@ from typer.core import TyperGroup
 
 from heteroscale import __version__
 from models import settings
+from models.values import ApplyMode
 
 # A wide console when piped (CI logs, `make demo | tee`) so tables are not squeezed. No markup:
 # messages carry user values and regexes, and `[red]x` must print as it is.
@@ -546,7 +547,7 @@ def demo(
     _print_paths(paths)
 
 
-MODES = ("apply", "dry-run", "advisory")
+MODES = tuple(m.value for m in ApplyMode)  # apply | dry-run | advisory | export
 BACKENDS = ("twin", "kube")
 
 
@@ -559,7 +560,7 @@ def scale(
     mode: Annotated[
         str | None,
         typer.Option(
-            help="apply | dry-run | advisory (default: apply on the twin; with --kube the config's "
+            help="apply | dry-run | advisory | export (default: apply on the twin; with --kube the config's "
             "kubernetes.mode, else dry-run)."
         ),
     ] = None,

@@ -277,6 +277,114 @@ class PodTemplateSource(_Frozen):
         return self
 
 
+class ScaleTargetKind(StrEnum):
+    """Who owns a role's workload objects (Kubernetes backend)."""
+
+    MANAGED = "managed"  # heteroscale creates one Deployment per placement cell (server-side apply)
+    SCALE_REF = "scale_ref"  # existing objects, changed only through their /scale subresource
+
+
+# kind -> apiVersion for the kinds a scale_ref may name without `apiVersion`.
+KNOWN_SCALE_KINDS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "LeaderWorkerSet": "leaderworkerset.x-k8s.io/v1",
+    "DynamoGraphDeploymentScalingAdapter": "nvidia.com/v1alpha1",
+}
+LabelKey = Annotated[
+    str, StringConstraints(pattern=r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+]
+LabelValue = Annotated[str, StringConstraints(pattern=r"^([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?$")]
+
+
+class RefCell(_Frozen):
+    """The placement cell a scale_ref object runs in, when the operator pins it to one."""
+
+    gpu_type: Name
+    s1: Name
+
+
+class ScaleRef(_Frozen):
+    """An existing object in the service's namespace that has a /scale subresource.
+
+    `name` names one object; `selector` (matchLabels) every object of that kind carrying the
+    labels. `apiVersion` may be left out for the kinds in KNOWN_SCALE_KINDS. `plural` is the
+    API resource name when it is not the lowercased kind plus "s". `cell` pins the object to
+    one placement cell (otherwise its cell is where most of its pods run).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    api_version: Annotated[str | None, Field(alias="apiVersion")] = None
+    kind: Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z0-9]{0,62}$")]
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")] | None = None
+    selector: dict[LabelKey, LabelValue] | None = None
+    plural: Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")] | None = None
+    cell: RefCell | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if (self.name is None) == (self.selector is None):
+            raise ValueError(f"{self.kind}: give exactly one of name or selector (matchLabels) to find the object(s)")
+        if self.selector is not None and not self.selector:
+            raise ValueError(f"{self.kind}: selector is empty; it would match every {self.kind} in the namespace")
+        known = KNOWN_SCALE_KINDS.get(self.kind)
+        if self.api_version is None and known is None:
+            raise ValueError(
+                f"kind {self.kind!r} is not one heteroscale knows ({sorted(KNOWN_SCALE_KINDS)}): give its "
+                "apiVersion (group/version, e.g. example.com/v1)"
+            )
+        if self.api_version is not None and "/" not in self.api_version:
+            raise ValueError(f"apiVersion {self.api_version!r}: expected group/version (core kinds have no /scale)")
+        if self.kind in ("Deployment", "StatefulSet") and self.api_version not in (None, "apps/v1"):
+            raise ValueError(f"kind {self.kind}: apiVersion must be apps/v1 (got {self.api_version!r})")
+        return self
+
+    @property
+    def group_version(self) -> tuple[str, str]:
+        group, _, version = (self.api_version or KNOWN_SCALE_KINDS[self.kind]).rpartition("/")
+        return group, version
+
+    @property
+    def resource(self) -> str:
+        """The API resource (plural) name, as RBAC rules and URLs spell it."""
+        if self.plural:
+            return self.plural
+        low = self.kind.lower()
+        if low.endswith(("s", "x", "ch", "sh")):
+            return low + "es"
+        if low.endswith("y") and low[-2:-1] not in "aeiou":
+            return low[:-1] + "ies"
+        return low + "s"
+
+    def describe(self) -> str:
+        what = self.name or ",".join(f"{k}={v}" for k, v in sorted((self.selector or {}).items()))
+        return f"{'/'.join(x for x in self.group_version if x)} {self.kind} {what}"
+
+
+class ScaleTarget(_Frozen):
+    """A role's workload: `managed` (default) or `scale_ref` existing objects (`refs`)."""
+
+    kind: ScaleTargetKind = ScaleTargetKind.MANAGED
+    refs: tuple[ScaleRef, ...] = ()
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.kind is ScaleTargetKind.MANAGED and self.refs:
+            raise ValueError("refs are only read with kind: scale_ref (kind is managed)")
+        if self.kind is ScaleTargetKind.SCALE_REF and not self.refs:
+            raise ValueError("kind: scale_ref needs refs: the objects to scale (apiVersion, kind, name or selector)")
+        cells = [(r.cell.gpu_type, r.cell.s1) for r in self.refs if r.cell is not None]
+        if len(set(cells)) != len(cells):
+            raise ValueError("two refs are pinned to the same cell; one object per cell")
+        return self
+
+
+class ScaleTargets(_Frozen):
+    prefill: ScaleTarget = ScaleTarget()
+    decode: ScaleTarget = ScaleTarget()
+
+
 class SignalsProfile(StrEnum):
     """Which serving engine's metric names a service exports (tasks/prometheus.py)."""
 
@@ -401,6 +509,7 @@ class Service(_Frozen):
     max_context_tokens: Annotated[int, Field(ge=1)] = DEFAULT_MAX_CONTEXT_TOKENS
     signals: ServiceSignalsSource = ServiceSignalsSource()
     pod_template: PodTemplateSource | None = None  # Kubernetes backend only
+    scale_targets: ScaleTargets = ScaleTargets()  # Kubernetes backend only
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -443,6 +552,9 @@ class Service(_Frozen):
 
     def role(self, role: Role) -> RoleSpec:
         return self.prefill if role is Role.PREFILL else self.decode
+
+    def scale_target(self, role: Role) -> ScaleTarget:
+        return self.scale_targets.prefill if role is Role.PREFILL else self.scale_targets.decode
 
 
 class PlacementMethod(StrEnum):
@@ -585,6 +697,12 @@ class ClusterConfig(_Frozen):
                 bad = [g for g in spec.gpu_types if g not in known]
                 if bad:
                     raise ValueError(f"services[{i}].{role}.gpu_types {bad} are not among gpu_types {sorted(known)}")
+                for j, ref in enumerate(svc.scale_target(role).refs):
+                    where = f"services[{i}].scale_targets.{role}.refs[{j}].cell"
+                    if ref.cell is not None and ref.cell.gpu_type not in spec.gpu_types:
+                        raise ValueError(f"{where}.gpu_type {ref.cell.gpu_type!r} is not in {role}.gpu_types")
+                    if ref.cell is not None and ref.cell.s1 not in s1s:
+                        raise ValueError(f"{where}.s1 {ref.cell.s1!r} is not an S1 domain of the topology")
         self.collect_budget()  # the collect step must fit in the control period
         return self
 

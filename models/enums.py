@@ -32,9 +32,28 @@ class RunStatus(StrEnum):
     APPLIED = "applied"
     DRY_RUN = "dry-run"
     ADVISORY = "advisory"
+    # Export mode: the decision was published for HPA/KEDA; nothing was sent to the cluster.
+    EXPORT = "export"
     FAILED = "failed"
     # Another run held the cluster's lock: this one changed nothing.
     SKIPPED = "skipped"
+
+
+class ReasonCode(StrEnum):
+    """Why a service's targets are what they are, as a short closed set (the exporter's
+    `heteroscale_decision_info{reason_code}` label; derived by `tasks.core.export.reason_code`)."""
+
+    PROPORTIONAL = "proportional"  # sized from the load at the per-instance target
+    LATENCY = "latency"  # the TTFT/TBT safety net
+    SCHEDULE = "schedule"  # a scheduled floor
+    BOUNDS = "bounds"  # clamped to min/max instances
+    HOLD = "hold"  # nothing to change (inside the hysteresis band, damping, ...)
+    COOLDOWN = "cooldown"  # a change was wanted but a cooldown is running
+    SIGNALS_MISSING = "signals-missing"  # this service's driving signal was missing or stale
+    SIGNALS_UNAVAILABLE = "signals-unavailable"  # no signal query could be read: all held
+    STATIC = "static"  # a baseline policy's fixed fleet
+    HPA = "hpa"  # the HPA-like baseline policy
+    PLAN = "plan"  # a capacity plan
 
 
 class SignalName(StrEnum):

@@ -1,8 +1,8 @@
 """SQLModel tables: the audit record of every scaling run.
 
 One `ScalingRun` per run (held, failed and applied alike) with its inputs; one `DecisionRecord`
-per service; one `PlacementRecord`; one `AppliedChange` per cell changed (or that would change,
-in dry-run and advisory modes); one `ActuationDecision` per actuation decision (drain, restore,
+per service; one `PlacementRecord`; one `CellReplicas` per cell (current and desired replicas);
+one `AppliedChange` per cell changed (or that would change, in dry-run, advisory and export modes); one `ActuationDecision` per actuation decision (drain, restore,
 removal, kept drain ...) with its reason; one `SignalErrorRecord` per signal query that failed
 (HTTP status, URL without credentials); and the policy state each service carries between runs.
 A held run whose signals were all unreadable has `error` "signals-unavailable: <query errors>".
@@ -85,6 +85,26 @@ class AppliedChange(SQLModel, table=True):
     replicas_after: int
     mode: str
     applied: bool
+
+
+class CellReplicas(SQLModel, table=True):
+    """One placement cell of a run: the replicas it had and the replicas the run decided.
+
+    Every cell that had or gets instances (a cell scaled to 0 is kept with `desired` 0), so the
+    exporter (`heteroscale exporter`) can publish desired and current replicas per cell for
+    HPA/KEDA. A new table rather than new columns: existing stores gain it on `create_all`.
+    """
+
+    __tablename__ = "cell_replicas"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="scaling_run.id", index=True)
+    service: str = Field(index=True)
+    role: str
+    gpu_type: str
+    s1: str
+    current: int
+    desired: int
 
 
 class ActuationDecision(SQLModel, table=True):

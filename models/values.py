@@ -25,6 +25,9 @@ class ApplyMode(StrEnum):
     APPLY = "apply"
     DRY_RUN = "dry-run"
     ADVISORY = "advisory"
+    # Nothing is sent to the cluster: the decision is recorded and published as Prometheus
+    # metrics (`heteroscale exporter`) for HPA or KEDA to act on (docs/kubernetes.md).
+    EXPORT = "export"
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,7 @@ class SloState:
 class ActuationRecord:
     """One actuation decision of a run, for the record: what, on which object, how many, why.
 
-    `kind`: create | scale-out | drain | restore | remove-drained | keep-drained | resync-drained
+    `kind`: create | scale-out | scale-in | drain | restore | remove-drained | keep-drained | resync-drained
     | update-template | prune. `pods` names the pods a drain or restore marks.
     """
 

@@ -3,8 +3,9 @@
 Only this module talks to the database. Every run is recorded: `start_run` writes the run row
 before anything is applied, `finish_run` writes the decisions, the placement and the changes
 with the final status (`models.enums.RunStatus`), the actuation decisions behind the changes and
-the signal queries that failed. A database that cannot be reached or is locked raises
-`StoreUnavailable` (transient: the record task retries it).
+the signal queries that failed, and every cell's current and desired replicas (what
+`heteroscale exporter` publishes from `latest_decided_runs`). A database that cannot be reached
+or is locked raises `StoreUnavailable` (transient: the record task retries it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, func, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, create_engine, delete, select
 
@@ -25,6 +26,7 @@ from models.errors import TransientError
 from models.store import (
     ActuationDecision,
     AppliedChange,
+    CellReplicas,
     ClusterLock,
     DecisionRecord,
     MetricSample,
@@ -36,6 +38,7 @@ from models.store import (
 from models.values import (
     ApplyResult,
     Forecast,
+    Placement,
     PlacementPlan,
     QueryError,
     RoleCounts,
@@ -43,6 +46,7 @@ from models.values import (
     ServiceSignals,
     Targets,
 )
+from tasks.core.export import cell_replicas
 
 
 def _clean(value: object) -> object:
@@ -121,6 +125,7 @@ class Store:
         metric_values: Mapping[str, float | None] | None = None,
         plan: PlacementPlan | None = None,
         result: ApplyResult | None = None,
+        current_cells: Placement | None = None,
         failed_step: str | None = None,
         error: str | None = None,
         summary: str = "",
@@ -176,6 +181,20 @@ class Store:
                         stats_json=json.dumps(dict(plan.stats)),
                     )
                 )
+            if current_cells is not None:
+                desired = plan.placement if plan is not None else current_cells
+                for k, (cur, want) in cell_replicas(current_cells, desired).items():
+                    s.add(
+                        CellReplicas(
+                            run_id=run_id,
+                            service=k.service,
+                            role=k.role.value,
+                            gpu_type=k.gpu_type,
+                            s1=k.s1,
+                            current=cur,
+                            desired=want,
+                        )
+                    )
             if result is not None:
                 for ch in result.changes:
                     s.add(
@@ -219,6 +238,24 @@ class Store:
     def decisions(self, run_id: int) -> list[DecisionRecord]:
         with self._session() as s:
             return list(s.exec(select(DecisionRecord).where(DecisionRecord.run_id == run_id)))
+
+    def latest_decided_runs(self) -> list[ScalingRun]:
+        """The last run of each cluster that reached a decision (not running, failed or skipped)."""
+        decided = [st.value for st in RunStatus if st not in (RunStatus.RUNNING, RunStatus.FAILED, RunStatus.SKIPPED)]
+        with self._session() as s:
+            last = (
+                select(ScalingRun.cluster, func.max(ScalingRun.id).label("id"))
+                .where(col(ScalingRun.status).in_(decided))
+                .group_by(col(ScalingRun.cluster))
+                .subquery()
+            )
+            q = select(ScalingRun).join(last, col(ScalingRun.id) == last.c.id).order_by(col(ScalingRun.cluster))
+            return list(s.exec(q))
+
+    def cells(self, run_id: int) -> list[CellReplicas]:
+        with self._session() as s:
+            q = select(CellReplicas).where(CellReplicas.run_id == run_id).order_by(col(CellReplicas.id))
+            return list(s.exec(q))
 
     def changes(self, run_id: int) -> list[AppliedChange]:
         with self._session() as s:

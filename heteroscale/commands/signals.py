@@ -146,7 +146,7 @@ def twin_scale(
     prometheus_url: Annotated[
         str | None, typer.Option(help="Prometheus scraping the exporter (default: $HETEROSCALE_PROMETHEUS_URL).")
     ] = None,
-    mode: Annotated[str, typer.Option(help="apply | dry-run | advisory")] = "apply",
+    mode: Annotated[str, typer.Option(help="apply | dry-run | advisory | export")] = "apply",
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One scaling run on the served twin with signals from Prometheus: the closed loop, no GPUs."""

@@ -15,10 +15,13 @@ Rules, per service:
   Deployment up (creating it from its template at 0 replicas if absent);
 * fewer wanted: soft scale-in — mark instances as draining (out of service discovery, still
   running) and start the observation window; replicas do not change yet;
+  a cell whose controller picks the pods a scale-down removes (`ManagedCell.soft_scale_in`
+  False: scale_ref objects of kinds without a known order) is scaled in at once instead;
 * a drain in progress: if the service's SLOs are degraded, restore every drained instance; when
   the window has passed with SLOs met, remove them (scale down by the drained count); when SLOs
   cannot be read (or were not given), hold (neither remove nor restore), record and warn.
-Which pods: a drain takes the pods that serve least (not Ready first, then the newest: coldest
+Which pods: a drain takes the pods the controller removes first (`removal_rank`: StatefulSet and
+LeaderWorkerSet ordinals), then those that serve least (not Ready first, then the newest: coldest
 caches); a restore brings back Ready pods first, oldest first. Ties break by name.
 Order: removals of finished drains (frees GPUs) -> restores -> per deployment group, template
 applies then the prefill and decode scale-outs of that group back to back -> new drains ->
@@ -49,6 +52,9 @@ class ManagedPod:
     serving: bool  # the serving label is "true" (in the router's selector)
     ready: bool
     created_s: float
+    # Lower is removed earlier by the workload's controller on a scale-down (StatefulSet and
+    # LeaderWorkerSet ordinals); 0 everywhere when the controller honours the deletion cost.
+    removal_rank: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +75,9 @@ class ManagedCell:
     # spec.replicas is not what heteroscale last recorded and someone else last wrote it.
     manual_override: bool = False
     pods: tuple[ManagedPod, ...] = ()
+    # False when the workload's controller picks which pod a scale-down removes (a scale_ref
+    # object of a kind without an order heteroscale knows): fewer instances -> scale in at once.
+    soft_scale_in: bool = True
 
     @property
     def serving(self) -> int:
@@ -201,12 +210,14 @@ def slo_states(config: ClusterConfig, signals: Mapping[str, ServiceSignals]) -> 
     return out
 
 
-def _drain_order(p: ManagedPod) -> tuple[bool, float, str]:
-    return (p.ready, -p.created_s, p.name)  # not Ready first, then the newest
+def _drain_order(p: ManagedPod) -> tuple[int, bool, float, str]:
+    # The pods the controller removes first, then not Ready first, then the newest.
+    return (p.removal_rank, p.ready, -p.created_s, p.name)
 
 
-def _restore_order(p: ManagedPod) -> tuple[bool, float, str]:
-    return (not p.ready, p.created_s, p.name)  # Ready first, then the oldest
+def _restore_order(p: ManagedPod) -> tuple[int, bool, float, str]:
+    # The pods the controller removes last, then Ready first, then the oldest.
+    return (-p.removal_rank, not p.ready, p.created_s, p.name)
 
 
 def pods_to_mark(pods: Sequence[ManagedPod], target: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -352,6 +363,11 @@ def decide_actions(
             )
             changes.append(Change(key, serving, want))
             record("scale-out", cell.namespace, cell.name, want - serving, f"plan wants {want}, {serving} in service")
+        elif want < serving and not cell.soft_scale_in:
+            reason = f"plan wants {want}, {serving} in service; this kind picks the pods itself: no soft scale-in"
+            finish.append(Scale(key, cell.namespace, cell.name, cell.replicas, want + draining, reason=reason))
+            changes.append(Change(key, serving, want))
+            record("scale-in", cell.namespace, cell.name, serving - want, reason)
         elif want < serving:
             n = serving - want
             mark, _ = pods_to_mark(cell.pods, draining + n)

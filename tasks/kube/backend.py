@@ -31,6 +31,7 @@ import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ from tasks.core.actuation import (
 from tasks.core.topology import ClusterView
 from tasks.kube import render as r
 from tasks.kube.client import REQUEST_TIMEOUT_S, KubeConflict, KubeError, KubePermanentError, api_error, connect
-from tasks.kube.discovery import Discovered, build_discovered, read_cluster_objects
+from tasks.kube.discovery import Discovered, build_discovered, list_all, read_cluster_objects
+from tasks.kube.scaleref import A_DRAIN_SINCE, RefTarget, map_plan, patch_scale, read_scale, read_scale_refs
 
 log = logging.getLogger(__name__)
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -88,7 +90,9 @@ class KubeBackend:
 
     def discover(self, config: ClusterConfig) -> Discovered:
         nodes, pods, deployments = read_cluster_objects(self.api, config)
-        found = build_discovered(config, nodes, pods, deployments)
+        refs, ref_warnings = read_scale_refs(self.api, config, lister=list_all)
+        found = build_discovered(config, nodes, pods, deployments, refs)
+        found = replace(found, warnings=(*ref_warnings, *found.warnings))
         for w in found.warnings:
             log.warning("discovery: %s", w)
         return found
@@ -101,13 +105,19 @@ class KubeBackend:
     def decide(
         self, config: ClusterConfig, plan: PlacementPlan, slo: Mapping[str, SloState] | None, now_s: float
     ) -> tuple[Discovered, ActionPlan]:
-        """One discovery, the rendered Deployments, and the pure decision on them."""
+        """One discovery, the rendered Deployments, and the pure decision on them. scale_ref roles
+        get the plan mapped onto their objects (`tasks.kube.scaleref.map_plan`) and render nothing."""
         found = self.discover(config)
+        plan, map_warnings = map_plan(config, plan, found.targets, found.view.s2_of())
         configured = {s.name for s in config.services}
         keys = set(found.cells) | {k for k in plan.placement.cells if k.service in configured}
-        templates = self._templates(config, {(k.service, k.role) for k in keys})
+        managed = {k for k in keys if k not in found.targets}
+        templates = self._templates(config, {(k.service, k.role) for k in managed})
         rendered: dict[Any, RenderedCell] = {}
-        for k in keys:
+        for k, t in found.targets.items():
+            group = r.group_name(config.service(k.service), k.s1, found.s2_of(k.s1))
+            rendered[k] = RenderedCell(t.namespace, t.name, group, template_hash=None, manifest={})
+        for k in managed:
             body = r.render_deployment(config, k, s2=found.s2_of(k.s1), **templates.get((k.service, k.role), {}))
             meta = body["metadata"]
             rendered[k] = RenderedCell(
@@ -118,6 +128,8 @@ class KubeBackend:
                 manifest=body,
             )
         actions = decide_actions(config, found.cells, plan, rendered, slo, now_s, orphans=found.orphans)
+        if map_warnings:
+            actions = replace(actions, warnings=(*actions.warnings, *map_warnings))
         return found, actions
 
     def apply(
@@ -131,6 +143,10 @@ class KubeBackend:
     ) -> ApplyResult:
         found, actions = self.decide(config, plan, slo, now_s)
         warnings = list(actions.warnings)
+        if mode is ApplyMode.EXPORT:
+            # HPA/KEDA own the replicas: nothing is sent; the exporter publishes the decision.
+            warnings.append("export: nothing sent to the cluster; desired replicas published by `heteroscale exporter`")
+            return ApplyResult(mode, actions.changes, applied=False, warnings=tuple(warnings), actions=actions.records)
         if mode is ApplyMode.ADVISORY:
             path = self.export_desired(config, found, actions)
             warnings.append(f"advisory: desired state written to {path}")
@@ -140,7 +156,7 @@ class KubeBackend:
         done: list[str] = []
         for action in actions.actions:
             try:
-                note, skipped = self._perform(config, action, dry=dry, field_manager=fm)
+                note, skipped = self._perform(config, action, dry=dry, field_manager=fm, targets=found.targets)
             except KubeError as exc:
                 applied = "; ".join(done) if done else "nothing"
                 # Same class, so Prefect retries transient ones; the message keeps the record.
@@ -158,6 +174,23 @@ class KubeBackend:
         templates = self._templates(config, {(k.service, k.role) for k in actions.desired})
         docs = []
         for key, n in sorted(actions.desired.items()):
+            if key in found.targets:
+                t = found.targets[key]
+                docs.append(
+                    {
+                        "apiVersion": "autoscaling/v1",
+                        "kind": "Scale",
+                        "metadata": {
+                            "name": t.name,
+                            "namespace": t.namespace,
+                            "annotations": {
+                                f"{r.DOMAIN}/scale-target": f"{t.ref.api_version or ''} {t.ref.kind}".strip()
+                            },
+                        },
+                        "spec": {"replicas": n + t.cell.draining},
+                    }
+                )
+                continue
             body = r.render_deployment(
                 config, key, s2=found.s2_of(key.s1), **templates.get((key.service, key.role), {})
             )
@@ -195,10 +228,18 @@ class KubeBackend:
         return out
 
     def _perform(
-        self, config: ClusterConfig, action: KubeAction, *, dry: bool, field_manager: str
+        self,
+        config: ClusterConfig,
+        action: KubeAction,
+        *,
+        dry: bool,
+        field_manager: str,
+        targets: Mapping[Any, RefTarget] | None = None,
     ) -> tuple[str, list[str]]:
-        """Execute one decided action; returns what was done and warnings for writes skipped."""
+        """Execute one decided action; returns what was done and warnings for writes skipped. An
+        action on a scale_ref object (`targets`) writes only its /scale and its pods' labels."""
         dry_run = "All" if dry else None
+        target = (targets or {}).get(getattr(action, "key", None))
         if isinstance(action, ApplyTemplate):
             body = copy.deepcopy(dict(action.manifest))
             if action.create:
@@ -221,22 +262,29 @@ class KubeBackend:
             )
             return f"{'created' if action.create else 'updated template of'} {ns}/{name}", []
         if isinstance(action, Scale):
-            note = self._scale(action, dry_run=dry_run, field_manager=field_manager)
+            note = self._scale(action, dry_run=dry_run, field_manager=field_manager, target=target)
             return note, [note] if note.startswith("skipped") else []
         label = config.kubernetes.serving_label
         if isinstance(action, Drain):
-            self._annotate(action.namespace, action.name, action.draining_after, action.since_s, dry_run, field_manager)
-            gone = self._mark(action.namespace, action.pods, label, drained=True, dry_run=dry_run)
+            if target is None:
+                self._annotate(
+                    action.namespace, action.name, action.draining_after, action.since_s, dry_run, field_manager
+                )
+            since = action.since_s if target is not None else None
+            gone = self._mark(action.namespace, action.pods, label, drained=True, dry_run=dry_run, since_s=since)
             return (
                 f"draining {action.count} of {action.namespace}/{action.name} (out of service discovery: "
                 f"{', '.join(action.pods) or 'no pod yet'}; removal after {config.kubernetes.soft_scale_in_window_s:g}s)",
                 gone,
             )
         if isinstance(action, Restore):
-            self._annotate(
-                action.namespace, action.name, action.draining_after, action.drain_since_s, dry_run, field_manager
+            if target is None:
+                self._annotate(
+                    action.namespace, action.name, action.draining_after, action.drain_since_s, dry_run, field_manager
+                )
+            gone = self._mark(
+                action.namespace, action.pods, label, drained=False, dry_run=dry_run, since_s=0.0 if target else None
             )
-            gone = self._mark(action.namespace, action.pods, label, drained=False, dry_run=dry_run)
             return (
                 f"restored {action.count} drained instance(s) of {action.namespace}/{action.name}: {action.reason}",
                 gone,
@@ -257,46 +305,65 @@ class KubeBackend:
             return f"pruned {action.namespace}/{action.name}", []
         raise TypeError(f"unknown action {action!r}")
 
-    def _scale(self, a: Scale, *, dry_run: str | None, field_manager: str) -> str:
+    def _scale(self, a: Scale, *, dry_run: str | None, field_manager: str, target: RefTarget | None = None) -> str:
+        """Set replicas through /scale with a resourceVersion precondition; a managed Deployment
+        also gets its drain and applied-replicas record, a scale_ref object nothing else."""
+        resource = "deployments/scale" if target is None else target.scale_resource
         for _ in range(CONFLICT_RETRIES):
             try:
-                current = self.apps.read_namespaced_deployment_scale(
-                    a.name, a.namespace, _request_timeout=REQUEST_TIMEOUT_S
-                )
+                if target is None:
+                    current = self.api.sanitize_for_serialization(
+                        self.apps.read_namespaced_deployment_scale(
+                            a.name, a.namespace, _request_timeout=REQUEST_TIMEOUT_S
+                        )
+                    )
+                else:
+                    current = read_scale(self.api, target.ref, a.namespace, a.name)
             except k8s.ApiException as exc:
-                if exc.status == 404 and dry_run:
+                if exc.status == 404 and dry_run and target is None:
                     return f"would scale new {a.namespace}/{a.name} to {a.after}"
-                raise api_error(exc, verb="get", resource="deployments/scale", namespace=a.namespace) from exc
+                raise api_error(exc, verb="get", resource=resource, namespace=a.namespace) from exc
             except Exception as exc:
-                raise api_error(exc, verb="get", resource="deployments/scale", namespace=a.namespace) from exc
-            replicas = current.spec.replicas if current.spec and current.spec.replicas is not None else 0
+                raise api_error(exc, verb="get", resource=resource, namespace=a.namespace) from exc
+            replicas = int((current.get("spec") or {}).get("replicas") or 0)
             if replicas != a.before and replicas != a.after:
                 return (
                     f"skipped {a.namespace}/{a.name}: replicas changed to {replicas} by someone else since it was "
                     f"read (expected {a.before}); left alone"
                 )
-            body = {"metadata": {"resourceVersion": current.metadata.resource_version}, "spec": {"replicas": a.after}}
+            rv = (current.get("metadata") or {}).get("resourceVersion")
+            body = {"metadata": {"resourceVersion": rv}, "spec": {"replicas": a.after}}
             try:
                 if replicas != a.after:
                     self._call(
                         "patch",
-                        "deployments/scale",
+                        resource,
                         a.namespace,
-                        lambda b=body: self.apps.patch_namespaced_deployment_scale(  # type: ignore[misc]
-                            a.name,
-                            a.namespace,
-                            b,
-                            field_manager=field_manager,
-                            dry_run=dry_run,
-                            _content_type=MERGE_PATCH,
-                            _request_timeout=REQUEST_TIMEOUT_S,
-                        ),
+                        lambda b=body: self._patch_scale(a, b, target, dry_run, field_manager),  # type: ignore[misc]
                     )
             except KubeConflict:
                 continue  # stale resourceVersion: read again and decide again
-            self._annotate(a.namespace, a.name, a.draining_after, a.drain_since_s, dry_run, field_manager, a.after)
+            if target is None:
+                self._annotate(a.namespace, a.name, a.draining_after, a.drain_since_s, dry_run, field_manager, a.after)
             return f"scaled {a.namespace}/{a.name} {a.before} -> {a.after} ({a.reason})"
         raise KubeConflict(f"scale {a.namespace}/{a.name}: still conflicting after {CONFLICT_RETRIES} fresh reads")
+
+    def _patch_scale(
+        self, a: Scale, body: Mapping[str, Any], target: RefTarget | None, dry_run: str | None, field_manager: str
+    ) -> Any:
+        if target is not None:
+            return patch_scale(
+                self.api, target.ref, a.namespace, a.name, body, dry_run=dry_run, field_manager=field_manager
+            )
+        return self.apps.patch_namespaced_deployment_scale(
+            a.name,
+            a.namespace,
+            body,
+            field_manager=field_manager,
+            dry_run=dry_run,
+            _content_type=MERGE_PATCH,
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )
 
     def _annotate(
         self,
@@ -330,11 +397,22 @@ class KubeBackend:
         )
 
     def _mark(
-        self, namespace: str, pods: tuple[str, ...], label: str, *, drained: bool, dry_run: str | None
+        self,
+        namespace: str,
+        pods: tuple[str, ...],
+        label: str,
+        *,
+        drained: bool,
+        dry_run: str | None,
+        since_s: float | None = None,
     ) -> list[str]:
-        """Take the named pods out of (or back into) service discovery; warnings for pods gone."""
+        """Take the named pods out of (or back into) service discovery; warnings for pods gone.
+        `since_s` (scale_ref objects, whose drain state lives on the pods): record the drain's start
+        on each pod, or clear it when restoring."""
         labels = {label: "false" if drained else "true"}
         annotations = {r.A_DELETION_COST: r.DRAINED_DELETION_COST if drained else None}
+        if since_s is not None:
+            annotations[A_DRAIN_SINCE] = f"{since_s:.3f}" if drained else None
         gone = []
         for name in pods:
             try:

@@ -29,12 +29,13 @@ from typing import Any
 
 from kubernetes import client as k8s
 
-from models.config import ClusterConfig, Role
+from models.config import ClusterConfig, Role, ScaleTargetKind
 from models.values import CellKey, Placement
 from tasks.core.actuation import ManagedCell, ManagedPod
 from tasks.core.topology import ClusterView, DomainCapacity
 from tasks.kube import render as r
 from tasks.kube.client import REQUEST_TIMEOUT_S, api_error
+from tasks.kube.scaleref import RefObject, RefTarget, build_targets
 
 PAGE_SIZE = 500
 JsonObj = dict[str, Any]
@@ -46,6 +47,8 @@ class Discovered:
     cells: Mapping[CellKey, ManagedCell] = field(default_factory=dict)
     orphans: tuple[tuple[str, str], ...] = ()  # (namespace, name) of managed Deployments of removed services
     warnings: tuple[str, ...] = ()
+    # scale_ref objects by home cell (tasks.kube.scaleref); their cells are also in `cells`.
+    targets: Mapping[CellKey, RefTarget] = field(default_factory=dict)
 
     def s2_of(self, s1: str) -> str:
         return self.view.s2_of().get(s1, s1)
@@ -65,8 +68,12 @@ def list_all(
             resp = fn(limit=PAGE_SIZE, _continue=token, _request_timeout=REQUEST_TIMEOUT_S, **kw)
         except Exception as exc:  # classified: transient ones are retried by the Prefect task
             raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from exc
-        items.extend(api.sanitize_for_serialization(i) for i in resp.items or ())
-        token = getattr(resp.metadata, "var_continue", None) or getattr(resp.metadata, "_continue", None)
+        if isinstance(resp, dict):  # CustomObjectsApi answers with plain JSON
+            items.extend(resp.get("items") or ())
+            token = (resp.get("metadata") or {}).get("continue")
+        else:
+            items.extend(api.sanitize_for_serialization(i) for i in resp.items or ())
+            token = getattr(resp.metadata, "var_continue", None) or getattr(resp.metadata, "_continue", None)
         if not token:
             return items
 
@@ -84,7 +91,11 @@ def read_cluster_objects(
         field_selector="status.phase!=Succeeded,status.phase!=Failed",
     )
     deployments: list[JsonObj] = []
-    for ns in sorted({s.namespace for s in config.services}):
+    # Only namespaces where heteroscale manages a role: scale_ref-only namespaces grant no list.
+    managed_ns = {
+        s.namespace for s in config.services for role in Role if s.scale_target(role).kind is ScaleTargetKind.MANAGED
+    }
+    for ns in sorted(managed_ns):
         deployments += list_all(
             functools.partial(apps.list_namespaced_deployment, ns),
             api,
@@ -192,16 +203,18 @@ def replicas_manager(dep: Mapping[str, Any]) -> str | None:
     return latest[1] if latest else None
 
 
-def managed_pod(pod: Mapping[str, Any], serving_label: str) -> ManagedPod:
-    """What actuation needs to know about one pod: serving or drained, Ready, age."""
+def managed_pod(pod: Mapping[str, Any], serving_label: str, *, absent_serves: bool = False) -> ManagedPod:
+    """What actuation needs to know about one pod: serving or drained, Ready, age. A pod of a
+    scale_ref object (`absent_serves`) serves unless its serving label says "false"."""
     meta = pod.get("metadata") or {}
+    value = _labels(pod).get(serving_label)
     ready = any(
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (pod.get("status") or {}).get("conditions") or ()
     )
     return ManagedPod(
         name=str(meta.get("name")),
-        serving=_labels(pod).get(serving_label) == "true",
+        serving=value == "true" or (absent_serves and value != "false"),
         ready=ready,
         created_s=_timestamp_s(meta.get("creationTimestamp")),
     )
@@ -220,8 +233,10 @@ def build_discovered(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     deployments: Iterable[Mapping[str, Any]],
+    refs: Iterable[RefObject] = (),
 ) -> Discovered:
     ks = config.kubernetes
+    pods = list(pods)
     warnings: list[str] = []
     services = {s.name: s for s in config.services}
 
@@ -295,6 +310,18 @@ def build_discovered(
     # A pause on any one Deployment of a service pauses the whole service.
     cells = {k: _with_paused(c, k.service in paused_services) for k, c in cells.items()}
 
+    # scale_ref objects: their pods, home cells and drain state (tasks.kube.scaleref).
+    targets, ref_warnings = build_targets(
+        config,
+        refs,
+        pods,
+        node_cell,
+        sorted(total),
+        lambda p: managed_pod(p, ks.serving_label, absent_serves=True),
+    )
+    warnings += ref_warnings
+    ref_pods = frozenset().union(*(t.group_pods for t in targets.values()))
+
     # Pods -> GPUs held by everything that is not a managed instance of a configured service.
     managed_instances = {(c.namespace, c.name): c for c in cells.values()}
     pods_of: dict[CellKey, list[ManagedPod]] = defaultdict(list)
@@ -319,7 +346,10 @@ def build_discovered(
         cell = managed_instances.get((str(ns), labels.get(r.L_INSTANCE, "")))
         if cell is not None and labels.get(r.L_MANAGED_BY) == r.MANAGER:
             continue
+        if (str(ns), str((pod.get("metadata") or {}).get("name"))) in ref_pods:
+            continue
         other[node_cell[node_name]] += pod_gpus(pod, ks.gpu_resource)
+    cells.update({k: t.cell for k, t in targets.items()})
     for c in cells.values():
         if c.draining:
             other[(c.key.gpu_type, c.key.s1)] += c.draining * services[c.key.service].role(c.key.role).gpus_per_instance
@@ -336,13 +366,18 @@ def build_discovered(
         for (g, s1), n in sorted(total.items())
     )
     placement = Placement.of(
-        (k, c.replicas if (c.manual_override or c.paused) else c.serving) for k, c in sorted(cells.items())
+        [
+            (k, c.replicas if (c.manual_override or c.paused) else c.serving)
+            for k, c in sorted(cells.items())
+            if k not in targets
+        ]
+        + [(k, n) for t in targets.values() for k, n in sorted(t.placement.items())]
     )
     override = tuple((sg.level.value, d, sg.priority) for sg in config.rdma_subgroups for d in sg.domains)
     view = ClusterView(
         capacities=caps, placement=placement, priority_override=override, gpu_budget=config.cluster.gpu_budget
     )
-    return Discovered(view=view, cells=cells, orphans=tuple(sorted(orphans)), warnings=tuple(warnings))
+    return Discovered(view=view, cells=cells, orphans=tuple(sorted(orphans)), warnings=tuple(warnings), targets=targets)
 
 
 def _with_paused(cell: ManagedCell, paused: bool) -> ManagedCell:

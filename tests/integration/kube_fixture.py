@@ -10,7 +10,11 @@ subclassing it (its documented extension point: "inherit and implement"), overri
 * server-side apply: PATCH with `application/apply-patch+yaml` requires `fieldManager` and
   creates the object when absent;
 * `dryRun=All` on create/patch/delete: the result is returned, nothing is stored;
-* the `/scale` subresource as an `autoscaling/v1` Scale (read and patch `spec.replicas`);
+* the `/scale` subresource as an `autoscaling/v1` Scale (read and patch `spec.replicas`) for
+  Deployments, StatefulSets and the custom resources in SCALABLE, with `status.selector` where
+  the real API server takes it from (`spec.selector` for apps kinds; the CRD's
+  `labelSelectorPath`: `.status.hpaPodSelector` for LeaderWorkerSet, `.status.selector` for
+  Dynamo's scaling adapter and the example CRD); a resource outside SCALABLE has no /scale (404);
 * `managedFields` for `spec.replicas` only: who (fieldManager) last set it and when;
 * list `labelSelector` (`k=v`, `k!=v`, `k`) and `fieldSelector` (`spec.nodeName`,
   `status.phase`, `=`/`!=`), and pagination with `limit` / `continue`;
@@ -19,7 +23,8 @@ subclassing it (its documented extension point: "inherit and implement"), overri
 
 `KubeCluster` runs it in a background thread with its own event loop, so synchronous code (the
 official client, Prefect flows) talks to it exactly as to a cluster, and offers helpers to seed
-nodes and pods and to play the ReplicaSet controller (`reconcile_pods`), which kmock does not run.
+nodes and pods and to play the ReplicaSet controller (`reconcile_pods`) and the StatefulSet,
+LeaderWorkerSet and Dynamo controllers (`reconcile_scaled`), which kmock does not run.
 """
 
 from __future__ import annotations
@@ -42,6 +47,22 @@ from kmock._internal import enums, rendering
 DEPLOYMENTS = kmock.resource("apps", "v1", "deployments")
 NODES = kmock.resource("", "v1", "nodes")
 PODS = kmock.resource("", "v1", "pods")
+STATEFULSETS = kmock.resource("apps", "v1", "statefulsets")
+LEADERWORKERSETS = kmock.resource("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
+DGDSA = kmock.resource("nvidia.com", "v1alpha1", "dynamographdeploymentscalingadapters")
+INFERENCEPOOLS = kmock.resource("serving.example.com", "v1", "inferencepools")  # a CRD with /scale
+WIDGETS = kmock.resource("example.com", "v1", "widgets")  # a CRD without /scale
+# resource -> where its /scale reads the pod selector from ("spec.selector": matchLabels).
+SCALABLE = {
+    DEPLOYMENTS: "spec.selector",
+    STATEFULSETS: "spec.selector",
+    LEADERWORKERSETS: "status.hpaPodSelector",
+    DGDSA: "status.selector",
+    INFERENCEPOOLS: "status.selector",
+}
+LWS_NAME = "leaderworkerset.sigs.k8s.io/name"
+LWS_GROUP = "leaderworkerset.sigs.k8s.io/group-index"
+LWS_WORKER = "leaderworkerset.sigs.k8s.io/worker-index"
 
 
 @dataclass
@@ -119,9 +140,13 @@ class ApiServer(kmock.KubernetesEmulator):
             if f.times > 0 and request.method.value == f.method and f.path.search(request.url.path):
                 f.times -= 1
                 return _status(f.status, "Injected", f"injected fault {f.status} for {f.method} {f.path.pattern}")
+        if request.subresource == "scale" and request.resource is not None and request.resource not in SCALABLE:
+            return _status(404, "NotFound", "the server could not find the requested resource")
         if request.resource is not None and request.action is enums.action.FETCH and request.subresource == "scale":
             obj = self._get(request)
-            return _status(404, "NotFound", "not found") if obj is None else aiohttp.web.json_response(self._scale(obj))
+            if obj is None:
+                return _status(404, "NotFound", "not found")
+            return aiohttp.web.json_response(self._scale(obj, SCALABLE[request.resource]))
         if request.resource is not None and request.action in (
             enums.action.CREATE,
             enums.action.UPDATE,
@@ -142,14 +167,22 @@ class ApiServer(kmock.KubernetesEmulator):
         return copy.deepcopy(self.objects[key].raw)
 
     @staticmethod
-    def _scale(obj: dict[str, Any]) -> dict[str, Any]:
+    def _scale(obj: dict[str, Any], selector_path: str = "spec.selector") -> dict[str, Any]:
         meta = obj["metadata"]
+        if selector_path == "spec.selector":
+            labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+            selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        else:
+            selector = str((obj.get("status") or {}).get(selector_path.split(".", 1)[1]) or "")
+        status: dict[str, Any] = {"replicas": obj.get("status", {}).get("replicas", 0)}
+        if selector:
+            status["selector"] = selector
         return {
             "apiVersion": "autoscaling/v1",
             "kind": "Scale",
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "resourceVersion")},
             "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
-            "status": {"replicas": obj.get("status", {}).get("replicas", 0)},
+            "status": status,
         }
 
     def _write(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -206,7 +239,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 self.objects[key].history.append(new)
             else:
                 self.objects[key] = new
-        out = self._scale(new) if request.subresource == "scale" else new
+        out = self._scale(new, SCALABLE[key[0]]) if request.subresource == "scale" else new
         return aiohttp.web.json_response(out, status=201 if current is None else 200)
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
@@ -344,3 +377,73 @@ class KubeCluster:
                     "spec": copy.deepcopy(tmpl["spec"]),
                     "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
                 }
+
+    # ---- brownfield workloads: objects the operator owns, and their controllers
+
+    def add_object(self, resource: Any, body: dict[str, Any]) -> None:
+        """Seed any object (a StatefulSet, a LeaderWorkerSet, a custom resource) as it is."""
+        meta = body.setdefault("metadata", {})
+        meta.setdefault("resourceVersion", "1")
+        meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        self.server.objects[resource, meta.get("namespace"), meta["name"]] = copy.deepcopy(body)
+
+    def objects_of(self, resource: Any, namespace: str | None = None) -> dict[str, dict[str, Any]]:
+        return {
+            name: copy.deepcopy(obj.raw)
+            for (res, ns, name), obj in list(self.server.objects.items())
+            if res == resource and not obj.deleted and (namespace is None or ns == namespace)
+        }
+
+    def reconcile_scaled(self, resource: Any, pod_spec: dict[str, Any], *, workers: int = 0) -> None:
+        """Play a workload controller for every object of `resource`: one pod per replica, its
+        labels those of the object's /scale selector (`k=v` terms), on the node `pod_spec` names.
+        StatefulSets and LeaderWorkerSets add and remove by ordinal (highest removed first; a
+        LeaderWorkerSet's group is its leader plus `workers` worker pods); any other kind removes
+        by the same order, ignoring the deletion cost (its controller picks, not heteroscale)."""
+        for name, obj in self.objects_of(resource).items():
+            ns = obj["metadata"]["namespace"]
+            scale = self.server._scale(obj, SCALABLE[resource])
+            want = int(scale["spec"]["replicas"])
+            labels = dict(t.split("=", 1) for t in scale["status"].get("selector", "").split(",") if "=" in t)
+            mine = {
+                n: p
+                for n, p in self.pods(ns).items()
+                if all(p["metadata"]["labels"].get(k) == v for k, v in labels.items())
+            }
+
+            def index(pod_name: str) -> int:
+                return int(pod_name.rsplit("-", 1)[1])
+
+            for pname in sorted(mine, key=index, reverse=True)[: max(0, len(mine) - want)]:
+                self.server.objects[PODS, ns, pname].delete()
+                for wname in [w for w in self.pods(ns) if w.startswith(f"{pname}-")]:
+                    self.server.objects[PODS, ns, wname].delete()
+            used = {index(n) for n in mine}
+            free = (i for i in itertools.count() if i not in used)
+            for _ in range(len(mine), want):
+                i = next(free)
+                extra: dict[str, str] = {}
+                if resource == STATEFULSETS:
+                    extra = {"apps.kubernetes.io/pod-index": str(i)}
+                elif resource == LEADERWORKERSETS:
+                    extra = {LWS_NAME: name, LWS_GROUP: str(i), LWS_WORKER: "0"}
+                self._add_pod(ns, f"{name}-{i}", {**labels, **extra}, pod_spec)
+                for j in range(1, workers + 1):
+                    self._add_pod(
+                        ns, f"{name}-{i}-{j}", {LWS_NAME: name, LWS_GROUP: str(i), LWS_WORKER: str(j)}, pod_spec
+                    )
+
+    def _add_pod(self, ns: str, name: str, labels: dict[str, str], spec: dict[str, Any]) -> None:
+        self.server.objects[PODS, ns, name] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": dict(labels),
+                "resourceVersion": "1",
+                "creationTimestamp": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            "spec": copy.deepcopy(spec),
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        }
