@@ -10,6 +10,7 @@ summary rows of the `summary.json` contract.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
@@ -346,8 +347,6 @@ def trace_shift_s(trace: str) -> float:
 
 def rolled_curve(curve: LoadCurve, shift_s: float) -> LoadCurve:
     """The curve `shift_s` later, wrapped around its end (the first hours come from the last day)."""
-    import dataclasses
-
     k = round(shift_s / curve.dt_s) % max(1, len(curve.t_s))
     fields = ("req_per_s", "mean_input_tokens", "mean_output_tokens", "observed")
     return dataclasses.replace(

@@ -60,6 +60,7 @@ _STATE = _CliState()
 
 def _url_of(exc: BaseException) -> str:
     """The URL an HTTP client error was about, without credentials or query, if it says."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import re
     from urllib.parse import urlsplit
 
@@ -92,6 +93,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def explain(exc: BaseException) -> tuple[int, str]:
     """Exit code and one line for an exception: 2 = bad input, 1 = environment or internal."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import json as _json
     import socket
     import ssl
@@ -103,6 +105,7 @@ def explain(exc: BaseException) -> tuple[int, str]:
     text = redact(str(exc))
     if isinstance(exc, ConfigError | TraceError | UsageError):
         return 2, text
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from sim.live import TwinStateError
 
     if isinstance(exc, TwinStateError):
@@ -162,6 +165,7 @@ def _warn(message: str) -> None:
 
 
 def _show_warning(message: Any, category: type[Warning], filename: str, lineno: int, *args: Any, **kw: Any) -> None:
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from models.config import ConfigWarning
     from sim.traces import TraceWarning
 
@@ -176,6 +180,7 @@ class _Group(TyperGroup):
     def invoke(self, ctx: click.Context) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
             from models.config import ConfigWarning
             from sim.traces import TraceWarning
 
@@ -245,6 +250,7 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 def _per_service(values: list[str], services: list[str], what: str) -> dict[str, str]:
     """`[SERVICE=]VALUE` options (flows.replay.per_service_values)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import per_service_values
 
     return per_service_values(values, services, what)
@@ -263,6 +269,7 @@ def validate(
     time_unit: Annotated[str, typer.Option(help=_TIME_UNIT_HELP)] = "auto",
 ) -> None:
     """Check a cluster config (and with --trace, a trace against it); print what it declares."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from sim.traces import max_servable_req_per_s
     from tasks.core.registry import load_config
 
@@ -306,6 +313,7 @@ def _load_curves(
 ) -> tuple[dict[str, Any], float | None]:
     """Curves per service; `--peak-rps auto` fits the load to the cluster (returns the factor).
     Checked: at least two control periods, and physically possible (sim.traces.check_against_config)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import load_service_curves
     from sim.traces import check_against_config, check_duration
 
@@ -320,6 +328,7 @@ def _load_curves(
 
 def _shift_s(trace: str) -> float:
     """Seconds of `PATH@SHIFT` (flows.replay.trace_shift_s)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import trace_shift_s
 
     return trace_shift_s(trace)
@@ -327,6 +336,7 @@ def _shift_s(trace: str) -> float:
 
 def _rolled(curve: Any, shift_s: float) -> Any:
     """The curve `shift_s` later, wrapped (flows.replay.rolled_curve)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import rolled_curve
 
     return rolled_curve(curve, shift_s)
@@ -385,6 +395,7 @@ def _run_replay(
     allow_implausible: bool = False,
     force: bool = False,
 ) -> dict[str, Path]:
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.league import infeasible_slos, prepare_out_dir, write_outputs
     from flows.replay import run_league
     from sim.traces import check_duration
@@ -461,6 +472,7 @@ def replay(
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
     """Replay a trace on the twin with each policy; write summary.json, plots and a report."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import DEFAULT_LEAGUE
 
     pols = policy or list(DEFAULT_LEAGUE)
@@ -496,6 +508,7 @@ def bench_policies(
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
     """Every policy on the same load: summary.json, league table, plots (replay's contract)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import ALL_POLICIES
 
     pols = policy or list(ALL_POLICIES)
@@ -522,6 +535,7 @@ def demo(
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
 ) -> None:
     """Replay the bundled Azure trace on the demo cluster through the policy league."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.league import prepare_out_dir
     from flows.replay import DEMO_LEAGUE
 
@@ -579,6 +593,7 @@ def scale(
 
     With --kube the config must be given and the run is a dry-run unless `--mode apply` (or the
     config's `kubernetes.mode: apply`) says otherwise."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.core.registry import load_config
 
     # Every option is checked before Prefect starts (~15 s): a typo fails at once.
@@ -610,6 +625,7 @@ def scale(
     ):
         if value:
             os.environ[var] = value
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.scale_cluster import scale_cluster
 
     print_run(scale_cluster(config_path=str(path), backend=backend, mode=chosen), json_out=json_out)
@@ -633,6 +649,7 @@ def runs(
     limit: Annotated[int, typer.Option(help="How many.")] = 20,
 ) -> None:
     """List recent scaling runs from the store."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.store import Store
 
     store = Store(settings.database_url())
@@ -649,6 +666,7 @@ def runs(
 
 def _register_command_modules() -> None:
     """Command groups live in `heteroscale.commands.<area>`; each registers on `app`/`bench_app`."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import importlib
     import pkgutil
 

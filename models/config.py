@@ -16,6 +16,7 @@ import math
 import warnings
 from enum import StrEnum
 from pathlib import Path
+from string import Template
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -415,8 +416,6 @@ class ServiceSignalsSource(_Frozen):
     @field_validator("queries")
     @classmethod
     def _queries(cls, v: dict[str, str]) -> dict[str, str]:
-        from string import Template
-
         bad = sorted(set(v) - set(SIGNAL_QUERY_NAMES))
         if bad:
             raise ValueError(f"unknown signal(s) {bad} in queries; override one of {list(SIGNAL_QUERY_NAMES)}")

@@ -73,7 +73,7 @@ def design(y: np.ndarray, hi: int) -> np.ndarray:
 def shrink_chosen_on_train() -> None:
     """LOSS-GAMING illustration: each honest path times the constant c minimising its TRAIN MAPE
     (MAPE rewards under-forecasting), scored on eval. Not a method: it makes forecasts biased low."""
-    from tasks.core.forecast import backtest_errors
+    from tasks.core.forecast_eval import backtest_errors
 
     for trace in TRACES:
         y = load(trace)

@@ -26,6 +26,7 @@ def exporter(
     database_url: Annotated[str | None, typer.Option(help="Store URL (default: HETEROSCALE_DATABASE_URL).")] = None,
 ) -> None:
     """Serve heteroscale_desired_replicas and friends for Prometheus, read from the store."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.exporter import make_exporter_server
     from tasks.store import Store
 

@@ -23,6 +23,7 @@ def rbac(
     namespace: Annotated[str, typer.Option(help="Namespace of the ServiceAccount.")] = "heteroscale",
 ) -> None:
     """Print the RBAC manifests (YAML) the Kubernetes backend needs for this config."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.core.registry import load_config
     from tasks.kube.rbac import rbac_manifests
 

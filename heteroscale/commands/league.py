@@ -25,6 +25,7 @@ def curate_cmd(
     out: Annotated[Path, typer.Option(help="Curated config YAML to write.")] = Path("curated.yaml"),
 ) -> None:
     """Algorithm 1: best P/D ratio and target from the capacity model, candidates replayed."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.curate import curate, service_yaml
     from tasks.core.registry import load_config, parse_config
 
@@ -66,6 +67,7 @@ def pd_curve_cmd(
     budget: Annotated[int, typer.Option(help="Reference instances to split.")] = 16,
 ) -> None:
     """Throughput within the SLOs of every P/D split of a fixed instance budget."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.curate import Lengths, pd_curve
     from models import settings
     from sim.traces import load_requests
@@ -107,6 +109,7 @@ def capacity_cmd(
     validate: Annotated[str, typer.Option(help="Splitwise perf_model.csv to validate against.")] = "",
 ) -> None:
     """Per-instance tokens/s at each service's SLOs from the capacity model (vs the config)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.curate import Lengths, capacity_at_slo
     from models import settings
     from models.config import Role

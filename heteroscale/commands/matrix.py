@@ -121,9 +121,11 @@ def print_table(cells: Sequence[Mapping[str, Any]]) -> None:
 
 def plot(cells: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """Two heatmaps, cells x policies: SLO attainment and cost (or GPU-hours) over the floor's."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import matplotlib
 
     matplotlib.use("Agg")
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.colors import LogNorm
@@ -198,6 +200,7 @@ def run_matrix(
     command: str = "",
 ) -> dict[str, Any]:
     """Run the cells, write every output, return the `matrix.json` document."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.league import write_outputs
     from flows.matrix import QUICK_POLICIES, Cell, Sources, run_cell, with_floor_ratio
     from flows.replay import ALL_POLICIES

@@ -45,6 +45,7 @@ def run_placement_bench(
     mip_start: str = "ratio",
     parallel: bool = True,
 ) -> dict[str, Any]:
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.core.placement import evaluate, lp_bound, nodes_from_config, place_greedy, realize, reference_solve
     from tasks.core.synth import synth_cluster
     from tasks.core.topology import gpus_per_instance_map
@@ -130,6 +131,7 @@ def bench_placement(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """ILP vs greedy placement: solve time, cost, unmet, violations, churn."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from heteroscale.cli import _user_errors
 
     res = _user_errors(

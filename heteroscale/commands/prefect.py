@@ -51,6 +51,7 @@ def _plan(
     price: list[str],
     utilisation: float | None,
 ) -> dict[str, Any]:
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import math
 
     from flows.plan_capacity import plan, plan_curves
@@ -112,6 +113,7 @@ def plan_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Capacity plan: GPUs per type and domain at peak, cost per day, P/D ratio and pairing."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.plan_capacity import markdown, plot
 
     if out is not None and out.exists() and not out.is_dir():
@@ -195,6 +197,7 @@ def _prefect_api_url() -> str | None:
     url = os.environ.get("PREFECT_API_URL")
     if url:
         return url
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from prefect.settings import PREFECT_API_URL
 
     return PREFECT_API_URL.value() or None

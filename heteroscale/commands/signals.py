@@ -40,6 +40,7 @@ def collect(
     """Read every service's signals from Prometheus, per role: value (or null) and staleness.
 
     Exit code 1 when no query could be read (an outage), with what failed."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.core.registry import load_config
     from tasks.prometheus import PrometheusSignals
 
@@ -71,6 +72,7 @@ def _exit_if_unavailable(out: dict) -> None:
     """An outage is not a result: say so on stderr and exit 1."""
     if not out["unavailable"]:
         return
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from heteroscale.cli import err
 
     statuses = sorted({str(q["status"]) if q["status"] is not None else "no answer" for q in out["failed_queries"]})
@@ -106,6 +108,7 @@ def twin_serve(
 
     By default it serves the twin backend's state file, so `heteroscale twin scale` (or a
     scale_cluster run with backend twin and signals from Prometheus) changes this twin's fleet."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from sim.exporter import TwinExporter
     from sim.live import auto_peaks
     from sim.traces import load_curve
@@ -135,6 +138,7 @@ def twin_serve(
 
 def twin_state_path(cfg: ClusterConfig) -> Path:
     """Where the twin cluster backend keeps a cluster's twin (flows.backends.make_backends)."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from models import settings
 
     return settings.data_dir() / "twin" / f"{cfg.cluster.name}.json"
@@ -150,6 +154,7 @@ def twin_scale(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """One scaling run on the served twin with signals from Prometheus: the closed loop, no GPUs."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import os
 
     from flows.scale_cluster import scale_cluster
@@ -195,10 +200,12 @@ def bench_forecast(
     absolute % error over every observed target (the issue's metric), the median, and MAPE
     without near-zero targets (< NEAR_ZERO_SHARE of the series median), with their count.
     `--score-origins observed` drops origins whose own sample is missing, for every forecaster."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import numpy as np
     import pandas as pd
 
-    from tasks.core.forecast import AUTO, PATHS, backtest_errors, chosen_shares
+    from tasks.core.forecast import AUTO, PATHS
+    from tasks.core.forecast_eval import backtest_errors, chosen_shares
 
     def run() -> dict[str, dict]:
         if score_origins not in ("all", "observed"):

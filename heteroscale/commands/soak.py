@@ -28,6 +28,7 @@ def soak(
     seed: int,
     placement: str | None,
 ) -> dict[str, Any]:
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.replay import replay
     from sim.faults import FaultPlan
 
@@ -71,6 +72,7 @@ def bench_soak(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Replay with random collect/apply failures vs without; invariant violations and SLO drift."""
+    # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.core.registry import load_config
 
     def run() -> dict[str, Any]:

@@ -117,7 +117,7 @@ def _zi(num: tuple[float, ...], den: tuple[float, ...]) -> np.ndarray:
     return lfilter_zi(num, den)
 
 
-def _h_steps(horizon_s: float, step_s: float) -> float:
+def h_steps(horizon_s: float, step_s: float) -> float:
     return max(horizon_s / step_s, 0.0)
 
 
@@ -479,7 +479,7 @@ def select_forecaster(
     origins for the first candidate, last-value) gives the first candidate alone. Returns the
     choice and every candidate's forecast path (solved only from the first scored origin on).
     """
-    h = _h_steps(horizon_s, grid.step_s)
+    h = h_steps(horizon_s, grid.step_s)
     hi = max(1, round(h))
     first_origin = max(0, len(grid.y) - hi - round(window_s / grid.step_s))
     paths = {m: _path(m, grid.y, h, grid.step_s, start=first_origin) for m in candidates}
@@ -538,7 +538,7 @@ def forecast_with(method: str, history: History, horizon_s: float) -> tuple[floa
             return last_value(history, horizon_s), f"{AUTO}:{chosen}"
         value = combine_paths([paths[m][-1:] for m in _parts(chosen)])[0]
         return _finite(value), f"{AUTO}:{chosen}"
-    path = _path(method, grid.y, _h_steps(horizon_s, grid.step_s), grid.step_s, start=len(grid.y) - 1)
+    path = _path(method, grid.y, h_steps(horizon_s, grid.step_s), grid.step_s, start=len(grid.y) - 1)
     return _finite(path[-1]), method
 
 
@@ -587,80 +587,3 @@ def get_forecaster(name: str) -> Forecaster:
     if len(parts) > 1 and all(m in PATHS for m in parts):
         return _named(name)
     raise ValueError(f"unknown forecaster {name!r}; choose one of {sorted(FORECASTERS)}")
-
-
-# --- offline backtest over a whole series (bench) -------------------------------------------
-
-
-def backtest_errors(
-    y: np.ndarray,
-    step_s: float,
-    horizon_s: float,
-    *,
-    candidates: Sequence[str] = tuple(PATHS),
-    window_s: float = SELECT_WINDOW_S,
-    select_by: str = SELECT_BY,
-    combine: int = COMBINE_TOP,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-origin absolute % errors of every method and of `auto` over a whole series.
-
-    `errors[m][i]` scores the forecast from origin i against y[i + h] (NaN: target missing or not
-    positive). `auto` at origin i combines (`combine_paths`) the `combine` methods with the lowest
-    `select_by` error ("mean", or "median" for a burst-robust choice) over origins whose targets
-    are known at i (target index <= i) within `window_s` — what the live selection sees — so its
-    score is honest, not a best-in-hindsight. Also returns `choice`, shape (combine, n): the
-    indices into `candidates` used at each origin, best first (-1: slot unused).
-    """
-    h = _h_steps(horizon_s, step_s)
-    hi = max(1, round(h))
-    n = len(y)
-    paths = {m: PATHS[m](y, h, step_s) for m in candidates}
-    errs = {m: abs_pct_errors(paths[m], y, hi) for m in candidates}
-    w = max(1, round(window_s / step_s))
-    known: dict[str, np.ndarray] = {}
-    for m in candidates:
-        roll = pd.Series(errs[m]).rolling(w, min_periods=MIN_SCORED_ORIGINS)
-        s = (roll.median() if select_by == "median" else roll.mean()).to_numpy()
-        known[m] = np.concatenate([np.full(hi, np.nan), s[: n - hi]])
-    stack = np.vstack([np.where(np.isnan(known[m]), np.inf, known[m]) for m in candidates])
-    k = max(1, min(combine, len(candidates)))
-    cols = np.arange(n)
-    choice = np.argsort(stack, axis=0, kind="stable")[:k]  # ties -> earlier candidate
-    used = np.isfinite(stack[choice, cols])
-    # Too little history for the first candidate (last-value): it alone, as in the live selection.
-    alone = ~np.isfinite(stack[0])
-    choice[0, alone], used[0, alone] = 0, True
-    used[1:, alone] = False
-    choice = np.where(used, choice, -1)
-    path_stack = np.vstack([paths[m] for m in candidates])
-    members = np.where(used, path_stack[np.maximum(choice, 0), cols], np.nan)
-    errs[AUTO] = abs_pct_errors(combine_paths(list(members)), y, hi)
-    return errs, choice
-
-
-def chosen_shares(choice: np.ndarray, candidates: Sequence[str]) -> dict[str, float]:
-    """Share of origins at which `auto` used each candidate (alone or in its combination)."""
-    if choice.shape[-1] == 0:
-        return {m: 0.0 for m in candidates}
-    return {m: float(np.mean(np.any(choice == i, axis=0))) for i, m in enumerate(candidates)}
-
-
-def backtest_series(
-    y: np.ndarray,
-    step_s: float,
-    horizon_s: float,
-    *,
-    warmup_s: float = 2 * DAY_S,
-    candidates: Sequence[str] = tuple(PATHS),
-    window_s: float = SELECT_WINDOW_S,
-    combine: int = COMBINE_TOP,
-) -> tuple[dict[str, BacktestScore], dict[str, float]]:
-    """Rolling-origin backtest of every method and of `auto` (`backtest_errors`) over a whole series.
-
-    Returns the scores over origins from `warmup_s` on and the share of those origins at which
-    `auto` used each method.
-    """
-    errs, choice = backtest_errors(y, step_s, horizon_s, candidates=candidates, window_s=window_s, combine=combine)
-    start = min(len(y), round(warmup_s / step_s))
-    out = {m: score(m, e[start:]) for m, e in errs.items()}
-    return out, chosen_shares(choice[:, start:], candidates)

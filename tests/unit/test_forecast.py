@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from tasks.core.forecast import (
     FORECASTERS,
-    backtest_series,
     forecast_with,
     holt_states,
     select_forecaster,
     to_grid,
 )
+from tasks.core.forecast_eval import backtest_series
 
 
 def _holt_loop(y: list[float], alpha: float, beta: float, phi: float) -> tuple[list[float], list[float]]:
@@ -179,7 +179,8 @@ def test_auto_records_a_combination_that_resolves_to_the_same_forecast() -> None
 
 
 def test_backtest_auto_scores_the_combination_it_chose() -> None:
-    from tasks.core.forecast import PATHS, abs_pct_errors, backtest_errors, combine_paths
+    from tasks.core.forecast import PATHS, abs_pct_errors, combine_paths
+    from tasks.core.forecast_eval import backtest_errors
 
     y = _noisy_profile(4, seed=4)
     errs, choice = backtest_errors(y, 600.0, 1800.0)
