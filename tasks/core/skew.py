@@ -31,16 +31,24 @@ Properties (tests/unit/test_skew.py, Hypothesis): monotone (only admits, never u
 group in the band, the Ready-and-serving ratio stays in the band under every order of Ready
 events, except while one role has no serving instance; every pod serves once all are Ready.
 Within a role pods go oldest first (ties by name).
+
+`guard_startup(config, cells, plan, group_of)` runs the guard on a Kubernetes decision: it takes
+the discovered cells as the actuation decision `plan` leaves them (its drains, restores and
+re-syncs applied to the pods; its scale-outs counted as pods owed), skips paused services (a
+warning when Ready pods stay held), and returns `plan` with one `Admit` action per cell appended
+(in the guard's order) and an `admit` / `hold-skew` `ActuationRecord` per cell, for the run record.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from models.config import ClusterConfig, Role
-from models.values import CellKey
+from models.values import ActuationRecord, CellKey
+from tasks.core.actuation import ActionPlan, Admit, Drain, ManagedCell, ManagedPod, Restore, Scale, SyncDrained
 
 EPS = 1e-9
 
@@ -238,3 +246,96 @@ def decide_skew(config: ClusterConfig, groups: Iterable[GuardGroup]) -> tuple[Gr
             )
         )
     return tuple(out)
+
+
+# ------------------------------------------------------------------------------ Kubernetes
+
+
+def pods_after(cells: Mapping[CellKey, ManagedCell], plan: ActionPlan) -> dict[CellKey, tuple[ManagedPod, ...]]:
+    """Each cell's pods as the actuation actions leave them (drained, restored, re-synced)."""
+    marks: dict[tuple[CellKey, str], bool] = {}  # True = drained, False = serving
+    for a in plan.actions:
+        if isinstance(a, Drain):
+            marks.update({(a.key, n): True for n in a.pods})
+        elif isinstance(a, Restore):
+            marks.update({(a.key, n): False for n in a.pods})
+        elif isinstance(a, SyncDrained):
+            marks.update({(a.key, n): True for n in a.mark})
+            marks.update({(a.key, n): False for n in a.unmark})
+    out: dict[CellKey, tuple[ManagedPod, ...]] = {}
+    for key, cell in cells.items():
+        pods = []
+        for p in cell.pods:
+            m = marks.get((key, p.name))
+            if m is True:
+                p = replace(p, serving=False, held=False)
+            elif m is False:
+                p = replace(p, serving=True, held=False)
+            pods.append(p)
+        out[key] = tuple(pods)
+    return out
+
+
+def guard_startup(
+    config: ClusterConfig,
+    cells: Mapping[CellKey, ManagedCell],
+    plan: ActionPlan,
+    group_of: Mapping[CellKey, str],
+) -> ActionPlan:
+    """`plan` with the startup skew guard's admissions appended (see the module docstring).
+    `group_of` names the deployment group of every key of `cells` and of the plan."""
+    pods = pods_after(cells, plan)
+    replicas = {k: c.replicas for k, c in cells.items()}
+    for a in plan.actions:
+        if isinstance(a, Scale):
+            replicas[a.key] = max(replicas.get(a.key, 0), a.after)  # a scale-out's pods are on their way
+    paused = {k.service for k, c in cells.items() if c.paused}
+    by_group: dict[tuple[str, str], list[CellKey]] = defaultdict(list)
+    for key in sorted(set(replicas)):
+        by_group[(key.service, group_of[key])].append(key)
+
+    actions: list[Admit] = []
+    records: list[ActuationRecord] = []
+    warnings: list[str] = []
+    names = {k: (c.namespace, c.name) for k, c in cells.items()}
+    for (service, group), keys in sorted(by_group.items()):
+        svc = config.service(service) if any(s.name == service for s in config.services) else None
+        if svc is None:
+            continue
+        guard_pods = tuple(
+            GuardPod(p.name, k, svc.role(k.role).weight(k.gpu_type), p.ready, p.serving, p.created_s)
+            for k in keys
+            for p in pods.get(k, ())
+            if not p.drained
+        )
+        owed = sum(max(0, replicas[k] - len(pods.get(k, ()))) for k in keys)
+        if service in paused:
+            n = sum(1 for q in guard_pods if q.ready and not q.serving)
+            if n:
+                warnings.append(f"group {group}: service paused; {n} Ready new pod(s) stay out of service")
+            continue
+        v = decide_group(
+            GuardGroup(service, group, guard_pods, owed),
+            prefill_per_decode=svc.pd_ratio.prefill_per_decode,
+            tolerance=svc.policy.startup_skew_tolerance,
+        )
+        rank = {q.name: i for i, q in enumerate(v.admit)}
+        admitted: dict[CellKey, list[str]] = defaultdict(list)
+        for q in v.admit:
+            admitted[q.key].append(q.name)
+        held: dict[CellKey, list[str]] = defaultdict(list)
+        for q in v.held:
+            held[q.key].append(q.name)
+        for key in sorted(admitted, key=lambda k: rank[admitted[k][0]]):
+            ns, name = names[key]
+            actions.append(Admit(key, ns, name, tuple(admitted[key]), v.reason))
+            records.append(ActuationRecord("admit", ns, name, len(admitted[key]), v.reason, tuple(admitted[key])))
+        for key in sorted(held):
+            ns, name = names[key]
+            records.append(ActuationRecord("hold-skew", ns, name, len(held[key]), v.reason, tuple(held[key])))
+    return replace(
+        plan,
+        actions=plan.actions + tuple(actions),
+        records=plan.records + tuple(records),
+        warnings=plan.warnings + tuple(warnings),
+    )

@@ -33,7 +33,11 @@ def _names(pods: tuple[GuardPod, ...]) -> set[str]:
 
 def test_prefill_ready_first_is_held_until_decode_is_ready() -> None:
     base = [_pod(f"p{i}", Role.PREFILL) for i in range(2)] + [_pod(f"d{i}", Role.DECODE) for i in range(2)]
-    g = _group(*base, _pod("p-new", Role.PREFILL, serving=False, t=5), _pod("d-new", Role.DECODE, ready=False, serving=False, t=5))
+    g = _group(
+        *base,
+        _pod("p-new", Role.PREFILL, serving=False, t=5),
+        _pod("d-new", Role.DECODE, ready=False, serving=False, t=5),
+    )
     v = decide_group(g, prefill_per_decode=1.0, tolerance=0.1)
     assert v.admit == () and _names(v.held) == {"p-new"}
     assert "would make P:D 3:2" in v.reason and v.after == (2.0, 2.0)
@@ -80,7 +84,9 @@ def test_large_groups_pre_admit_starting_pods_within_the_worst_case() -> None:
 def test_weights_count_in_reference_units() -> None:
     live = [_pod("p0", Role.PREFILL), _pod("d0", Role.DECODE), _pod("d1", Role.DECODE)]
     half = GuardPod("p-a100", PK2, 0.5, True, False, 1.0)
-    v = decide_group(_group(*live, half, _pod("dx", Role.DECODE, ready=False, serving=False)), prefill_per_decode=0.75, tolerance=0.1)
+    v = decide_group(
+        _group(*live, half, _pod("dx", Role.DECODE, ready=False, serving=False)), prefill_per_decode=0.75, tolerance=0.1
+    )
     assert _names(v.admit) == {"p-a100"} and v.after == (1.5, 2.0)
 
 
@@ -180,3 +186,43 @@ def test_a_new_group_never_holds_a_first_instance_and_its_skew_only_shrinks(case
             worst = now
     _run(pods, r, tol)
     assert all(q.serving for q in pods.values())
+
+
+# --------------------------------------------------------------------- Kubernetes composition
+
+
+def test_guard_startup_sees_the_pods_as_actuation_leaves_them() -> None:
+    import json
+
+    from models.config import parse_config
+    from models.values import Placement, PlacementPlan
+    from tasks.core.actuation import Admit, ManagedCell, ManagedPod, RenderedCell, decide_actions
+    from tasks.core.skew import guard_startup
+    from tests.integration.test_kube_scenario import CONFIG
+
+    cfg = parse_config(json.loads(json.dumps(CONFIG)))  # chat: pd_ratio 1:2
+    p_key, d_key = CellKey("chat", Role.PREFILL, "h100", "c1"), CellKey("chat", Role.DECODE, "a100", "c1")
+
+    def cell(key: CellKey, name: str, pods: tuple[ManagedPod, ...]) -> ManagedCell:
+        return ManagedCell(key, name, "llm", len(pods), "1", "h", len(pods), pods=pods)
+
+    cells = {
+        p_key: cell(
+            p_key, "chat-p", (ManagedPod("p0", True, True, 0.0), ManagedPod("p1", False, True, 9.0, held=True))
+        ),
+        d_key: cell(d_key, "chat-d", tuple(ManagedPod(f"d{i}", True, True, 0.0) for i in range(2))),
+    }
+    rendered = {k: RenderedCell("llm", c.name, "chat-pod-c", "h", {}) for k, c in cells.items()}
+    groups = {k: "chat-pod-c" for k in cells}
+
+    def plan(p: int, d: int) -> PlacementPlan:
+        return PlacementPlan(placement=Placement.of([(p_key, p), (d_key, d)]), method="t", reason="t")
+
+    # The plan wants 2:4: two decode are owed, so the held prefill (2:2 now) waits for them.
+    actions = guard_startup(cfg, cells, decide_actions(cfg, cells, plan(2, 4), rendered, None, 0.0), groups)
+    assert not [a for a in actions.actions if isinstance(a, Admit)]
+    assert [(r.kind, r.pods) for r in actions.records if r.kind == "hold-skew"] == [("hold-skew", ("p1",))]
+    # Scale-in to 1 prefill: the drain takes the held pod (it serves nothing); nothing to admit.
+    actions = guard_startup(cfg, cells, decide_actions(cfg, cells, plan(1, 2), rendered, None, 0.0), groups)
+    assert [r.pods for r in actions.records if r.kind == "drain"] == [("p1",)]
+    assert not [r for r in actions.records if r.kind in ("admit", "hold-skew")]
