@@ -157,7 +157,9 @@ def prefill_capacity(engine: EngineModel, seq_len: float, ttft_slo_s: float | No
     return lo * full
 
 
-def kv_transfer_s(engine: EngineModel, prompt_tokens: float, bandwidth_gb_per_s: float = KV_BANDWIDTH_GB_PER_S) -> float:
+def kv_transfer_s(
+    engine: EngineModel, prompt_tokens: float, bandwidth_gb_per_s: float = KV_BANDWIDTH_GB_PER_S
+) -> float:
     """Seconds to ship the KV cache of `prompt_tokens` from prefill to decode over RDMA."""
     return engine.kv_bytes_per_token * prompt_tokens / (bandwidth_gb_per_s * 1e9)
 
