@@ -37,7 +37,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from models.config import ClusterConfig, Role, Service
+from models.config import AffinityLevel, ClusterConfig, Role, Service
 from models.values import (
     ActuationRecord,
     ApplyMode,
@@ -55,7 +55,7 @@ from sim.traces import LoadCurve
 from tasks.core import capacity as model
 from tasks.core.capacity import EngineModel, config_engine
 from tasks.core.skew import GuardGroup, GuardPod, decide_group
-from tasks.core.topology import ClusterView, view_from_config
+from tasks.core.topology import ANY_DOMAIN, ClusterView, view_from_config
 
 # DCGM "GPU utilisation" of a decode engine that always has a step in flight: host-side
 # scheduling leaves ~5% of wall time without a kernel.
@@ -196,6 +196,7 @@ class Twin:
     _pools: dict[tuple[str, Role], tuple[dict[str, float], int, int, dict[str, float]]] = field(default_factory=dict)
     _pools_until_s: float = -math.inf
     _groups: dict[tuple[str, str], list[CellKey]] = field(default_factory=dict)
+    _held: set[tuple[str, str]] = field(default_factory=set)  # groups with instances the guard holds
 
     def __post_init__(self) -> None:
         missing = [s.name for s in self.config.services if s.name not in self.load]
@@ -224,14 +225,21 @@ class Twin:
         every service's cells (rebuilt on every change; the lists are shared, not copied)."""
         index: dict[tuple[str, Role], list[tuple[str, list[list[float]]]]] = {}
         groups: dict[tuple[str, str], list[CellKey]] = {}
+        held: set[tuple[str, str]] = set()
         affinity = {s.name: s.affinity for s in self.config.services}
         for key, batches in self._cells.items():
             index.setdefault((key.service, key.role), []).append((key.gpu_type, batches))
-            if key.service in affinity:
-                dom = self._view.domain_of(key.s1, affinity[key.service]) if key.s1 in self._s2_of else key.s1
-                groups.setdefault((key.service, dom), []).append(key)
+            level = affinity.get(key.service)
+            if level is None:
+                continue
+            dom = key.s1 if level is AffinityLevel.S1 else self._s2_of.get(key.s1, key.s1)
+            dom = ANY_DOMAIN if level is AffinityLevel.NONE else dom
+            groups.setdefault((key.service, dom), []).append(key)
+            if any(b[2] < b[1] for b in batches):
+                held.add((key.service, dom))
         self._by_role = index
         self._groups = groups
+        self._held = held
         self._pools = {}
 
     def cells_changed(self) -> None:
@@ -340,9 +348,11 @@ class Twin:
         instances of a batch as one pod of their summed units). Records its admissions."""
         records: list[ActuationRecord] = []
         changed = False
-        for (service, dom), keys in self._groups.items():
+        for service, dom in sorted(self._held):
+            keys = self._groups.get((service, dom), [])
             if not any(b[2] < b[1] for k in keys for b in self._cells.get(k, ())):
-                continue  # nothing held: the common case, no work
+                self._held.discard((service, dom))
+                continue
             svc = self.config.service(service)
             pods: list[GuardPod] = []
             for k in keys:
