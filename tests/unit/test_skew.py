@@ -226,3 +226,23 @@ def test_guard_startup_sees_the_pods_as_actuation_leaves_them() -> None:
     actions = guard_startup(cfg, cells, decide_actions(cfg, cells, plan(1, 2), rendered, None, 0.0), groups)
     assert [r.pods for r in actions.records if r.kind == "drain"] == [("p1",)]
     assert not [r for r in actions.records if r.kind in ("admit", "hold-skew")]
+
+
+def test_skew_tolerance_defaults_to_the_hysteresis_band_and_is_validated() -> None:
+    import json
+
+    import pytest
+
+    from models.config import ConfigError, parse_config
+    from tests.integration.test_kube_scenario import CONFIG
+
+    data = json.loads(json.dumps(CONFIG))
+    pol = data["services"][0]["policy"]
+    assert parse_config(data).services[0].policy.startup_skew_tolerance == 0.10  # the hysteresis default
+    pol["hysteresis"] = 0.15
+    assert parse_config(data).services[0].policy.startup_skew_tolerance == 0.15
+    pol["skew_tolerance"] = 0.25
+    assert parse_config(data).services[0].policy.startup_skew_tolerance == 0.25
+    pol["skew_tolerance"] = 1.0
+    with pytest.raises((ConfigError, ValueError), match="skew_tolerance"):
+        parse_config(data)
