@@ -216,6 +216,10 @@ class PolicyParams(_Frozen):
     # observed, from the capacity model) it sizes each role to, applied to the recent peak demand.
     # The rest absorbs forecast error and load moving within a control period.
     slo_headroom: Annotated[float, Field(gt=0, le=1)] = 0.8
+    # Startup skew guard (tasks/core/skew.py): a deployment group's Ready-and-serving prefill
+    # (reference units) stays within pd_ratio x decode (1 +- this) while new instances start.
+    # None = the hysteresis band.
+    skew_tolerance: Annotated[float, Field(ge=0, lt=1)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -225,6 +229,11 @@ class PolicyParams(_Frozen):
         if ratios != sorted(ratios) or len(set(ratios)) != len(ratios):
             raise ValueError("latency_tiers must be listed by strictly increasing ratio")
         return self
+
+    @property
+    def startup_skew_tolerance(self) -> float:
+        """The startup skew guard's ratio tolerance: `skew_tolerance`, else the hysteresis band."""
+        return self.hysteresis if self.skew_tolerance is None else self.skew_tolerance
 
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

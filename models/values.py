@@ -199,7 +199,8 @@ class ActuationRecord:
     """One actuation decision of a run, for the record: what, on which object, how many, why.
 
     `kind`: create | scale-out | scale-in | drain | restore | remove-drained | keep-drained | resync-drained
-    | update-template | prune. `pods` names the pods a drain or restore marks.
+    | update-template | prune | admit | hold-skew (the startup skew guard, tasks/core/skew.py).
+    `pods` names the pods a drain, restore or admission relabels (or a hold keeps out).
     """
 
     kind: str

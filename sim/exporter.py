@@ -206,6 +206,7 @@ class TwinExporter(Collector):
         for key, batches in self.twin._cells.items():
             for b in batches:
                 b[0] = min(b[0], self.twin.now_s + cold[key.service])
+        self.twin.cells_changed()
 
     # --- simulation ---------------------------------------------------------------------
 
@@ -216,6 +217,7 @@ class TwinExporter(Collector):
             for batches in self.twin._cells.values():
                 for b in batches:
                     b[0] = min(b[0], 0.0)  # instances starting at the lap's end are ready now
+            self.twin.cells_changed()
         if self.state_path is not None:
             self._sync()
         self.twin.advance(self.twin.now_s + self.tick_s)

@@ -91,7 +91,7 @@ def write_state(state_path: Path, state: Mapping[str, Any]) -> None:
 
 def cells_json(twin: Twin) -> list[list[Any]]:
     return [
-        [k.service, k.role.value, k.gpu_type, k.s1, b[0] if math.isfinite(b[0]) else None, b[1]]
+        [k.service, k.role.value, k.gpu_type, k.s1, b[0] if math.isfinite(b[0]) else None, b[1], b[2]]
         for k, batches in twin._cells.items()
         for b in batches
     ]
@@ -110,11 +110,12 @@ def load_cells(twin: Twin, config: ClusterConfig, cells: list[list[Any]]) -> Non
     """Replace the twin's instances with `cells` (services not in the config are dropped)."""
     known = {s.name for s in config.services}
     twin._cells = {}
-    for service, role, gpu_type, s1, ready_at, n in cells:
+    for service, role, gpu_type, s1, ready_at, n, *rest in cells:
         if service not in known:
             continue
         key = CellKey(service, Role(role), gpu_type, s1)
-        twin._cells.setdefault(key, []).append([-math.inf if ready_at is None else ready_at, n])
+        serving = rest[0] if rest else n  # written before the skew guard: serving once Ready
+        twin._cells.setdefault(key, []).append([-math.inf if ready_at is None else ready_at, n, serving])
     twin._update_cross()
 
 
@@ -180,6 +181,7 @@ class TwinBackend:
             for cells in self.twin._cells.values():
                 for batch in cells:
                     batch[0] = min(batch[0], 0.0)
+            self.twin.cells_changed()
         self.twin.advance(self.twin.now_s + period)
 
     def read_signals(self, config: ClusterConfig, now_s: float) -> dict[str, ServiceSignals]:

@@ -23,7 +23,11 @@ the SLO (the twin does not know the targets it is judged against):
     decode = 0.95 x P(batch non-empty), so it stays at ~95% even at the trough, as the paper
     measured. SM activity: prefill 0.85 x util (compute-bound); decode util x (0.25 + 0.5 x
     batch / batch limit) (memory-bound: low and barely moving);
-  * a new instance occupies its GPUs at once but serves only after `cold_start_s`.
+  * a new instance occupies its GPUs at once but serves only after `cold_start_s`, and then only
+    once the startup skew guard (tasks/core/skew.py, `TwinParams.skew_guard`) admits it: at each
+    `apply` (a scaling run, where the Kubernetes backend relabels pods) per deployment group, with
+    starting instances admitted ahead of readiness when any Ready order keeps the group's ratio
+    in the band. Held instances hold GPUs and count in the placement but do not serve.
 Speed: pure Python on small dicts; a simulated day is tens of milliseconds per service.
 """
 
@@ -33,8 +37,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from models.config import ClusterConfig, Role, Service
+from models.config import AffinityLevel, ClusterConfig, Role, Service
 from models.values import (
+    ActuationRecord,
     ApplyMode,
     ApplyResult,
     CellKey,
@@ -49,7 +54,8 @@ from sim.capacity import CapacityError
 from sim.traces import LoadCurve
 from tasks.core import capacity as model
 from tasks.core.capacity import EngineModel, config_engine
-from tasks.core.topology import ClusterView, view_from_config
+from tasks.core.skew import GuardGroup, GuardPod, decide_group
+from tasks.core.topology import ANY_DOMAIN, ClusterView, view_from_config
 
 # DCGM "GPU utilisation" of a decode engine that always has a step in flight: host-side
 # scheduling leaves ~5% of wall time without a kernel.
@@ -72,6 +78,9 @@ class TwinParams:
     kv_bandwidth_gb_per_s: float = 25.0  # per instance RDMA (200 Gb/s NIC)
     kv_cross_domain_loss: float = 0.2  # paper: ~20% bandwidth lost across switches
     kv_domain_level: str = "S1"  # P and D under different S1 (leaf) switches pay the loss
+    # New instances serve only once the startup skew guard admits them (at a scaling run), as
+    # on Kubernetes; False = they serve the moment they are Ready.
+    skew_guard: bool = True
 
 
 def engines_for(config: ClusterConfig, params: TwinParams) -> dict[tuple[str, Role, str], EngineModel]:
@@ -172,7 +181,8 @@ class Twin:
     t0_s: float = 0.0
     keep_ticks: bool = True
     params: TwinParams = field(default_factory=TwinParams)
-    # cell -> list of [ready_at_s, count]; a cell's instances are ready once ready_at_s <= now.
+    # cell -> list of [ready_at_s, count, serving]; a cell's instances are ready once ready_at_s <=
+    # now and serve once ready and admitted (`serving` of the batch's `count` admitted by the guard).
     _cells: dict[CellKey, list[list[float]]] = field(default_factory=dict)
     _backlog_p: dict[str, float] = field(default_factory=dict)
     _backlog_d: dict[str, float] = field(default_factory=dict)
@@ -181,6 +191,12 @@ class Twin:
     stats: dict[str, ServiceStats] = field(default_factory=dict)
     ticks: list[TickRecord] = field(default_factory=list)
     _by_role: dict[tuple[str, Role], list[tuple[str, list[list[float]]]]] = field(default_factory=dict)
+    # (service, role) -> (serving instances per GPU type, serving, all, GPUs per type): valid until
+    # `_pools_until_s` (the next admitted instance to become Ready) or the next change.
+    _pools: dict[tuple[str, Role], tuple[dict[str, float], int, int, dict[str, float]]] = field(default_factory=dict)
+    _pools_until_s: float = -math.inf
+    _groups: dict[tuple[str, str], list[CellKey]] = field(default_factory=dict)
+    _held: set[tuple[str, str]] = field(default_factory=set)  # groups with instances the guard holds
 
     def __post_init__(self) -> None:
         missing = [s.name for s in self.config.services if s.name not in self.load]
@@ -201,22 +217,55 @@ class Twin:
 
     def seed(self, placement: Placement) -> None:
         """Start with `placement` already running and ready (the fleet before the replay)."""
-        self._cells = {k: [[-math.inf, float(n)]] for k, n in placement.cells.items() if n > 0}
+        self._cells = {k: [[-math.inf, float(n), float(n)]] for k, n in placement.cells.items() if n > 0}
         self._update_cross()
 
     def _reindex(self) -> None:
         """(service, role) -> its cells' batch lists: a tick reads its pools without scanning
         every service's cells (rebuilt on every change; the lists are shared, not copied)."""
         index: dict[tuple[str, Role], list[tuple[str, list[list[float]]]]] = {}
+        groups: dict[tuple[str, str], list[CellKey]] = {}
+        held: set[tuple[str, str]] = set()
+        affinity = {s.name: s.affinity for s in self.config.services}
         for key, batches in self._cells.items():
             index.setdefault((key.service, key.role), []).append((key.gpu_type, batches))
+            level = affinity.get(key.service)
+            if level is None:
+                continue
+            dom = key.s1 if level is AffinityLevel.S1 else self._s2_of.get(key.s1, key.s1)
+            dom = ANY_DOMAIN if level is AffinityLevel.NONE else dom
+            groups.setdefault((key.service, dom), []).append(key)
+            if any(b[2] < b[1] for b in batches):
+                held.add((key.service, dom))
         self._by_role = index
+        self._groups = groups
+        self._held = held
+        self._pools = {}
+
+    def cells_changed(self) -> None:
+        """Call after changing `_cells` (or ready times) from outside: rebuilds indexes and caches."""
+        self._update_cross()
 
     def placement(self) -> Placement:
         return Placement.of((k, int(sum(b[1] for b in batches))) for k, batches in self._cells.items())
 
     def _ready(self, key: CellKey) -> float:
         return sum(b[1] for b in self._cells.get(key, ()) if b[0] <= self.now_s)
+
+    def serving(self, key: CellKey) -> float:
+        """Instances of a cell that serve now: Ready and admitted by the startup skew guard."""
+        return sum(min(b[2], b[1]) for b in self._cells.get(key, ()) if b[0] <= self.now_s)
+
+    def group_serving_units(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """(service, group domain) -> serving (prefill, decode) in reference units."""
+        out: dict[tuple[str, str], tuple[float, float]] = {}
+        for (service, dom), keys in self._groups.items():
+            svc = self.config.service(service)
+            units = {r: 0.0 for r in Role}
+            for k in keys:
+                units[k.role] += self.serving(k) * svc.role(k.role).weight(k.gpu_type)
+            out[(service, dom)] = (units[Role.PREFILL], units[Role.DECODE])
+        return out
 
     def _update_cross(self) -> None:
         """Share of each service's traffic whose prefill and decode sit in different domains
@@ -270,10 +319,12 @@ class Twin:
         if mode is not ApplyMode.APPLY:
             return ApplyResult(mode=mode, changes=changes, applied=False)
         cold = {s.name: s.cold_start_s for s in config.services}
+        guard = self.params.skew_guard
         for ch in changes:
             batches = self._cells.setdefault(ch.key, [])
             if ch.after > ch.before:
-                batches.append([now_s + cold[ch.key.service], float(ch.after - ch.before)])
+                n = float(ch.after - ch.before)
+                batches.append([now_s + cold[ch.key.service], n, 0.0 if guard else n])
             else:
                 # Scale-in stops instances still starting first (newest first), then ready ones.
                 drop = float(ch.before - ch.after)
@@ -281,6 +332,7 @@ class Twin:
                 while drop > 0 and batches:
                     take = min(drop, batches[-1][1])
                     batches[-1][1] -= take
+                    batches[-1][2] = min(batches[-1][2], batches[-1][1])
                     drop -= take
                     if batches[-1][1] <= 0:
                         batches.pop()
@@ -288,7 +340,44 @@ class Twin:
                 del self._cells[ch.key]
         if changes:
             self._update_cross()
-        return ApplyResult(mode=mode, changes=changes, applied=True)
+        records = self._guard(now_s) if guard else ()
+        return ApplyResult(mode=mode, changes=changes, applied=True, actions=records)
+
+    def _guard(self, now_s: float) -> tuple[ActuationRecord, ...]:
+        """The startup skew guard over the twin's groups (one pod per held instance; the serving
+        instances of a batch as one pod of their summed units). Records its admissions."""
+        records: list[ActuationRecord] = []
+        changed = False
+        for service, dom in sorted(self._held):
+            keys = self._groups.get((service, dom), [])
+            if not any(b[2] < b[1] for k in keys for b in self._cells.get(k, ())):
+                self._held.discard((service, dom))
+                continue
+            svc = self.config.service(service)
+            pods: list[GuardPod] = []
+            for k in keys:
+                w = svc.role(k.role).weight(k.gpu_type)
+                for j, (ready_at, n, on) in enumerate(self._cells.get(k, ())):
+                    ready = ready_at <= now_s
+                    if on > 0:
+                        pods.append(GuardPod(f"{j}", k, on * w, ready, True, ready_at))
+                    pods += [GuardPod(f"{j}.{i}", k, w, ready, False, ready_at) for i in range(round(n - on))]
+            v = decide_group(
+                GuardGroup(service, dom, tuple(pods)),
+                prefill_per_decode=svc.pd_ratio.prefill_per_decode,
+                tolerance=svc.policy.startup_skew_tolerance,
+            )
+            for q in v.admit:
+                self._cells[q.key][int(q.name.split(".")[0])][2] += 1.0
+                changed = True
+            per_cell: dict[tuple[str, CellKey], int] = {}
+            for kind, sel in (("admit", v.admit), ("hold-skew", v.held)):
+                for q in sel:
+                    per_cell[(kind, q.key)] = per_cell.get((kind, q.key), 0) + 1
+            records += [ActuationRecord(kind, "twin", str(k), n, v.reason) for (kind, k), n in sorted(per_cell.items())]
+        if changed:
+            self._pools = {}
+        return tuple(records)
 
     # --- SignalsBackend -----------------------------------------------------------------
 
@@ -336,19 +425,33 @@ class Twin:
             self.now_s += self.tick_s
 
     def _pool(self, svc: Service, role: Role, gpus_by_type: dict[str, float]) -> tuple[dict[str, float], int, int]:
-        """(ready instances per GPU type, ready instances, all instances) of a role; adds the
-        GPUs the role holds (starting instances too) to `gpus_by_type`."""
-        ready: dict[str, float] = {}
-        ready_n = all_n = 0
-        gpi = svc.role(role).gpus_per_instance
-        for gpu_type, batches in self._by_role.get((svc.name, role), ()):
-            for ready_at, n in batches:
-                all_n += int(n)
-                gpus_by_type[gpu_type] = gpus_by_type.get(gpu_type, 0.0) + n * gpi
-                if ready_at <= self.now_s:
-                    ready[gpu_type] = ready.get(gpu_type, 0.0) + n
-                    ready_n += int(n)
-        return ready, ready_n, all_n
+        """(serving instances per GPU type, serving instances, all instances) of a role; adds the
+        GPUs the role holds (starting and held instances too) to `gpus_by_type`. Serving = Ready
+        and admitted. Cached until an admitted instance becomes Ready or the cells change."""
+        if self.now_s >= self._pools_until_s:
+            self._pools = {}
+        hit = self._pools.get((svc.name, role))
+        if hit is None:
+            if not self._pools:
+                self._pools_until_s = min(
+                    (b[0] for bs in self._cells.values() for b in bs if b[0] > self.now_s and b[2] > 0),
+                    default=math.inf,
+                )
+            ready: dict[str, float] = {}
+            gpus: dict[str, float] = {}
+            ready_n = all_n = 0
+            gpi = svc.role(role).gpus_per_instance
+            for gpu_type, batches in self._by_role.get((svc.name, role), ()):
+                for ready_at, n, on in batches:
+                    all_n += int(n)
+                    gpus[gpu_type] = gpus.get(gpu_type, 0.0) + n * gpi
+                    if ready_at <= self.now_s and on > 0:
+                        ready[gpu_type] = ready.get(gpu_type, 0.0) + min(on, n)
+                        ready_n += int(min(on, n))
+            hit = self._pools[(svc.name, role)] = (ready, ready_n, all_n, gpus)
+        for gpu_type, g in hit[3].items():
+            gpus_by_type[gpu_type] = gpus_by_type.get(gpu_type, 0.0) + g
+        return hit[0], hit[1], hit[2]
 
     def _tick(self, svc: Service) -> None:
         dt = self.tick_s

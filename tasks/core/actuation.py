@@ -21,8 +21,10 @@ Rules, per service:
   the window has passed with SLOs met, remove them (scale down by the drained count); when SLOs
   cannot be read (or were not given), hold (neither remove nor restore), record and warn.
 Which pods: a drain takes the pods the controller removes first (`removal_rank`: StatefulSet and
-LeaderWorkerSet ordinals), then those that serve least (not Ready first, then the newest: coldest
-caches); a restore brings back Ready pods first, oldest first. Ties break by name.
+LeaderWorkerSet ordinals), then those that serve least (held by the startup skew guard first, then
+not Ready, then the newest: coldest caches); a restore brings back Ready pods first, oldest first.
+Ties break by name. Held pods (`ManagedPod.held`) are not drained ones; `tasks.core.skew.guard_startup`
+decides which of them serve and appends its `Admit` actions to the plan.
 Order: removals of finished drains (frees GPUs) -> restores -> per deployment group, template
 applies then the prefill and decode scale-outs of that group back to back -> new drains ->
 prunes of removed services (only with `kubernetes.prune`).
@@ -55,6 +57,13 @@ class ManagedPod:
     # Lower is removed earlier by the workload's controller on a scale-down (StatefulSet and
     # LeaderWorkerSet ordinals); 0 everywhere when the controller honours the deletion cost.
     removal_rank: int = 0
+    # Not serving because the startup skew guard has not admitted it yet (a new pod, never
+    # drained: tasks/core/skew.py); a pod neither serving nor held is drained.
+    held: bool = False
+
+    @property
+    def drained(self) -> bool:
+        return not self.serving and not self.held
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +94,7 @@ class ManagedCell:
 
     @property
     def drained_pods(self) -> int:
-        return sum(not p.serving for p in self.pods)
+        return sum(p.drained for p in self.pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +180,18 @@ class Prune:
     name: str
 
 
-KubeAction = ApplyTemplate | Scale | Drain | Restore | SyncDrained | Prune
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Put held new pods into service discovery (the startup skew guard, tasks/core/skew.py)."""
+
+    key: CellKey
+    namespace: str
+    name: str
+    pods: tuple[str, ...]
+    reason: str
+
+
+KubeAction = ApplyTemplate | Scale | Drain | Restore | SyncDrained | Prune | Admit
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,9 +230,9 @@ def slo_states(config: ClusterConfig, signals: Mapping[str, ServiceSignals]) -> 
     return out
 
 
-def _drain_order(p: ManagedPod) -> tuple[int, bool, float, str]:
-    # The pods the controller removes first, then not Ready first, then the newest.
-    return (p.removal_rank, p.ready, -p.created_s, p.name)
+def _drain_order(p: ManagedPod) -> tuple[int, bool, bool, float, str]:
+    # The pods the controller removes first, then held (not serving yet), not Ready, the newest.
+    return (p.removal_rank, p.serving, p.ready, -p.created_s, p.name)
 
 
 def _restore_order(p: ManagedPod) -> tuple[int, bool, float, str]:
@@ -222,9 +242,9 @@ def _restore_order(p: ManagedPod) -> tuple[int, bool, float, str]:
 
 def pods_to_mark(pods: Sequence[ManagedPod], target: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(pods to mark as drained, pods to put back) so that `target` pods carry the drained marks
-    (as many as exist)."""
-    drained = [p for p in pods if not p.serving]
-    serving = [p for p in pods if p.serving]
+    (as many as exist). Pods the startup skew guard holds are drained first (they serve nothing)."""
+    drained = [p for p in pods if p.drained]
+    serving = [p for p in pods if not p.drained]
     if len(drained) < target:
         return tuple(p.name for p in sorted(serving, key=_drain_order)[: target - len(drained)]), ()
     return (), tuple(p.name for p in sorted(drained, key=_restore_order)[: len(drained) - target])
@@ -320,7 +340,7 @@ def decide_actions(
             serving, draining = serving + back_n, draining - back_n
         elif draining and want == serving:
             since = cell.drain_since_s if cell.drain_since_s is not None else now_s
-            drained_names = tuple(sorted(p.name for p in cell.pods if not p.serving))
+            drained_names = tuple(sorted(p.name for p in cell.pods if p.drained))
             if status is SloStatus.UNKNOWN:
                 why = state.reason if state is not None else "SLO state not given to apply"
                 warnings.append(f"{cell.name}: SLOs cannot be read; {draining} drained instance(s) kept until they can")

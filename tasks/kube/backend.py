@@ -6,11 +6,13 @@ Contract:
   Deployments, fresh resource versions: a retried apply re-reads what its failed attempt
   changed), renders every cell's Deployment, and executes what the pure
   `tasks.core.actuation.decide_actions` decided from that one read and the run's SLO state per
-  service (`slo`, from the signals the flow collected; nothing is read from Prometheus here):
+  service (`slo`, from the signals the flow collected; nothing is read from Prometheus here),
+  followed by the startup skew guard's admissions of new pods (`tasks.core.skew.guard_startup`):
   - `apply`: performs the actions in order: server-side apply (field manager
     `kubernetes.field_manager`, force only over our own template fields) for templates, the scale
     subresource with a resourceVersion precondition for replicas, label/annotation patches of
-    exactly the pods the decision names for soft scale-in, deletes only for opted-in prunes;
+    exactly the pods the decision names for soft scale-in and for the guard's admissions, deletes
+    only for opted-in prunes;
   - `dry-run`: sends the same writes with `dryRun=All` (the server validates, nothing persists);
   - `advisory`: writes nothing to the cluster; exports the desired Deployments (with replicas)
     as YAML under the data dir and records the changes.
@@ -43,6 +45,7 @@ from models.config import ClusterConfig, Role
 from models.values import ApplyMode, ApplyResult, PlacementPlan, SloState
 from tasks.core.actuation import (
     ActionPlan,
+    Admit,
     ApplyTemplate,
     Drain,
     KubeAction,
@@ -53,6 +56,7 @@ from tasks.core.actuation import (
     SyncDrained,
     decide_actions,
 )
+from tasks.core.skew import guard_startup
 from tasks.core.topology import ClusterView
 from tasks.kube import render as r
 from tasks.kube.client import REQUEST_TIMEOUT_S, KubeConflict, KubeError, KubePermanentError, api_error, connect
@@ -130,6 +134,7 @@ class KubeBackend:
         actions = decide_actions(config, found.cells, plan, rendered, slo, now_s, orphans=found.orphans)
         if map_warnings:
             actions = replace(actions, warnings=(*actions.warnings, *map_warnings))
+        actions = guard_startup(config, found.cells, actions, {k: c.group for k, c in rendered.items()})
         return found, actions
 
     def apply(
@@ -287,6 +292,13 @@ class KubeBackend:
             )
             return (
                 f"restored {action.count} drained instance(s) of {action.namespace}/{action.name}: {action.reason}",
+                gone,
+            )
+        if isinstance(action, Admit):
+            gone = self._mark(action.namespace, action.pods, label, drained=False, dry_run=dry_run)
+            return (
+                f"admitted {len(action.pods)} new pod(s) of {action.namespace}/{action.name} into service: "
+                f"{', '.join(action.pods)} ({action.reason})",
                 gone,
             )
         if isinstance(action, SyncDrained):

@@ -14,7 +14,8 @@ Two halves:
   - the placement running now: per managed cell, the replicas in service (spec.replicas minus
     those being drained), starting instances included, as the twin reports it;
   - per managed cell what actuation needs (resource version, drain state, last applied replicas,
-    pause, who last set the replicas, its live pods: serving or drained, Ready, age), managed Deployments of services no longer configured
+    pause, who last set the replicas, its live pods: serving, drained or held by the startup skew
+    guard, Ready, age), managed Deployments of services no longer configured
     (orphans), and warnings for nodes that cannot be used (missing labels, unknown GPU type).
 """
 
@@ -204,7 +205,7 @@ def replicas_manager(dep: Mapping[str, Any]) -> str | None:
 
 
 def managed_pod(pod: Mapping[str, Any], serving_label: str, *, absent_serves: bool = False) -> ManagedPod:
-    """What actuation needs to know about one pod: serving or drained, Ready, age. A pod of a
+    """What actuation needs to know about one pod: serving, drained or held, Ready, age. A pod of a
     scale_ref object (`absent_serves`) serves unless its serving label says "false"."""
     meta = pod.get("metadata") or {}
     value = _labels(pod).get(serving_label)
@@ -212,11 +213,16 @@ def managed_pod(pod: Mapping[str, Any], serving_label: str, *, absent_serves: bo
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in (pod.get("status") or {}).get("conditions") or ()
     )
+    serving = value == "true" or (absent_serves and value != "false")
+    # Drained pods carry the drain's deletion cost; a pod out of service without it is a new one
+    # the startup skew guard has not admitted yet.
+    drained = _annotations(pod).get(r.A_DELETION_COST) == r.DRAINED_DELETION_COST
     return ManagedPod(
         name=str(meta.get("name")),
-        serving=value == "true" or (absent_serves and value != "false"),
+        serving=serving,
         ready=ready,
         created_s=_timestamp_s(meta.get("creationTimestamp")),
+        held=not serving and not drained,
     )
 
 

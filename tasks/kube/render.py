@@ -9,7 +9,8 @@ and gets:
 * the GPU resource as request and limit on the first container (`gpus_per_instance`);
 * the Kubernetes recommended labels (`app.kubernetes.io/name|instance|component|part-of|
   managed-by`) plus `heteroscale.io/*` labels naming cluster, service, role, GPU type, S1 domain
-  and deployment group; pods also carry the serving label (`"true"`) the router's selector uses;
+  and deployment group; pods also carry the serving label the router's selector uses, `"false"`
+  at start: the startup skew guard (tasks/core/skew.py) admits them;
 * a template-hash annotation so an unchanged template is not re-applied every run.
 
 `spec.replicas` is never part of the rendered template (the scale subresource owns it) except
@@ -141,8 +142,10 @@ def render_deployment(
     dropped = set(drop_labels)
     pod_labels = {k: v for k, v in (meta.get("labels") or {}).items() if k not in dropped}
     pod_labels.update(labels)
-    pod_labels[ks.serving_label] = "true"
-    pod_annotations = dict(meta.get("annotations") or {})
+    # New pods start out of service discovery; the startup skew guard admits them (tasks/core/skew.py).
+    pod_labels[ks.serving_label] = "false"
+    # A copied deletion cost would make every new pod look drained (and first to go).
+    pod_annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != A_DELETION_COST}
 
     _require_node_affinity(
         spec,

@@ -81,9 +81,9 @@ def _status(code: int, reason: str, message: str) -> aiohttp.web.Response:
 
 def _merge(base: Any, patch: Any) -> Any:
     """JSON merge patch (RFC 7386): dicts merge, None deletes, everything else replaces."""
-    if not isinstance(patch, dict) or not isinstance(base, dict):
+    if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    out = copy.deepcopy(base)
+    out = copy.deepcopy(base) if isinstance(base, dict) else {}  # RFC 7386: a non-object target becomes {}
     for k, v in patch.items():
         if v is None:
             out.pop(k, None)

@@ -14,11 +14,11 @@ from kubernetes import client as k8s
 
 from models.config import ClusterConfig, Role, parse_config
 from models.values import ApplyMode, CellKey, Placement, PlacementPlan, SloState, SloStatus
-from tasks.core.actuation import Drain, Restore, Scale
+from tasks.core.actuation import Admit, Drain, Restore, Scale
 from tasks.kube import discovery
 from tasks.kube.backend import KubeBackend
 from tasks.kube.client import KubePermanentError, KubeTransientError
-from tests.integration.kube_fixture import KubeCluster
+from tests.integration.kube_fixture import PODS, KubeCluster
 from tests.integration.test_kube_scenario import CONFIG
 
 pytestmark = pytest.mark.integration
@@ -118,6 +118,11 @@ def test_executed_changes_equal_the_pure_decision(kc: KubeCluster, tmp_path: Pat
     def labels() -> dict[str, str]:
         return {n: p["metadata"]["labels"]["heteroscale.io/serving"] for n, p in kc.pods("llm").items()}
 
+    # New pods start held; all Ready, nothing to wait for: the startup skew guard admits them.
+    assert set(labels().values()) == {"false"}
+    res = be.apply(cfg, _plan(2, 6), ApplyMode.APPLY, 5.0)
+    assert set(labels().values()) == {"true"} and {r.kind for r in res.actions} == {"admit"}
+
     def replicas() -> dict[str, int]:
         return {n: d["spec"]["replicas"] for n, d in kc.deployments().items()}
 
@@ -157,6 +162,54 @@ def test_executed_changes_equal_the_pure_decision(kc: KubeCluster, tmp_path: Pat
     be.apply(cfg, _plan(1, 2), ApplyMode.APPLY, 40.0, slo=met)
     res = be.apply(cfg, _plan(1, 2), ApplyMode.APPLY, 100.0)
     assert replicas()["chat-decode-a100-c1"] == 3 and [r.kind for r in res.actions] == ["keep-drained"]
+
+
+def _set_ready(kc: KubeCluster, name: str, ready: bool) -> None:
+    pod = kc.pods("llm")[name]
+    pod["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+    kc.server.objects[PODS, "llm", name] = pod
+
+
+def test_startup_guard_label_changes_equal_the_pure_decision(kc: KubeCluster, tmp_path: Path) -> None:
+    """Prefill Ready before decode (ratio 1:2, tolerance 10%): each run relabels exactly the pods
+    the pure guard admitted, and records its admissions and holds."""
+    cfg, be = _config(), _backend(kc, tmp_path)
+    be.apply(cfg, _plan(2, 4), ApplyMode.APPLY, 0.0)
+    kc.reconcile_pods()
+    pods = sorted(kc.pods("llm"))
+    prefill = [n for n in pods if "prefill" in n]
+    decode = [n for n in pods if "decode" in n]
+    for n in decode:
+        _set_ready(kc, n, False)
+
+    def labels() -> dict[str, str]:
+        return {n: p["metadata"]["labels"]["heteroscale.io/serving"] for n, p in kc.pods("llm").items()}
+
+    def run(t: float) -> tuple[set[str], list[str]]:
+        _, decided = be.decide(cfg, _plan(2, 4), None, t)
+        before = labels()
+        res = be.apply(cfg, _plan(2, 4), ApplyMode.APPLY, t)
+        after = labels()
+        admitted = {p for a in decided.actions if isinstance(a, Admit) for p in a.pods}
+        assert {n for n in after if after[n] != before[n]} == admitted  # exactly the decision
+        assert all(after[n] == "true" for n in admitted)
+        assert res.actions == decided.records
+        return admitted, [r.kind for r in res.actions]
+
+    # 1. Prefill Ready, no decode: the group's first prefill serves (never held back), the other waits.
+    admitted, kinds = run(1.0)
+    assert admitted == {prefill[0]} and kinds == ["admit", "hold-skew"]
+    # 2. Two decode Ready: the first decode, then the laggard decode (1:2 is the ratio); prefill waits.
+    _set_ready(kc, decode[0], True)
+    _set_ready(kc, decode[1], True)
+    admitted, kinds = run(2.0)
+    assert admitted == set(decode[:2]) and kinds == ["admit", "hold-skew"]
+    # 3. Everything Ready: nothing left to wait for, the rest serves.
+    for n in decode[2:]:
+        _set_ready(kc, n, True)
+    admitted, _ = run(3.0)
+    assert admitted == {prefill[1], *decode[2:]} and set(labels().values()) == {"true"}
+    assert run(4.0)[0] == set()  # idempotent
 
 
 def test_conflict_is_retried_with_a_fresh_read(kc: KubeCluster, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_rendered_deployment_is_valid_and_pinned_to_its_cell() -> None:
     kubernetes_validate.validate(dep, "1.37.0", strict=True)
     pod = dep["spec"]["template"]
     assert "app" not in pod["metadata"]["labels"] and pod["metadata"]["labels"]["team"] == "llm"
-    assert pod["metadata"]["labels"]["heteroscale.io/serving"] == "true"
+    assert pod["metadata"]["labels"]["heteroscale.io/serving"] == "false"  # held until the skew guard admits it
     exprs = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ][0]["matchExpressions"]
