@@ -55,10 +55,10 @@ class _Pools:
         for lst in self._lists.values():
             lst.sort()
 
-    def room(self, lvl: AffinityLevel, dom: str, g: str, gpus: int) -> bool:
-        """Whether some S1 of `dom` has `gpus` free GPUs of type `g`."""
-        lst = self._lists.get((lvl, dom, g))
-        return bool(lst) and lst[-1][0] >= gpus  # type: ignore[index]
+    @property
+    def lists(self) -> Mapping[tuple[AffinityLevel, str, str], list[tuple[int, str]]]:
+        """(level, domain, GPU type) -> sorted (free, S1): room in a domain is its last entry."""
+        return self._lists
 
     def tightest(self, lvl: AffinityLevel, dom: str, g: str, gpus: int, skip: set[str]) -> str | None:
         """The S1 of `dom` not in `skip` with the fewest free GPUs of type `g` that still holds
@@ -145,13 +145,18 @@ def place_greedy(config: ClusterConfig, view: ClusterView, targets: Mapping[str,
         group_s1 = {k.s1 for r in Role for k in mine_all[(svc.name, r)] if cells[k] > 0}
         has_group = {domain(svc, s1) for s1 in group_s1}
 
+        need = {r: svc.role(r).gpus_per_instance for r in Role}
+        kinds = {r: tuple(enumerate(svc.role(r).gpu_types)) for r in Role}
+        lists = pools.lists
+
         def type_rank(role: Role, dom: str) -> int | None:
             """Index of the first of the role's GPU types with room in `dom` (None: no room or budget)."""
-            spec = svc.role(role)
-            if spec.gpus_per_instance > budget_left:
+            gpus = need[role]
+            if gpus > budget_left:
                 return None
-            for i, g in enumerate(spec.gpu_types):
-                if pools.room(lvl, dom, g, spec.gpus_per_instance):
+            for i, g in kinds[role]:
+                lst = lists.get((lvl, dom, g))
+                if lst and lst[-1][0] >= gpus:
                     return i
             return None
 
