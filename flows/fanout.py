@@ -86,24 +86,32 @@ class Engine:
 def _shared_api(engine: Engine) -> Iterator[None]:
     """Local workers report their task runs to this process's Prefect API.
 
-    Without an API URL each process runs an ephemeral server of its own: started here when no URL
-    is set, and handed to the local workers (spawned after this) through `PREFECT_API_URL`, or
-    each of them would start its own (~20 s each). A remote Dask cluster's workers need
-    `PREFECT_API_URL` in their own environment (docs/league.md)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if engine.address or PREFECT_API_URL.value():
+    Workers are processes spawned when the flow starts; they read `PREFECT_API_URL` from the
+    environment. It is set here to this process's API for the duration: the configured one (a
+    server, or a test harness's), or else the ephemeral server this process uses, started now;
+    without it each worker would start an ephemeral server of its own (~20 s each). A remote
+    Dask cluster's workers need `PREFECT_API_URL` in their own environment (docs/league.md)."""
+    if engine.address:
         yield
         return
-    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL
 
-    server = SubprocessASGIServer()  # the ephemeral server this process's client uses (a singleton)
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()  # the ephemeral server this process's client uses (a singleton)
+        server.start()
+        url = server.api_url
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
     try:
         yield
     finally:
-        os.environ.pop("PREFECT_API_URL", None)
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
 
 
 SEQUENTIAL = Engine(kind=EngineKind.SEQUENTIAL)
@@ -117,14 +125,18 @@ def fan_out(
     flow_name: str = "league",
 ) -> list[T]:
     """`[fn(**kwargs) for _name, kwargs in calls]`, each call a Prefect task named `name`, run by
-    `engine`'s task runner in one flow run (a subflow when called from a flow)."""
-    if engine.kind is EngineKind.SEQUENTIAL or not calls:
-        return [fn(**kwargs) for _name, kwargs in calls]
+    `engine`'s task runner in one flow run (a subflow when called from a flow). Sequential: plain
+    calls here (in a flow: tasks, one after the other)."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
+    from prefect.context import FlowRunContext
 
     # Results stay in memory (a ReplayResult holds the twin); nothing is cached or persisted.
     replay_task = task(fn, name=getattr(fn, "__name__", "replay"), cache_policy=NO_CACHE, persist_result=False)
+    if engine.kind is EngineKind.SEQUENTIAL or not calls:
+        if FlowRunContext.get() is not None:  # in a flow: still one task per replay, for the UI
+            return [replay_task.with_options(task_run_name=name)(**kwargs) for name, kwargs in calls]
+        return [fn(**kwargs) for _name, kwargs in calls]
 
     def run_all() -> list[T]:
         futures = [replay_task.with_options(task_run_name=name).submit(**kwargs) for name, kwargs in calls]

@@ -134,6 +134,7 @@ def _run_replay(
     *,
     placement: str | None = None,
     skip: float = 0.0,
+    engine: Any = None,
 ) -> dict[str, Path]:
     from flows.league import infeasible_slos, write_outputs
     from flows.replay import run_league
@@ -150,13 +151,14 @@ def _run_replay(
     if skip:
         curves = {n: c.split(skip)[1] for n, c in curves.items()}
     started = time.perf_counter()
-    with console.status("replaying") as status:
+    with console.status("replaying" if engine is None else f"replaying on {engine.describe()}") as status:
         results = run_league(
             cfg,
             curves,
             policies,
             placement=placement,
             progress=lambda name, f: status.update(f"replaying {name}: {f:.0%}"),
+            engine=engine,
         )
     wall = time.perf_counter() - started
     cmd = "heteroscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -183,6 +185,9 @@ _LENGTHS_HELP = "[SERVICE=]PATH: request sizes for a rate trace."
 _PEAK_HELP = "[SERVICE=]X: rescale the trace so its peak is X req/s; or 'auto' (static-peak needs ~80% of the GPUs)."
 _PLACEMENT_HELP = "Placement for every policy (greedy | ilp); default: ilp for heteroscale, greedy for the baselines."
 _SKIP_HELP = "Skip this share of the trace and replay the rest (evaluate on data curate did not see)."
+_ENGINE_HELP = "Where the replays run: dask (Prefect's DaskTaskRunner; a local cluster unless --dask-address) | sequential."
+_ADDRESS_HELP = "A running Dask scheduler (tcp://HOST:8786) to fan the replays out to (docs/league.md)."
+_WORKERS_HELP = "Worker processes of the local Dask cluster."
 
 
 @app.command()
@@ -215,14 +220,21 @@ def bench_policies(
     peak_rps: Annotated[list[str], typer.Option(help=_PEAK_HELP)] = [],  # noqa: B006
     placement: Annotated[str | None, typer.Option(help=_PLACEMENT_HELP)] = None,
     skip: Annotated[float, typer.Option(help=_SKIP_HELP)] = 0.0,
+    engine: Annotated[str, typer.Option(help=_ENGINE_HELP)] = "dask",
+    dask_address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
+    workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 2,
 ) -> None:
     """Every policy on the same load: summary.json, league table, plots (replay's contract)."""
+    from flows.fanout import Engine
     from flows.replay import ALL_POLICIES
 
     pols = policy or list(ALL_POLICIES)
-    _print_paths(
-        _user_errors(lambda: _run_replay(config, trace, lengths, peak_rps, pols, out, placement=placement, skip=skip))
-    )
+
+    def run() -> dict[str, Path]:
+        eng = Engine.of("dask" if dask_address else engine, dask_address, workers)
+        return _run_replay(config, trace, lengths, peak_rps, pols, out, placement=placement, skip=skip, engine=eng)
+
+    _print_paths(_user_errors(run))
 
 
 @app.command()
