@@ -37,6 +37,11 @@ def peak_rss_mb() -> float:
     return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _write_profile(prof: cProfile.Profile, out: Path, name: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     prof.dump_stats(out / f"{name}.prof")
@@ -68,13 +73,13 @@ def bench_replay(
     rows = []
     for name in policies:
         prof = cProfile.Profile() if profile_dir is not None else None
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_s()
         if prof is not None:
             prof.enable()
         result = replay(fleet.config, fleet.curves, name, keep_ticks=False, placement=placement)
         if prof is not None:
             prof.disable()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
         if prof is not None and profile_dir is not None:
             _write_profile(prof, profile_dir, name)
         summary = result.summary()
@@ -82,6 +87,8 @@ def bench_replay(
         row = {
             "policy": name,
             "wall_s": round(wall, 2),
+            # CPU seconds of this process: on a shared machine closer to the work than wall time.
+            "cpu_s": round(cpu, 2),
             "service_days_per_s": round(service_days / wall, 2) if wall > 0 else None,
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "gpu_hours": summary["gpu_hours"],

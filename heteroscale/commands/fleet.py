@@ -47,13 +47,14 @@ def bench_replay_cmd(
         title=f"replay, {doc['services']} services x {doc['days']:g} days, {doc['gpus']} GPUs, "
         f"placement {doc['placement']}{' (profiled)' if doc['profiled'] else ''}"
     )
-    cols = ("policy", "wall s", "service-days/s", "peak RSS MB", "GPU-hours", "SLO attainment", "unmet periods")
+    cols = ("policy", "wall s", "CPU s", "service-days/s", "peak RSS MB", "GPU-hours", "SLO attainment", "unmet periods")
     for c in cols:
         t.add_column(c, justify="left" if c == "policy" else "right")
     for r in doc["rows"]:
         t.add_row(
             r["policy"],
             f"{r['wall_s']:.2f}",
+            f"{r['cpu_s']:.2f}",
             f"{r['service_days_per_s']:.2f}",
             f"{r['peak_rss_mb']:.0f}",
             f"{r['gpu_hours']:.1f}",
