@@ -135,6 +135,7 @@ def _run_replay(
     placement: str | None = None,
     skip: float = 0.0,
     engine: Any = None,
+    hours: float | None = None,
 ) -> dict[str, Path]:
     from flows.league import infeasible_slos, write_outputs
     from flows.replay import run_league
@@ -150,6 +151,10 @@ def _run_replay(
     curves, factor = _load_curves(cfg, trace, lengths, peak_rps)
     if skip:
         curves = {n: c.split(skip)[1] for n, c in curves.items()}
+    if hours is not None:
+        from flows.replay_flow import window
+
+        curves = window(curves, hours)
     started = time.perf_counter()
     with console.status("replaying" if engine is None else f"replaying on {engine.describe()}") as status:
         results = run_league(
@@ -223,6 +228,7 @@ def bench_policies(
     engine: Annotated[str, typer.Option(help=_ENGINE_HELP)] = "dask",
     dask_address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
     workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 2,
+    hours: Annotated[float | None, typer.Option(help="Replay only the first HOURS (after --skip).")] = None,
 ) -> None:
     """Every policy on the same load: summary.json, league table, plots (replay's contract)."""
     from flows.fanout import Engine
@@ -232,7 +238,9 @@ def bench_policies(
 
     def run() -> dict[str, Path]:
         eng = Engine.of("dask" if dask_address else engine, dask_address, workers)
-        return _run_replay(config, trace, lengths, peak_rps, pols, out, placement=placement, skip=skip, engine=eng)
+        return _run_replay(
+            config, trace, lengths, peak_rps, pols, out, placement=placement, skip=skip, engine=eng, hours=hours
+        )
 
     _print_paths(_user_errors(run))
 
