@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.curate import Lengths, curate, service_yaml
+from flows.fanout import Engine, EngineKind
 from flows.replay import ALL_POLICIES, ReplayResult, run_league
 from models.config import ClusterConfig, PlacementMethod, Role, parse_config
 from sim import workloads as wl
@@ -214,6 +215,7 @@ def run_cell(
     *,
     placement: PlacementMethod | str | None = PlacementMethod.GREEDY,
     progress: Progress | None = None,
+    engine: Engine | None = None,
 ) -> CellResult:
     """One cell of the matrix: shape, fit, curate on the first half, league on the second."""
     say = progress or (lambda _msg: None)
@@ -244,7 +246,11 @@ def run_cell(
             seen.add(policy)
             say(f"league: {policy} ({len(seen)}/{len(policies)})")
 
-    results = run_league(curated, evaluation, policies, keep_ticks=False, placement=placement, progress=league_progress)
+    if engine is not None and engine.kind is not EngineKind.SEQUENTIAL:
+        say(f"league: {len(policies)} policies on {engine.describe()}")
+    results = run_league(
+        curated, evaluation, policies, keep_ticks=False, placement=placement, progress=league_progress, engine=engine
+    )
     info = {
         "description": DESCRIPTIONS[cell],
         "load_factor": factor,

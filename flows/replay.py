@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from flows.fanout import Engine, EngineKind, fan_out
 from models.config import ClusterConfig, PlacementMethod, Role
 from models.errors import is_transient
 from models.values import Action, ApplyMode, Forecast, RoleCounts, ServicePolicyState
@@ -301,7 +302,27 @@ def run_league(
     progress: Callable[[str, float], None] | None = None,
     twin_params: TwinParams | None = None,
     placement: PlacementMethod | str | None = None,
+    engine: Engine | None = None,
 ) -> list[ReplayResult]:
+    """Each policy replayed on the same load, in `policies` order. `engine` (`flows.fanout`): the
+    replays as Prefect tasks on a Dask cluster (no per-replay `progress` then); None or
+    sequential: one after the other here."""
+    if engine is not None and engine.kind is not EngineKind.SEQUENTIAL:
+        calls = [
+            (
+                f"replay {name}",
+                {
+                    "config": config,
+                    "curves": curves,
+                    "policy": name,
+                    "keep_ticks": keep_ticks,
+                    "twin_params": twin_params,
+                    "placement": placement,
+                },
+            )
+            for name in policies
+        ]
+        return fan_out(replay, calls, engine)
     results = []
     for name in policies:
         cb = (lambda f, n=name: progress(n, f)) if progress else None

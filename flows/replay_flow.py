@@ -167,19 +167,40 @@ def bench_policies_flow(
     out_dir: str | None = None,
     hours: float | None = DEFAULT_HOURS,
     placement: str | None = None,
+    engine: str = "dask",
+    dask_address: str | None = None,
+    workers: int = 2,
 ) -> dict[str, Any]:
-    """The policy league on each trace; one table over all traces, a plot per trace."""
+    """The policy league on each trace; one table over all traces, a plot per trace.
+
+    Every (trace, policy) replay is one task of a subflow run by `engine` (`flows.fanout`): dask
+    (a local cluster of `workers` processes, or the scheduler at `dask_address`) or sequential."""
+    # late: dask and distributed cost seconds at import; only the league fans out
+    from flows.fanout import Engine, fan_out
 
     config = load_config(config_path)
     policies = list(policies or DEFAULT_LEAGUE)
     _check(policies, placement)
+    eng = Engine.of("dask" if dask_address else engine, dask_address, workers)
     traces = traces or [str(settings.BUNDLED_TRACE)]
     out = _out_dir(out_dir, "bench")
-    rows: list[dict[str, Any]] = []
+    loads = []
     for trace in traces:
         label = Path(trace.rsplit("@", 1)[0]).stem
         curves = load_curves_task.with_options(task_run_name=f"load {label}")(config, trace, peak_rps, lengths, hours)
-        results = _league(config, curves, policies, placement)
+        loads.append((trace, label, curves))
+    calls = [
+        (
+            f"replay {p} · {label}",
+            {"config": config, "curves": curves, "policy": p, "placement": placement, "keep_ticks": True},
+        )
+        for _trace, label, curves in loads
+        for p in policies
+    ]
+    replays = iter(fan_out(replay, calls, eng, flow_name="bench_policies league"))
+    rows: list[dict[str, Any]] = []
+    for trace, label, curves in loads:
+        results = [next(replays) for _ in policies]
         paths = write_outputs_task(results, config, curves, out / label, f"bench_policies flow: trace={trace}")
         rows += [{"trace": label, **r.summary()} for r in results]
         publish_plot(paths["plot"], key=artifact_key("bench-plot", label), title=f"bench · {label}")

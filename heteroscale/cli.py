@@ -394,6 +394,8 @@ def _run_replay(
     time_unit: str = "auto",
     allow_implausible: bool = False,
     force: bool = False,
+    engine: Any = None,
+    hours: float | None = None,
 ) -> dict[str, Path]:
     # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from flows.league import infeasible_slos, prepare_out_dir, write_outputs
@@ -419,14 +421,19 @@ def _run_replay(
         curves = {n: c.split(skip)[1] for n, c in curves.items()}
         for c in curves.values():
             check_duration(c, cfg.cluster.control_period_s, what=f"after --skip {skip:g} ")
+    if hours is not None:
+        from flows.replay_flow import window
+
+        curves = window(curves, hours)
     started = time.perf_counter()
-    with console.status("replaying") as status:
+    with console.status("replaying" if engine is None else f"replaying on {engine.describe()}") as status:
         results = run_league(
             cfg,
             curves,
             policies,
             placement=placement,
             progress=lambda name, f: status.update(f"replaying {name}: {f:.0%}"),
+            engine=engine,
         )
     wall = time.perf_counter() - started
     cmd = "heteroscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
@@ -455,6 +462,11 @@ _PEAK_HELP = "[SERVICE=]X: rescale the trace so its peak is X req/s; or 'auto' (
 _PLACEMENT_HELP = "Placement for every policy (greedy | ilp); default: ilp for heteroscale, greedy for the baselines."
 _SKIP_HELP = "Skip this share of the trace and replay the rest (evaluate on data curate did not see)."
 _FORCE_HELP = "Write into --out even if it holds files this tool did not write (they are kept)."
+_ENGINE_HELP = (
+    "Where the replays run: dask (Prefect's DaskTaskRunner; a local cluster unless --dask-address) | sequential."
+)
+_ADDRESS_HELP = "A running Dask scheduler (tcp://HOST:8786) to fan the replays out to (docs/league.md)."
+_WORKERS_HELP = "Worker processes of the local Dask cluster."
 
 
 @app.command()
@@ -506,12 +518,18 @@ def bench_policies(
     time_unit: Annotated[str, typer.Option(help=_TIME_UNIT_HELP)] = "auto",
     allow_implausible: Annotated[bool, typer.Option(help=_ALLOW_HELP)] = False,
     force: Annotated[bool, typer.Option(help=_FORCE_HELP)] = False,
+    engine: Annotated[str, typer.Option(help=_ENGINE_HELP)] = "dask",
+    dask_address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
+    workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 2,
+    hours: Annotated[float | None, typer.Option(help="Replay only the first HOURS (after --skip).")] = None,
 ) -> None:
     """Every policy on the same load: summary.json, league table, plots (replay's contract)."""
     # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
+    from flows.fanout import Engine
     from flows.replay import ALL_POLICIES
 
     pols = policy or list(ALL_POLICIES)
+    eng = Engine.of("dask" if dask_address else engine, dask_address, workers)
     _print_paths(
         _run_replay(
             config,
@@ -525,6 +543,8 @@ def bench_policies(
             time_unit=time_unit,
             allow_implausible=allow_implausible,
             force=force,
+            engine=eng,
+            hours=hours,
         )
     )
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from heteroscale.cli import _user_errors, bench_app, console, err
+from heteroscale.cli import _ADDRESS_HELP, _ENGINE_HELP, _WORKERS_HELP, _user_errors, bench_app, console, err
 
 # The bundled data (data/ beside the package), without importing the settings module.
 _ROOT = Path(__file__).resolve().parents[2]
@@ -198,6 +198,7 @@ def run_matrix(
     quick: bool,
     placement: str,
     command: str = "",
+    engine: Any = None,
 ) -> dict[str, Any]:
     """Run the cells, write every output, return the `matrix.json` document."""
     # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
@@ -233,7 +234,7 @@ def run_matrix(
         def say(msg: str, tag: str = tag, t0: float = t0) -> None:
             err.print(f"{tag} {time.perf_counter() - t0:6.1f} s  {msg}", highlight=False)
 
-        res = run_cell(cfg, cell, sources, pols, placement=placement, progress=say)
+        res = run_cell(cfg, cell, sources, pols, placement=placement, progress=say, engine=engine)
         cell_dir = out / "cells" / cell.value
         write_outputs(res.results, res.config, res.curves, cell_dir, command=command, extra={"skip": 0.5, **res.info})
         summary = json.loads((cell_dir / "summary.json").read_text())
@@ -282,9 +283,15 @@ def bench_matrix(
     trace: Annotated[Path, typer.Option(help="Per-request trace the shapes are built from.")] = _REQUESTS,
     rates: Annotated[Path, typer.Option(help="Rate trace of the diurnal cell.")] = _RATES,
     placement: Annotated[str, typer.Option(help="Placement for every policy (greedy | ilp).")] = "greedy",
+    engine: Annotated[str, typer.Option(help=_ENGINE_HELP)] = "dask",
+    dask_address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
+    workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 2,
 ) -> None:
     """The policy league over workload shapes: per cell x policy GPU-hours, attainment, ratio to the floor."""
+    from flows.fanout import Engine
+
     cmd = "heteroscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    eng = _user_errors(lambda: Engine.of("dask" if dask_address else engine, dask_address, workers))
     doc = _user_errors(
         lambda: run_matrix(
             config,
@@ -297,6 +304,7 @@ def bench_matrix(
             quick=quick,
             placement=placement,
             command=cmd,
+            engine=eng,
         )
     )
     if json_out:

@@ -40,24 +40,27 @@ class ClusterView:
     placement: Placement = field(default_factory=Placement)
     priority_override: tuple[tuple[str, str, int], ...] = ()  # (level, domain, priority)
     gpu_budget: int | None = None
+    # S1 -> S2, built once per view (domain_of is called per cell; rebuilding it there was quadratic).
+    _s2: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_s2", {c.s1: c.s2 for c in self.capacities})
 
     def s2_of(self) -> dict[str, str]:
-        return {c.s1: c.s2 for c in self.capacities}
+        return dict(self._s2)
 
     def domain_of(self, s1: str, level: AffinityLevel) -> str:
         if level is AffinityLevel.S1:
             return s1
         if level is AffinityLevel.S2:
-            return self.s2_of()[s1]
+            return self._s2[s1]
         return ANY_DOMAIN
 
     def domains(self, level: AffinityLevel) -> dict[str, tuple[str, ...]]:
-        """Domain name -> its S1 domains, at an affinity level."""
-        out: dict[str, list[str]] = defaultdict(list)
+        """Domain name -> its S1 domains (in capacity order), at an affinity level."""
+        out: dict[str, dict[str, None]] = {}  # dicts as ordered sets
         for c in self.capacities:
-            d = self.domain_of(c.s1, level)
-            if c.s1 not in out[d]:
-                out[d].append(c.s1)
+            out.setdefault(self.domain_of(c.s1, level), {})[c.s1] = None
         return {d: tuple(s1s) for d, s1s in out.items()}
 
     def priorities(self, level: AffinityLevel) -> dict[str, int]:

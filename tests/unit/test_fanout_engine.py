@@ -1,0 +1,24 @@
+"""`flows.fanout.Engine`: names checked at parse time; sequential fan-out is the plain loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from flows.fanout import SEQUENTIAL, Engine, EngineKind, fan_out
+
+
+def test_engine_names_and_address() -> None:
+    assert Engine.of("dask").kind is EngineKind.DASK
+    assert Engine.of("dask", "tcp://10.0.0.1:8786").describe() == "dask tcp://10.0.0.1:8786"
+    assert Engine.of("sequential").describe() == "sequential"
+    with pytest.raises(ValueError, match="choose from"):
+        Engine.of("ray")
+    with pytest.raises(ValueError, match="at least 1"):
+        Engine.of("dask", workers=0)
+    with pytest.raises(ValueError, match="needs the dask engine"):
+        Engine(kind=EngineKind.SEQUENTIAL, address="tcp://x:1")
+
+
+def test_sequential_fan_out_is_the_plain_loop() -> None:
+    calls = [(f"c{i}", {"a": i, "b": 10}) for i in range(3)]
+    assert fan_out(lambda a, b: a + b, calls, SEQUENTIAL) == [10, 11, 12]
