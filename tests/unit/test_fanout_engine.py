@@ -9,7 +9,7 @@ from flows.fanout import SEQUENTIAL, Engine, EngineKind, fan_out
 
 def test_engine_names_and_address() -> None:
     assert Engine.of("dask").kind is EngineKind.DASK
-    assert Engine.of("dask", "tcp://10.0.0.1:8786").describe() == "dask tcp://10.0.0.1:8786"
+    assert Engine.of("dask", "tcp://dask-scheduler.example:8786").describe() == "dask tcp://dask-scheduler.example:8786"
     assert Engine.of("sequential").describe() == "sequential"
     with pytest.raises(ValueError, match="choose from"):
         Engine.of("ray")
