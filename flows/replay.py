@@ -14,7 +14,6 @@ import dataclasses
 import math
 import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ from sim.twin import Twin, TwinParams
 from tasks import steps
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.capacity import SloFloor, slo_floor
+from tasks.core.decision_cache import DecisionCache
+from tasks.core.forecast_grid import SampleHistory
 from tasks.core.invariants import plan_violations
 from tasks.core.placement import place_greedy
 from tasks.core.policy import POLICIES, get_policy
@@ -140,6 +141,7 @@ def replay(
     reselect_every_s: float = RESELECT_EVERY_S,
     faults: FaultPlan | None = None,
     check_invariants: bool = False,
+    skip_unchanged: bool = True,
 ) -> ReplayResult:
     """Replay one policy. `placement` overrides the policy's own (`PolicySpec.placement`; e.g. the
     greedy for a long replay: the ILP takes 0.3-0.5 s a solve).
@@ -155,6 +157,10 @@ def replay(
     `faults` wraps the twin in `sim.faults` injectors (the soak): a failed collect, cluster read
     or apply loses that period's decision, as a failed `scale_cluster` run would.
     `check_invariants` checks every plan with `tasks.core.invariants.plan_violations`.
+    `skip_unchanged` puts a `tasks.core.decision_cache.DecisionCache` in front of the policy
+    call: a service whose inputs did not change since a decision that provably cannot change
+    (a hold that left the policy state as it was, every clock comparison long settled) gets that
+    decision back without the call. Same decisions as False (tested); False is the plain loop.
     `history_keep_s` overrides the config's `cluster.history_window_s`, the window the flow keeps
     too; the history is a deque extended in place (O(1) a period).
     """
@@ -197,7 +203,9 @@ def replay(
     need: dict[str, RoleCounts] = {}
     keep: dict[str, RoleCounts] = {}
     # Deques: extend_history appends and trims them in place.
-    history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: deque() for s in config.services}
+    # Sample histories: deques that also keep their samples as arrays (the forecasters' grid).
+    history: dict[str, MutableSequence[tuple[float, float | None]]] = {s.name: SampleHistory() for s in config.services}
+    cache = DecisionCache() if skip_unchanged else None
     uses_forecast = spec.uses_forecast
     every = forecast_every_s or max(period, min(c.dt_s for c in curves.values()))
     forecasts: dict[str, Forecast] = {}
@@ -247,6 +255,7 @@ def replay(
             engines=twin.engines,
             floor_need=need,
             floor_keep=keep,
+            cache=cache,
         )
         plan = steps.place(config, view, targets, method=placement or spec.placement)
         if check_invariants:

@@ -33,6 +33,7 @@ from models.values import (
 )
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.capacity import EngineModel, ServiceEngines
+from tasks.core.decision_cache import DecisionCache, decision_key
 from tasks.core.forecast import History, forecast_with, get_forecaster
 from tasks.core.placement import place_greedy
 from tasks.core.policy import PolicyContext, get_policy
@@ -179,16 +180,39 @@ def compute_targets(
     engines: Mapping[tuple[str, Role, str], EngineModel] | None = None,
     floor_need: Mapping[str, RoleCounts] | None = None,
     floor_keep: Mapping[str, RoleCounts] | None = None,
+    cache: DecisionCache | None = None,
 ) -> tuple[dict[str, Targets], dict[str, ServicePolicyState]]:
     """Each service's policy decision. `policy` overrides the configured one (replay league).
 
     `engines` (the capacity model by (service, role, GPU type)) lets SLO-grounded policies size
-    for the request sizes observed now; `floor_need`/`floor_keep` are the oracle's hindsight."""
+    for the request sizes observed now; `floor_need`/`floor_keep` are the oracle's hindsight.
+    `cache` (one run, one config: the replay's): a service whose inputs did not change since a
+    decision that provably cannot change gets that decision back without a policy call
+    (`tasks.core.decision_cache` states the rule)."""
     current = current_counts(config, view)
     targets: dict[str, Targets] = {}
     new_states: dict[str, ServicePolicyState] = {}
     for svc in config.services:
-        decide = get_policy(policy or svc.policy.name).decide
+        name = policy or svc.policy.name
+        state = states.get(svc.name, ServicePolicyState())
+        key = None
+        if cache is not None:
+            key = decision_key(
+                name,
+                signals.get(svc.name) or ServiceSignals.missing(svc.name),
+                now_s,
+                current[svc.name],
+                forecasts.get(svc.name),
+                state,
+                floor_need=(floor_need or {}).get(svc.name),
+                floor_keep=(floor_keep or {}).get(svc.name),
+                peak_metric=(peak_metric or {}).get(svc.name),
+            )
+            hit = cache.get(svc, key)
+            if hit is not None:
+                targets[svc.name], new_states[svc.name] = hit
+                continue
+        decide = get_policy(name).decide
         ctx = PolicyContext(
             service=svc,
             now_s=now_s,
@@ -202,7 +226,10 @@ def compute_targets(
             floor_need=(floor_need or {}).get(svc.name),
             floor_keep=(floor_keep or {}).get(svc.name),
         )
-        targets[svc.name], new_states[svc.name] = decide(ctx, states.get(svc.name, ServicePolicyState()))
+        decision = decide(ctx, state)
+        targets[svc.name], new_states[svc.name] = decision
+        if cache is not None and key is not None:
+            cache.put(svc, key, decision, now_s)
     return targets, new_states
 
 

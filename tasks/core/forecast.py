@@ -81,10 +81,15 @@ def to_grid(history: History, *, max_points: int = MAX_GRID_POINTS) -> Grid | No
     """Lay `history` on a regular grid anchored at its last sample. None when no valid sample."""
     if not history:
         return None
-    # One C-level pass over the (t, value) pairs (numpy reads None as NaN for a float array).
-    tv = np.array(history, dtype=float).reshape(-1, 2)
-    t, v = tv[:, 0], tv[:, 1]
-    v[~np.isfinite(v)] = np.nan
+    as_arrays = getattr(history, "as_arrays", None)
+    if as_arrays is not None:
+        # A history that keeps its samples as arrays (tasks/core/forecast_grid.py): NaN = missing.
+        t, v = as_arrays()
+    else:
+        # One C-level pass over the (t, value) pairs (numpy reads None as NaN for a float array).
+        tv = np.array(history, dtype=float).reshape(-1, 2)
+        t, v = tv[:, 0], tv[:, 1]
+        v[~np.isfinite(v)] = np.nan
     if np.isnan(v).all():
         return None
     diffs = np.diff(t)

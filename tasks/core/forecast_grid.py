@@ -1,0 +1,91 @@
+"""A metric history that keeps its samples as numpy arrays while it grows: the forecasters' grid
+without re-reading the whole history per call.
+
+Contract: `SampleHistory` is a `collections.deque` of `(t_s, value)` pairs (what
+`tasks.steps.extend_history` appends to and trims from the front, O(1) a sample) that also keeps
+the same samples in two float arrays, `t_s` and the value (None and non-finite values as NaN).
+`tasks.core.forecast.to_grid` reads `as_arrays()` when the history has it instead of converting
+the pairs with `np.array` (at an 8-day window, 11,520 pairs a call: the single largest cost of a
+forecast in the replay). The grid is the same, bit for bit: the arrays hold the very floats
+`np.array(history, dtype=float)` would (`tests/unit/test_forecast_grid.py`).
+
+Only the deque operations the history uses are supported (append, extend, popleft, clear); the
+others raise, so the arrays can never drift from the pairs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, NoReturn
+
+import numpy as np
+
+Sample = tuple[float, float | None]
+_MIN_CAPACITY = 256
+
+
+class SampleHistory(deque[Sample]):
+    """`(t_s, value)` pairs in time order, mirrored in amortised-O(1) numpy buffers."""
+
+    def __init__(self, samples: Iterable[Sample] = ()) -> None:
+        super().__init__()
+        self._t = np.empty(_MIN_CAPACITY)
+        self._v = np.empty(_MIN_CAPACITY)
+        self._lo = 0  # first live slot
+        self._hi = 0  # one past the last live slot
+        for s in samples:
+            self.append(s)
+
+    def append(self, sample: Sample) -> None:
+        t, value = sample
+        if self._hi == len(self._t):
+            self._make_room()
+        self._t[self._hi] = float(t)
+        self._v[self._hi] = float(value) if value is not None and math.isfinite(value) else math.nan
+        self._hi += 1
+        super().append(sample)
+
+    def extend(self, samples: Iterable[Sample]) -> None:
+        for s in samples:
+            self.append(s)
+
+    def popleft(self) -> Sample:
+        sample = super().popleft()
+        self._lo += 1
+        return sample
+
+    def clear(self) -> None:
+        super().clear()
+        self._lo = self._hi = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # deque's own reduce would restore the buffers and then append every pair again.
+        return (type(self), (list(self),))
+
+    def as_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(t_s, value) of the live samples; read-only views (NaN = missing)."""
+        t, v = self._t[self._lo : self._hi], self._v[self._lo : self._hi]
+        t.flags.writeable = False
+        v.flags.writeable = False
+        return t, v
+
+    def _make_room(self) -> None:
+        # Compact to the front, growing only when more than half the buffer is live: each sample
+        # is copied O(1) times on average (a sliding window compacts every ~n/2 appends).
+        live = self._hi - self._lo
+        cap = len(self._t)
+        if live > cap // 2:
+            cap *= 2
+        t, v = np.empty(cap), np.empty(cap)
+        t[:live] = self._t[self._lo : self._hi]
+        v[:live] = self._v[self._lo : self._hi]
+        self._t, self._v, self._lo, self._hi = t, v, 0, live
+
+    # The arrays mirror the pairs only under the operations above.
+    def _unsupported(self, *_args: Any, **_kwargs: Any) -> NoReturn:
+        raise NotImplementedError("SampleHistory supports append, extend, popleft and clear only")
+
+    appendleft = extendleft = pop = insert = remove = rotate = reverse = _unsupported  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __iadd__ = _unsupported  # type: ignore[assignment]

@@ -1,0 +1,64 @@
+"""SampleHistory keeps the forecasters' grid input as arrays: the same grid as from the pairs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks.core.forecast import forecast_with, to_grid
+from tasks.core.forecast_grid import SampleHistory
+
+
+def _samples(seed: int, n: int) -> list[tuple[float, float | None]]:
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(rng.choice([60.0, 60.0, 60.0, 120.0, 30.0], n)) + 1.7e9
+    out: list[tuple[float, float | None]] = []
+    for ti in t:
+        r = rng.random()
+        value: float | None = float(rng.lognormal(5, 1))
+        if r < 0.05:
+            value = None
+        elif r < 0.07:
+            value = math.nan
+        elif r < 0.08:
+            value = math.inf
+        out.append((float(ti), value))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_grid_from_arrays_equals_grid_from_pairs_while_sliding(seed: int) -> None:
+    samples = _samples(seed, 3000)
+    hist = SampleHistory()
+    keep_s = 86400.0 * (0.5 + seed / 4)
+    for k, (t, v) in enumerate(samples):
+        hist.append((t, v))
+        while hist[0][0] < t - keep_s:
+            hist.popleft()
+        if k % 97 == 0 or k == len(samples) - 1:
+            pairs = list(hist)
+            a, b = to_grid(hist), to_grid(pairs)
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert a.step_s == b.step_s and a.t_end_s == b.t_end_s
+                np.testing.assert_array_equal(a.y, b.y)
+    assert forecast_with("auto", hist, 600.0) == forecast_with("auto", list(hist), 600.0)
+
+
+def test_only_the_mirrored_operations_are_allowed() -> None:
+    hist = SampleHistory([(1.0, 2.0), (2.0, None)])
+    assert list(hist) == [(1.0, 2.0), (2.0, None)]
+    t, v = hist.as_arrays()
+    assert t.tolist() == [1.0, 2.0] and v[0] == 2.0 and math.isnan(v[1])
+    with pytest.raises(NotImplementedError):
+        hist.appendleft((0.0, 1.0))
+    with pytest.raises(NotImplementedError):
+        hist.pop()
+    hist.clear()
+    assert to_grid(hist) is None and hist.as_arrays()[0].size == 0
+
+
+def test_all_missing_gives_no_grid() -> None:
+    assert to_grid(SampleHistory([(1.0, None), (2.0, math.nan)])) is None
