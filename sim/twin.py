@@ -197,6 +197,7 @@ class Twin:
     _pools_until_s: float = -math.inf
     _groups: dict[tuple[str, str], list[CellKey]] = field(default_factory=dict)
     _held: set[tuple[str, str]] = field(default_factory=set)  # groups with instances the guard holds
+    _placement: Placement | None = None  # `placement()`, until the cells change
 
     def __post_init__(self) -> None:
         missing = [s.name for s in self.config.services if s.name not in self.load]
@@ -241,13 +242,18 @@ class Twin:
         self._groups = groups
         self._held = held
         self._pools = {}
+        self._placement = None
 
     def cells_changed(self) -> None:
         """Call after changing `_cells` (or ready times) from outside: rebuilds indexes and caches."""
         self._update_cross()
 
     def placement(self) -> Placement:
-        return Placement.of((k, int(sum(b[1] for b in batches))) for k, batches in self._cells.items())
+        """Instances per cell (starting ones included). Cached until the cells change (every
+        change ends in `_reindex`): the replay reads it twice a period, mostly unchanged."""
+        if self._placement is None:
+            self._placement = Placement.of((k, int(sum(b[1] for b in batches))) for k, batches in self._cells.items())
+        return self._placement
 
     def _ready(self, key: CellKey) -> float:
         return sum(b[1] for b in self._cells.get(key, ()) if b[0] <= self.now_s)
@@ -310,12 +316,15 @@ class Twin:
         slo: Mapping[str, SloState] | None = None,  # no soft scale-in in the twin: unused
     ) -> ApplyResult:
         current = self.placement()
-        keys = sorted(set(current.cells) | set(plan.placement.cells))
-        changes = tuple(
-            Change(k, current.cells.get(k, 0), plan.placement.cells.get(k, 0))
-            for k in keys
-            if current.cells.get(k, 0) != plan.placement.cells.get(k, 0)
-        )
+        if plan.placement is current or plan.placement.cells == current.cells:
+            changes: tuple[Change, ...] = ()  # the usual period: nothing moves (no sort of every cell)
+        else:
+            keys = sorted(set(current.cells) | set(plan.placement.cells))
+            changes = tuple(
+                Change(k, current.cells.get(k, 0), plan.placement.cells.get(k, 0))
+                for k in keys
+                if current.cells.get(k, 0) != plan.placement.cells.get(k, 0)
+            )
         if mode is not ApplyMode.APPLY:
             return ApplyResult(mode=mode, changes=changes, applied=False)
         cold = {s.name: s.cold_start_s for s in config.services}

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from operator import attrgetter
 
 from models.config import Service
 from models.values import Forecast, RoleCounts, ServicePolicyState, ServiceSignals, Targets
 
 Decision = tuple[Targets, ServicePolicyState]
 
-_SIGNAL_FIELDS = tuple(f.name for f in fields(ServiceSignals) if f.name not in ("service", "sampled_at_s"))
+# Every signal value (not the name or the sampling time), read in one C call.
+_signal_values = attrgetter(*(f.name for f in fields(ServiceSignals) if f.name not in ("service", "sampled_at_s")))
 
 
 def clock_horizon_s(service: Service) -> float:
@@ -94,7 +96,7 @@ def decision_key(
 ) -> DecisionKey:
     return DecisionKey(
         policy=policy,
-        signal_values=tuple(getattr(signals, f) for f in _SIGNAL_FIELDS),
+        signal_values=_signal_values(signals),
         signal_age_s=signals.age_s(now_s),
         current=current,
         forecast=forecast,
