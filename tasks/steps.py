@@ -189,7 +189,10 @@ def compute_targets(
     `cache` (one run, one config: the replay's): a service whose inputs did not change since a
     decision that provably cannot change gets that decision back without a policy call
     (`tasks.core.decision_cache` states the rule)."""
-    current = current_counts(config, view)
+    if cache is not None:
+        current = cache.current_counts(view.placement, lambda: current_counts(config, view))
+    else:
+        current = current_counts(config, view)
     targets: dict[str, Targets] = {}
     new_states: dict[str, ServicePolicyState] = {}
     for svc in config.services:

@@ -36,11 +36,12 @@ decision record (targets with reasons, states) compared period by period.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from operator import attrgetter
 
 from models.config import Service
-from models.values import Forecast, RoleCounts, ServicePolicyState, ServiceSignals, Targets
+from models.values import Forecast, Placement, RoleCounts, ServicePolicyState, ServiceSignals, Targets
 
 Decision = tuple[Targets, ServicePolicyState]
 
@@ -119,8 +120,17 @@ class DecisionCache:
 
     def __init__(self) -> None:
         self._last: dict[str, _Entry] = {}
+        self._counts: tuple[Placement, dict[str, RoleCounts]] | None = None
         self.hits = 0
         self.misses = 0
+
+    def current_counts(self, placement: Placement, count: Callable[[], dict[str, RoleCounts]]) -> dict[str, RoleCounts]:
+        """`count()` (the counts of `placement`), recomputed only for another placement object: a
+        backend that hands back the same immutable placement while nothing moved (the twin)
+        skips a pass over every cell."""
+        if self._counts is None or self._counts[0] is not placement:
+            self._counts = (placement, count())
+        return self._counts[1]
 
     def get(self, service: Service, key: DecisionKey) -> Decision | None:
         entry = self._last.get(service.name)
