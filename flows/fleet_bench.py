@@ -7,6 +7,7 @@ wall seconds of the replay, simulated service-days per wall second, and the proc
 resident set size after that policy (`resource.getrusage`: a high-water mark, so it never falls
 from one row to the next), with the league's headline numbers beside them.
 
+`skip_unchanged=False` replays with the plain loop (no `DecisionCache`), to compare the two.
 `profile_dir`: each policy's replay under cProfile, `<policy>.prof` (pstats) and `<policy>.txt`
 (the top functions by cumulative and by own time) written there.
 """
@@ -60,6 +61,7 @@ def bench_replay(
     placement: PlacementMethod | str | None = PlacementMethod.GREEDY,
     seed: int = 1,
     profile_dir: Path | None = None,
+    skip_unchanged: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     bad = [p for p in policies if p not in POLICIES]
@@ -76,7 +78,9 @@ def bench_replay(
         t0, cpu0 = time.perf_counter(), _cpu_s()
         if prof is not None:
             prof.enable()
-        result = replay(fleet.config, fleet.curves, name, keep_ticks=False, placement=placement)
+        result = replay(
+            fleet.config, fleet.curves, name, keep_ticks=False, placement=placement, skip_unchanged=skip_unchanged
+        )
         if prof is not None:
             prof.disable()
         wall, cpu = time.perf_counter() - t0, _cpu_s() - cpu0
@@ -95,6 +99,8 @@ def bench_replay(
             "slo_attainment": summary["slo_attainment"],
             "unmet_periods": summary["unmet_periods"],
             "scale_actions": summary["scale_actions"],
+            "cost": summary["cost"],
+            "avg_gpu_util": summary["avg_gpu_util"],
         }
         rows.append(row)
         say(f"{name}: {row['wall_s']} s, {row['service_days_per_s']} service-days/s, {row['peak_rss_mb']} MB")
@@ -107,5 +113,7 @@ def bench_replay(
         "load_factor": fleet.load_factor,
         "build_s": round(build_s, 2),
         "profiled": profile_dir is not None,
+        # False: the plain loop (every service's policy called every period), for comparison.
+        "skip_unchanged": skip_unchanged,
         "rows": rows,
     }

@@ -25,6 +25,9 @@ def bench_replay_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cluster and service sizes.")] = 1,
     profile: Annotated[Path | None, typer.Option(help="Profile each replay; <policy>.prof/.txt here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="Call the policy for every service every period (no decision cache).")
+    ] = False,
 ) -> None:
     """Replay a synthetic N-service fleet for D days: wall s, service-days/s, peak RSS per policy."""
     from flows.fleet_bench import DEFAULT_POLICIES, bench_replay
@@ -37,6 +40,7 @@ def bench_replay_cmd(
             placement=None if placement == "policy" else placement,
             seed=seed,
             profile_dir=profile,
+            skip_unchanged=not plain,
             progress=lambda msg: err.print(msg, highlight=False),
         )
     )
@@ -45,7 +49,7 @@ def bench_replay_cmd(
         return
     t = Table(
         title=f"replay, {doc['services']} services x {doc['days']:g} days, {doc['gpus']} GPUs, "
-        f"placement {doc['placement']}{' (profiled)' if doc['profiled'] else ''}"
+        f"placement {doc['placement']}{' (profiled)' if doc['profiled'] else ''}{' (plain loop)' if plain else ''}"
     )
     cols = (
         "policy",
