@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from models.config import AffinityLevel, ClusterConfig, Role, Service
 from models.values import (
@@ -198,6 +199,10 @@ class Twin:
     _groups: dict[tuple[str, str], list[CellKey]] = field(default_factory=dict)
     _held: set[tuple[str, str]] = field(default_factory=set)  # groups with instances the guard holds
     _placement: Placement | None = None  # `placement()`, until the cells change
+    # Reuse a tick's queueing-model result when its inputs repeat exactly (`_tick`); False: always
+    # recompute (the same numbers, tested).
+    memo_ticks: bool = True
+    _served: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [s.name for s in self.config.services if s.name not in self.load]
@@ -470,84 +475,31 @@ class Twin:
         observed = bool(curve.observed[i])
         in_tok = float(curve.mean_input_tokens[i])
         out_tok = float(curve.mean_output_tokens[i])
-        prompt = in_tok * (1.0 - svc.prefix_cache_hit)
-        ctx_len = in_tok + out_tok / 2.0
 
         all_by_type: dict[str, float] = {}
         ready_p, n_ready_p, all_p = self._pool(svc, Role.PREFILL, all_by_type)
         ready_d, n_ready_d, all_d = self._pool(svc, Role.DECODE, all_by_type)
-        eng = self.engines
-
-        # --- prefill: cache-missed prompt tokens, plus what queued before.
-        cap_p = sum(
-            n * model.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0))
-            for g, n in ready_p.items()
-        )
-        backlog_p = self._backlog_p[svc.name]
-        work_p = rps * prompt * dt + backlog_p
-        served_p = min(work_p, cap_p * dt)
-        backlog_p = work_p - served_p
-        if cap_p > 0 and backlog_p > cap_p * _MAX_QUEUE_S:
-            backlog_p = cap_p * _MAX_QUEUE_S  # clients gave up (and this window fails)
-        self._backlog_p[svc.name] = backlog_p
-        waiting = backlog_p / prompt if prompt > 0 else 0.0
-        rho_p = work_p / (cap_p * dt) if cap_p > 0 else (math.inf if work_p > 0 else 0.0)
-
-        if cap_p > 0:
-            # p99 is set by the slowest GPU type serving prefill.
-            ttft = max(
-                model.prefill_ttft_p99_s(
-                    eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0)
-                )
-                for g in ready_p
-            )
-            ttft += backlog_p / cap_p
+        backlog_p0, backlog_d0, cross = self._backlog_p[svc.name], self._backlog_d[svc.name], self._cross[svc.name]
+        # The queueing model is a pure function of these; at steady load (a 10-minute trace window
+        # is ten 60-s ticks of the same rate) most ticks repeat the last one's inputs exactly.
+        memo = self._served.get(svc.name) if self.memo_ticks else None
+        if (
+            memo is not None
+            and memo[0] == i
+            and memo[1] is ready_p
+            and memo[2] is ready_d
+            and memo[3] == backlog_p0
+            and memo[4] == backlog_d0
+            and memo[5] == cross
+        ):
+            out = memo[6]
         else:
-            ttft = math.inf if work_p > 0 else 0.0
-        # KV transfer of the p99 prompt (the whole prompt's KV, cache hits included).
-        kv_bytes = eng[(svc.name, Role.DECODE, svc.decode.reference_gpu_type)].kv_bytes_per_token
-        bw = self.params.kv_bandwidth_gb_per_s * 1e9 * (1.0 - self.params.kv_cross_domain_loss * self._cross[svc.name])
-        ttft += kv_bytes * in_tok * model.P99_INPUT_FACTOR / bw
-
-        # --- decode: only the requests prefill finished arrive.
-        done_req = served_p / prompt if prompt > 0 else rps * dt
-        backlog_d = self._backlog_d[svc.name]
-        work_d = done_req * out_tok + backlog_d
-        caps_d = {g: model.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
-        cap_d = sum(caps_d[g] * n for g, n in ready_d.items())
-        served_d = min(work_d, cap_d * dt)
-        backlog_d = work_d - served_d
-        if cap_d > 0 and backlog_d > cap_d * _MAX_QUEUE_S:
-            backlog_d = cap_d * _MAX_QUEUE_S
+            out = self._serve(svc, i, ready_p, n_ready_p, ready_d, n_ready_d, backlog_p0, backlog_d0)
+            if self.memo_ticks:
+                self._served[svc.name] = (i, ready_p, ready_d, backlog_p0, backlog_d0, cross, out)
+        served_p, served_d, backlog_p, backlog_d, waiting, ttft, tbt, util_p, util_d, sm_p, sm_d = out
+        self._backlog_p[svc.name] = backlog_p
         self._backlog_d[svc.name] = backlog_d
-        rho_d = work_d / (cap_d * dt) if cap_d > 0 else (math.inf if work_d > 0 else 0.0)
-
-        tbt = 0.0
-        batch_frac = 0.0
-        mean_batch = 0.0
-        if cap_d > 0:
-            for g, n in ready_d.items():
-                e = eng[(svc.name, Role.DECODE, g)]
-                bmax = e.max_batch(ctx_len)
-                # Each instance gets traffic in proportion to its capacity.
-                r_i = min(rho_d, 1.0) * caps_d[g]
-                b = min(model.decode_batch(e, r_i, ctx_len), float(bmax))
-                tbt_g = model.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
-                if rho_d > _PREEMPT_RHO:
-                    tbt_g += e.prefill_s(1, ctx_len)  # a preempted sequence is recomputed
-                tbt = max(tbt, tbt_g)
-                mean_batch += b * n
-                batch_frac += b / bmax * n
-            mean_batch /= n_ready_d
-            batch_frac /= n_ready_d
-            ttft += backlog_d / cap_d  # waiting for a decode slot before the first token
-        elif work_d > 0:
-            ttft = tbt = math.inf
-
-        util_p = min(1.0, rho_p) if cap_p > 0 else 0.0
-        util_d = _DECODE_UTIL_MAX * (1.0 - math.exp(-mean_batch)) if cap_d > 0 else 0.0
-        sm_p = _PREFILL_SM_PER_UTIL * util_p
-        sm_d = util_d * (_DECODE_SM_BASE + _DECODE_SM_SPAN * batch_frac)
         gpi_p, gpi_d = svc.prefill.gpus_per_instance, svc.decode.gpus_per_instance
         gpus_ready_p, gpus_ready_d = n_ready_p * gpi_p, n_ready_d * gpi_d
         gpus_all = all_p * gpi_p + all_d * gpi_d
@@ -606,3 +558,95 @@ class Twin:
                     waiting_requests=waiting,
                 )
             )
+
+    def _serve(
+        self,
+        svc: Service,
+        i: int,
+        ready_p: dict[str, float],
+        n_ready_p: int,
+        ready_d: dict[str, float],
+        n_ready_d: int,
+        backlog_p: float,
+        backlog_d: float,
+    ) -> tuple[float, ...]:
+        """One tick of the queueing model for one service: a pure function of the load window `i`,
+        the serving pools, the backlogs carried in and the cross-domain share. Returns (served
+        prefill tokens, served decode tokens, prefill backlog, decode backlog, waiting requests,
+        p99 TTFT, p99 TBT, prefill util, decode util, prefill SM, decode SM)."""
+        dt = self.tick_s
+        curve = self.load[svc.name]
+        rps = float(curve.req_per_s[i])
+        in_tok = float(curve.mean_input_tokens[i])
+        out_tok = float(curve.mean_output_tokens[i])
+        prompt = in_tok * (1.0 - svc.prefix_cache_hit)
+        ctx_len = in_tok + out_tok / 2.0
+        eng = self.engines
+
+        # --- prefill: cache-missed prompt tokens, plus what queued before.
+        cap_p = sum(
+            n * model.prefill_tokens_per_s(eng[(svc.name, Role.PREFILL, g)], max(prompt, 1.0))
+            for g, n in ready_p.items()
+        )
+        work_p = rps * prompt * dt + backlog_p
+        served_p = min(work_p, cap_p * dt)
+        backlog_p = work_p - served_p
+        if cap_p > 0 and backlog_p > cap_p * _MAX_QUEUE_S:
+            backlog_p = cap_p * _MAX_QUEUE_S  # clients gave up (and this window fails)
+        waiting = backlog_p / prompt if prompt > 0 else 0.0
+        rho_p = work_p / (cap_p * dt) if cap_p > 0 else (math.inf if work_p > 0 else 0.0)
+
+        if cap_p > 0:
+            # p99 is set by the slowest GPU type serving prefill.
+            ttft = max(
+                model.prefill_ttft_p99_s(
+                    eng[(svc.name, Role.PREFILL, g)], min(rho_p, 0.99), n_ready_p, max(prompt, 1.0)
+                )
+                for g in ready_p
+            )
+            ttft += backlog_p / cap_p
+        else:
+            ttft = math.inf if work_p > 0 else 0.0
+        # KV transfer of the p99 prompt (the whole prompt's KV, cache hits included).
+        kv_bytes = eng[(svc.name, Role.DECODE, svc.decode.reference_gpu_type)].kv_bytes_per_token
+        bw = self.params.kv_bandwidth_gb_per_s * 1e9 * (1.0 - self.params.kv_cross_domain_loss * self._cross[svc.name])
+        ttft += kv_bytes * in_tok * model.P99_INPUT_FACTOR / bw
+
+        # --- decode: only the requests prefill finished arrive.
+        done_req = served_p / prompt if prompt > 0 else rps * dt
+        work_d = done_req * out_tok + backlog_d
+        caps_d = {g: model.decode_capacity(eng[(svc.name, Role.DECODE, g)], ctx_len) for g in ready_d}
+        cap_d = sum(caps_d[g] * n for g, n in ready_d.items())
+        served_d = min(work_d, cap_d * dt)
+        backlog_d = work_d - served_d
+        if cap_d > 0 and backlog_d > cap_d * _MAX_QUEUE_S:
+            backlog_d = cap_d * _MAX_QUEUE_S
+        rho_d = work_d / (cap_d * dt) if cap_d > 0 else (math.inf if work_d > 0 else 0.0)
+
+        tbt = 0.0
+        batch_frac = 0.0
+        mean_batch = 0.0
+        if cap_d > 0:
+            for g, n in ready_d.items():
+                e = eng[(svc.name, Role.DECODE, g)]
+                bmax = e.max_batch(ctx_len)
+                # Each instance gets traffic in proportion to its capacity.
+                r_i = min(rho_d, 1.0) * caps_d[g]
+                b = min(model.decode_batch(e, r_i, ctx_len), float(bmax))
+                tbt_g = model.decode_tbt_p99_s(e, b, ctx_len) if served_d > 0 else 0.0
+                if rho_d > _PREEMPT_RHO:
+                    tbt_g += e.prefill_s(1, ctx_len)  # a preempted sequence is recomputed
+                tbt = max(tbt, tbt_g)
+                mean_batch += b * n
+                batch_frac += b / bmax * n
+            mean_batch /= n_ready_d
+            batch_frac /= n_ready_d
+            ttft += backlog_d / cap_d  # waiting for a decode slot before the first token
+        elif work_d > 0:
+            ttft = tbt = math.inf
+
+        util_p = min(1.0, rho_p) if cap_p > 0 else 0.0
+        util_d = _DECODE_UTIL_MAX * (1.0 - math.exp(-mean_batch)) if cap_d > 0 else 0.0
+        sm_p = _PREFILL_SM_PER_UTIL * util_p
+        sm_d = util_d * (_DECODE_SM_BASE + _DECODE_SM_SPAN * batch_frac)
+        return served_p, served_d, backlog_p, backlog_d, waiting, ttft, tbt, util_p, util_d, sm_p, sm_d
