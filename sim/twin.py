@@ -486,17 +486,20 @@ class Twin:
         if (
             memo is not None
             and memo[0] == i
-            and memo[1] is ready_p
-            and memo[2] is ready_d
             and memo[3] == backlog_p0
             and memo[4] == backlog_d0
             and memo[5] == cross
+            and memo[6] == n_ready_p
+            and memo[7] == n_ready_d
+            # By value: the pool cache is rebuilt for every service whenever any cell changes.
+            and memo[1] == ready_p
+            and memo[2] == ready_d
         ):
-            out = memo[6]
+            out = memo[8]
         else:
             out = self._serve(svc, i, ready_p, n_ready_p, ready_d, n_ready_d, backlog_p0, backlog_d0)
             if self.memo_ticks:
-                self._served[svc.name] = (i, ready_p, ready_d, backlog_p0, backlog_d0, cross, out)
+                self._served[svc.name] = (i, ready_p, ready_d, backlog_p0, backlog_d0, cross, n_ready_p, n_ready_d, out)
         served_p, served_d, backlog_p, backlog_d, waiting, ttft, tbt, util_p, util_d, sm_p, sm_d = out
         self._backlog_p[svc.name] = backlog_p
         self._backlog_d[svc.name] = backlog_d

@@ -121,6 +121,7 @@ class DecisionCache:
     def __init__(self) -> None:
         self._last: dict[str, _Entry] = {}
         self._counts: tuple[Placement, dict[str, RoleCounts]] | None = None
+        self._horizon_s: dict[str, tuple[Service, float]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -143,7 +144,10 @@ class DecisionCache:
     def put(self, service: Service, key: DecisionKey, decision: Decision, now_s: float) -> None:
         """Keep `decision` (made at `now_s` from `key`) if rules 2-4 make it reusable later."""
         targets, state_out = decision
-        horizon = clock_horizon_s(service)
+        known = self._horizon_s.get(service.name)
+        if known is None or known[0] is not service:
+            known = self._horizon_s[service.name] = (service, clock_horizon_s(service))
+        horizon = known[1]
         reusable = (
             state_out == key.state
             and not service.schedule
