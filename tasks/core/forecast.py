@@ -40,6 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter, lfilter_zi
 
+from tasks.core.forecast_grid import LastCall
+
 History = Sequence[tuple[float, float | None]]
 Forecaster = Callable[[History, float], float | None]
 # path(y, h_steps, step_s) -> forecast of y[i + h] from every origin i (NaN where unknown).
@@ -217,12 +219,15 @@ def daily_shape_log_change(
     idx = np.arange(n)
     # Only the days the history reaches back to (a day of history gives one row, not seven).
     rows = min(days, (n - 1) // s)
+    hit = _DAILY_SHAPE.get(sm, (hi, s, rows))  # a function of sm, hi, s and rows only
+    if hit is not None:
+        return hit
     deltas = np.full((rows, n), np.nan)
     for j in range(1, rows + 1):
         src, dst = idx - j * s, idx + hi - j * s
         ok = src >= 0  # dst <= i - s + h < i: only the past is used
         deltas[j - 1, ok] = sm[dst[ok]] - sm[src[ok]]
-    return _nanmedian_rows(deltas)
+    return _DAILY_SHAPE.put(sm, (hi, s, rows), _nanmedian_rows(deltas))
 
 
 def path_seasonal_ar(
@@ -342,8 +347,15 @@ def profile_deviation(
 
 def _smoothed_log(logy: np.ndarray, step_s: float) -> np.ndarray:
     """The centred SMOOTH_S rolling median of the log series (the seasonal features' input)."""
+    hit = _SMOOTHED.get(logy, (step_s,))
+    if hit is not None:
+        return hit
     w = max(1, round(SMOOTH_S / step_s))
-    return pd.Series(logy).rolling(w, center=True, min_periods=1).median().to_numpy()
+    return _SMOOTHED.put(logy, (step_s,), pd.Series(logy).rolling(w, center=True, min_periods=1).median().to_numpy())
+
+
+_SMOOTHED = LastCall()
+_DAILY_SHAPE = LastCall()
 
 
 def _lag_changes(logy: np.ndarray, lags_s: tuple[float, ...], step_s: float) -> list[np.ndarray]:

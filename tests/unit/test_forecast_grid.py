@@ -62,3 +62,40 @@ def test_only_the_mirrored_operations_are_allowed() -> None:
 
 def test_all_missing_gives_no_grid() -> None:
     assert to_grid(SampleHistory([(1.0, None), (2.0, math.nan)])) is None
+
+
+def _daily(seed: int, days: float) -> list[tuple[float, float | None]]:
+    rng = np.random.default_rng(seed)
+    t = np.arange(0.0, days * 86400.0, 60.0)
+    v = 1000.0 * (1.2 + np.sin(2 * np.pi * t / 86400.0 + seed)) * rng.lognormal(0, 0.1, len(t))
+    out: list[tuple[float, float | None]] = [(float(a), float(b)) for a, b in zip(t, v, strict=True)]
+    for k in rng.choice(len(out), len(out) // 50, replace=False):
+        out[int(k)] = (out[int(k)][0], None)
+    return out
+
+
+def test_memoised_smoothing_and_daily_shape_change_no_forecast(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.core import forecast as fc
+
+    histories = [_daily(seed, days) for seed, days in ((1, 3.0), (2, 8.0), (3, 1.5))]
+
+    def run() -> list[tuple[str, dict[str, np.ndarray], float | None, str]]:
+        out = []
+        # Interleaved and repeated: a stale entry would show up as a wrong path.
+        for hist in [*histories, histories[0], histories[1][:-7]]:
+            grid = to_grid(hist)
+            assert grid is not None
+            choice, paths = fc.select_forecaster(grid, 660.0)
+            value, method = forecast_with("auto", hist, 660.0)
+            out.append((choice, paths, value, method))
+        return out
+
+    memo = run()
+    monkeypatch.setattr(fc._SMOOTHED, "enabled", False)
+    monkeypatch.setattr(fc._DAILY_SHAPE, "enabled", False)
+    plain = run()
+    for (c1, p1, v1, m1), (c2, p2, v2, m2) in zip(memo, plain, strict=True):
+        assert (c1, v1, m1) == (c2, v2, m2)
+        assert p1.keys() == p2.keys()
+        for k in p1:
+            np.testing.assert_array_equal(p1[k], p2[k])
