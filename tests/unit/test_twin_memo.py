@@ -4,13 +4,15 @@ every tick, on the demo services and on a small synthetic fleet."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import pytest
 
 from flows import replay as replay_mod
-from flows.replay import replay
-from models.config import load_config
+from flows.replay import ReplayResult, replay
+from models.config import ClusterConfig, load_config
 from sim.fleet import synthetic_fleet
+from sim.traces import LoadCurve
 from sim.twin import Twin
 from tests.conftest import DEMO_CONFIG
 from tests.unit.test_decision_cache import _curve
@@ -21,7 +23,14 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("HETEROSCALE_CAPACITY_CACHE", str(tmp_path_factory.getbasetemp() / "capcache"))
 
 
-def _run(monkeypatch: pytest.MonkeyPatch, cfg, curves, policy: str, *, memo: bool):  # type: ignore[no-untyped-def]
+def _run(
+    monkeypatch: pytest.MonkeyPatch,
+    cfg: ClusterConfig,
+    curves: Mapping[str, LoadCurve],
+    policy: str,
+    *,
+    memo: bool,
+) -> ReplayResult:
     monkeypatch.setattr(replay_mod, "Twin", functools.partial(Twin, memo_ticks=memo))
     result = replay(cfg, curves, policy, keep_ticks=True, placement="greedy")
     monkeypatch.setattr(replay_mod, "Twin", Twin)
