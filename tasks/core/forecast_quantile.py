@@ -26,9 +26,11 @@ import numpy as np
 
 from tasks.core.forecast import (
     AUTO,
+    COMBINE_SEP,
     DAY_S,
     History,
     _path,
+    combine_paths,
     h_steps,
     last_value,
     select_forecaster,
@@ -146,12 +148,19 @@ def forecast_quantiles(
     h = h_steps(horizon_s, grid.step_s)
     hi = max(1, round(h))
     n = len(grid.y)
-    start = max(0, n - 1 - hi - round(WINDOW_S / grid.step_s))
-    used = method
+    # Origins whose errors calibrate the last one (the time-of-day sets reach further back).
+    start = max(0, n - 1 - hi - round((RECENT_S if BAND_S is None else WINDOW_S) / grid.step_s))
     if method == AUTO:
-        chosen, _paths = select_forecaster(grid, horizon_s)
+        chosen, paths = select_forecaster(grid, horizon_s)
+        parts = chosen.split(COMBINE_SEP)
+        first = np.flatnonzero(~np.isnan(paths[parts[0]]))
+        if len(first) and first[0] <= start:  # the selection's paths already reach back far enough
+            path = combine_paths([paths[m] for m in parts])
+        else:
+            path = _path(chosen, grid.y, h, grid.step_s, start=start)
         used, method = f"{AUTO}:{chosen}", chosen
-    path = _path(method, grid.y, h, grid.step_s, start=start)  # a "+" name: the combination
+    else:
+        used, path = method, _path(method, grid.y, h, grid.step_s, start=start)  # "+": the combination
     value = last_value(history, horizon_s) if method == "last-value" else _nonneg(path[-1])
     q = quantile_path(path, grid.y, hi, grid.step_s, levels, origins=np.array([n - 1]))[:, -1]
     if value is None or np.isnan(q).any():
