@@ -216,10 +216,21 @@ class PolicyParams(_Frozen):
     # observed, from the capacity model) it sizes each role to, applied to the recent peak demand.
     # The rest absorbs forecast error and load moving within a control period.
     slo_headroom: Annotated[float, Field(gt=0, le=1)] = 0.8
+    # `heteroscale` only: size for this quantile of the load at Ready time (cold start + period)
+    # from the forecast's quantiles (its own rolling-origin errors), not for the point forecast.
+    # None, or a forecast without quantiles (short history): the point forecast, as before.
+    risk: float | None = 0.9
     # Startup skew guard (tasks/core/skew.py): a deployment group's Ready-and-serving prefill
     # (reference units) stays within pd_ratio x decode (1 +- this) while new instances start.
     # None = the hysteresis band.
     skew_tolerance: Annotated[float, Field(ge=0, lt=1)] | None = None
+
+    @field_validator("risk")
+    @classmethod
+    def _risk_level(cls, v: float | None) -> float | None:
+        if v is not None and not 0.5 <= v < 1.0:
+            raise ValueError("must be a quantile level in [0.5, 1) (e.g. 0.9), or null for the point forecast")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Self:

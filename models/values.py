@@ -7,6 +7,8 @@ is always passed in; nothing here reads a clock.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -70,13 +72,30 @@ class ServiceSignals:
 
 @dataclass(frozen=True, slots=True)
 class Forecast:
-    """Expected value of the policy metric at `now_s + horizon_s`."""
+    """Expected value of the policy metric at `now_s + horizon_s`; `quantiles`: ((level, value), ...)
+    of the metric there, by increasing level (empty: too little history for them)."""
 
     service: str
     metric: str
     value: float | None
     horizon_s: float
     method: str
+    quantiles: tuple[tuple[float, float], ...] = ()
+
+    def quantile(self, q: float) -> float | None:
+        """The value at level q: exact when carried, else interpolated in log space between the
+        two nearest carried levels; None outside their range or when none are carried."""
+        qs = sorted(self.quantiles)
+        for lv, v in qs:
+            if abs(lv - q) < 1e-9:
+                return v
+        for (l0, v0), (l1, v1) in itertools.pairwise(qs):
+            if l0 < q < l1:
+                w = (q - l0) / (l1 - l0)
+                if v0 <= 0 or v1 <= 0:
+                    return v0 + (v1 - v0) * w
+                return math.exp(math.log(v0) + (math.log(v1) - math.log(v0)) * w)
+        return None
 
 
 @dataclass(frozen=True, slots=True)

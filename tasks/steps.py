@@ -34,7 +34,9 @@ from models.values import (
 from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.capacity import EngineModel, ServiceEngines
 from tasks.core.decision_cache import DecisionCache, decision_key
-from tasks.core.forecast import History, forecast_with, get_forecaster
+from tasks.core.forecast import History, get_forecaster
+from tasks.core.forecast_quantile import LEVELS as QUANTILE_LEVELS
+from tasks.core.forecast_quantile import forecast_quantiles
 from tasks.core.placement import place_greedy
 from tasks.core.policy import PolicyContext, get_policy
 from tasks.core.topology import ClusterView
@@ -129,7 +131,9 @@ def forecast_load(
 
     `forecaster` overrides each service's `policy.forecaster`, for all services or per service
     name ("auto" = chosen by a rolling-origin backtest on the service's own history; the method
-    used is recorded as "auto:<name>").
+    used is recorded as "auto:<name>"). Each forecast also carries the quantiles of the metric at
+    the horizon (`forecast_quantile.LEVELS` and the service's `policy.risk`) from the method's own
+    rolling-origin errors; none when the history holds too few.
     """
     out: dict[str, Forecast] = {}
     for svc in config.services:
@@ -137,8 +141,9 @@ def forecast_load(
         name = override or svc.policy.forecaster
         get_forecaster(name)  # unknown names fail here with the list of valid ones
         horizon = svc.cold_start_s + config.cluster.control_period_s
-        value, method = forecast_with(name, history.get(svc.name, ()), horizon)
-        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method)
+        levels = tuple(sorted({*QUANTILE_LEVELS, *((svc.policy.risk,) if svc.policy.risk is not None else ())}))
+        value, method, quantiles = forecast_quantiles(name, history.get(svc.name, ()), horizon, levels)
+        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method, quantiles)
     return out
 
 

@@ -23,6 +23,10 @@ from rich.text import Text
 from heteroscale.cli import MODES, _choice, _user_errors, app, bench_app, console, print_run
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
     from models.config import ClusterConfig
 
 twin_app = typer.Typer(help="The replay twin as a live service.", no_args_is_help=True)
@@ -171,6 +175,23 @@ def twin_scale(
     )
 
 
+def _quantile_scores(quants: np.ndarray, target: np.ndarray, sel: np.ndarray, levels: Sequence[float]) -> dict:
+    """Pinball loss (over the mean target, so series compare) and coverage (share of targets at or
+    below the quantile; nominal = the level) per level, over the selected origins whose target is
+    observed and whose quantiles exist; `n_quantile` such origins."""
+    import numpy as np  # late: CLI start-up
+
+    ok = sel & ~np.isnan(target) & ~np.isnan(quants).any(axis=0)
+    t = target[ok]
+    pinball: dict[str, float | None] = {}
+    coverage: dict[str, float | None] = {}
+    for k, q in enumerate(levels):
+        d = t - quants[k, ok]
+        pinball[f"{q:g}"] = float(np.mean(np.maximum(q * d, (q - 1) * d)) / np.mean(t)) if len(t) else None
+        coverage[f"{q:g}"] = float(np.mean(d <= 0)) if len(t) else None
+    return {"pinball": pinball, "coverage": coverage, "n_quantile": int(ok.sum())}
+
+
 # `bench forecast`: a target below this share of the series' median is reported as near-zero
 # (m-mid has 8 such windows at 0.05-0.8% of its median, next lowest 41% of the local median:
 # partial collection windows beside the flagged gaps, scored as real by the issue's metric).
@@ -198,14 +219,17 @@ def bench_forecast(
 
     Scores by split (targets from `warmup_s` to `train_days`, then the rest): MAPE and p90
     absolute % error over every observed target (the issue's metric), the median, and MAPE
-    without near-zero targets (< NEAR_ZERO_SHARE of the series median), with their count.
+    without near-zero targets (< NEAR_ZERO_SHARE of the series median), with their count; and per
+    quantile level of `forecast_quantile.LEVELS`, the pinball loss (over the mean target) and the
+    coverage (share of targets at or below the quantile; calibrated = the level).
     `--score-origins observed` drops origins whose own sample is missing, for every forecaster."""
     # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     import numpy as np
     import pandas as pd
 
-    from tasks.core.forecast import AUTO, PATHS
-    from tasks.core.forecast_eval import backtest_errors, chosen_shares
+    from tasks.core.forecast import AUTO, PATHS, abs_pct_errors
+    from tasks.core.forecast_eval import backtest_paths, chosen_shares
+    from tasks.core.forecast_quantile import LEVELS, quantile_path
 
     def run() -> dict[str, dict]:
         if score_origins not in ("all", "observed"):
@@ -224,7 +248,9 @@ def bench_forecast(
         out: dict[str, dict] = {}
         for h in horizon_s:
             hi = max(1, round(h / step))
-            errs, choice = backtest_errors(y, step, h)
+            paths, choice = backtest_paths(y, step, h)
+            errs = {m: abs_pct_errors(f, y, hi) for m, f in paths.items()}
+            quants = {m: quantile_path(f, y, hi, step, LEVELS) for m, f in paths.items()}
             target = np.full(n, np.nan)
             target[: n - hi] = y[hi:]
             near_zero = target < NEAR_ZERO_SHARE * np.nanmedian(y)
@@ -245,6 +271,7 @@ def bench_forecast(
                         "mape_excl_near_zero": float(np.mean(ev_nz)) if len(ev_nz) else None,
                         "n": len(ev),
                         "near_zero_targets": int(len(ev) - len(ev_nz)),
+                        **_quantile_scores(quants[m], target, sel, LEVELS),
                     }
                 # Share of origins at which auto used each method (alone or in its combination).
                 rows[AUTO]["chosen_share"] = chosen_shares(choice[:, sel], tuple(PATHS))
@@ -295,6 +322,25 @@ def bench_forecast(
                     f"{s['n']} ({s['near_zero_targets']})",
                 )
             console.print(t)
+            tq = Table(title=f"quantiles (conformal, own rolling-origin errors), horizon {h} s, {split} targets")
+            qcols = (
+                "forecaster",
+                "MAPE",
+                *(f"pinball p{q * 100:g}" for q in LEVELS),
+                *(f"cover p{q * 100:g}" for q in LEVELS),
+                "n",
+            )
+            for c in qcols:
+                tq.add_column(c, justify="left" if c == "forecaster" else "right")
+            for m, s in scores.items():
+                tq.add_row(
+                    m,
+                    pct(s["mape"]),
+                    *(pct(s["pinball"][f"{q:g}"]) for q in LEVELS),
+                    *("-" if (c := s["coverage"][f"{q:g}"]) is None else f"{c:.1%}" for q in LEVELS),
+                    str(s["n_quantile"]),
+                )
+            console.print(tq)
             shares = scores[AUTO]["chosen_share"]
             console.print(
                 "auto used (alone or combined): " + ", ".join(f"{m} {v:.0%}" for m, v in shares.items()),

@@ -41,8 +41,29 @@ def backtest_errors(
     """Per-origin absolute % errors of every method and of `auto` over a whole series.
 
     `errors[m][i]` scores the forecast from origin i against y[i + h] (NaN: target missing or not
-    positive). `auto` at origin i combines (`combine_paths`) the `combine` methods with the lowest
-    `select_by` error ("mean", or "median" for a burst-robust choice) over origins whose targets
+    positive); the forecasts and `choice` are those of `backtest_paths`.
+    """
+    hi = max(1, round(h_steps(horizon_s, step_s)))
+    paths, choice = backtest_paths(
+        y, step_s, horizon_s, candidates=candidates, window_s=window_s, select_by=select_by, combine=combine
+    )
+    return {m: abs_pct_errors(p, y, hi) for m, p in paths.items()}, choice
+
+
+def backtest_paths(
+    y: np.ndarray,
+    step_s: float,
+    horizon_s: float,
+    *,
+    candidates: Sequence[str] = tuple(PATHS),
+    window_s: float = SELECT_WINDOW_S,
+    select_by: str = SELECT_BY,
+    combine: int = COMBINE_TOP,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-origin forecasts of every method and of `auto` over a whole series.
+
+    `paths[m][i]` is the forecast of y[i + h] from origin i. `auto` at origin i combines
+    (`combine_paths`) the `combine` methods with the lowest `select_by` error ("mean", or "median" for a burst-robust choice) over origins whose targets
     are known at i (target index <= i) within `window_s` — what the live selection sees — so its
     score is honest, not a best-in-hindsight. Also returns `choice`, shape (combine, n): the
     indices into `candidates` used at each origin, best first (-1: slot unused).
@@ -70,8 +91,8 @@ def backtest_errors(
     choice = np.where(used, choice, -1)
     path_stack = np.vstack([paths[m] for m in candidates])
     members = np.where(used, path_stack[np.maximum(choice, 0), cols], np.nan)
-    errs[AUTO] = abs_pct_errors(combine_paths(list(members)), y, hi)
-    return errs, choice
+    paths[AUTO] = combine_paths(list(members))
+    return paths, choice
 
 
 def chosen_shares(choice: np.ndarray, candidates: Sequence[str]) -> dict[str, float]:

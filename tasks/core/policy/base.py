@@ -217,9 +217,17 @@ def decode_target(svc: Service) -> float:
     return share * svc.decode.capacity_tokens_per_s[svc.decode.reference_gpu_type]
 
 
-def forecast_factor(ctx: PolicyContext, observed_metric: float) -> tuple[float, str]:
-    """How much more load the forecast expects when new instances are Ready (>= 1)."""
+def forecast_factor(ctx: PolicyContext, observed_metric: float, *, risk: float | None = None) -> tuple[float, str]:
+    """How much more load the forecast expects when new instances are Ready (>= 1).
+
+    With `risk` (a quantile level) and a forecast carrying quantiles: the `risk`-quantile of the
+    load at Ready time over the observed value, so the margin follows how uncertain the load is
+    there; else the point forecast (a short history carries no quantiles)."""
     fc = ctx.forecast
+    if fc is not None and risk is not None and observed_metric > 0:
+        q = fc.quantile(risk)
+        if q is not None and math.isfinite(q):
+            return max(1.0, q / observed_metric), f"p{risk * 100:g} x{q / observed_metric:.2f} ({fc.method})"
     if fc is not None and fc.value is not None and math.isfinite(fc.value) and observed_metric > 0:
         return max(1.0, fc.value / observed_metric), f"forecast x{fc.value / observed_metric:.2f} ({fc.method})"
     return 1.0, "observed"

@@ -110,7 +110,10 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     latency, the queue and the saturation guard only ever add capacity and block scale-in.
 
     1. Demand per role (`role_demand`): arrivals or served + queue, not only what was served;
-       x the forecast's factor at cold start + period (never below 1).
+       x the forecast's factor at cold start + period (never below 1): the `policy.risk`
+       quantile of the load at Ready time where the forecast carries quantiles, else the point
+       forecast. Scale-in (5.) follows the highest ask of the last cold start, so it waits for
+       that upper quantile to fall below what would remain.
     2. Per-instance target per role = `slo_headroom` x the capacity at the SLO at the observed
        request sizes (`role_capacity`, the capacity model), for the window's peak short-interval
        arrival rate; ask = demand / target. Without the capacity model or the sizes: the curated
@@ -139,7 +142,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     if dem is None or dem.prefill_tps is None:
         return hold(ctx, state, "hold: decode_tps or prefill load missing/stale")
     metric = dem.decode_tps if p.metric is Metric.DECODE_TPS else dem.prefill_tps
-    factor, fc_how = forecast_factor(ctx, metric)
+    factor, fc_how = forecast_factor(ctx, metric, risk=p.risk)
     caps = role_capacity(ctx, dem, cur.num_prefill)
     # SLO-grounded: a share of the capacity at the SLO for the recent peak; without the capacity
     # model, the curated target's share of the curated capacity for the mean.
