@@ -35,7 +35,8 @@ from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.capacity import EngineModel, ServiceEngines
 from tasks.core.forecast import History, forecast_with, get_forecaster
 from tasks.core.placement import place_greedy
-from tasks.core.policy import PolicyContext, get_policy
+from tasks.core.policy import PolicyContext, get_policy, with_schedule_floor
+from tasks.core.stepprofile import OUTLOOK_S, expected_steps
 from tasks.core.topology import ClusterView
 from tasks.placement_runner import run_ilp
 
@@ -129,6 +130,10 @@ def forecast_load(
     `forecaster` overrides each service's `policy.forecaster`, for all services or per service
     name ("auto" = chosen by a rolling-origin backtest on the service's own history; the method
     used is recorded as "auto:<name>").
+
+    With `policy.steps.enabled`, the forecast also lists the upward steps the service's daily step
+    profile expects from the last sample to `OUTLOOK_S` past the horizon (`Forecast.steps`,
+    tasks/core/stepprofile.py): the replay reuses a forecast for up to a trace window.
     """
     out: dict[str, Forecast] = {}
     for svc in config.services:
@@ -136,8 +141,12 @@ def forecast_load(
         name = override or svc.policy.forecaster
         get_forecaster(name)  # unknown names fail here with the list of valid ones
         horizon = svc.cold_start_s + config.cluster.control_period_s
-        value, method = forecast_with(name, history.get(svc.name, ()), horizon)
-        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method)
+        past = history.get(svc.name, ())
+        value, method = forecast_with(name, past, horizon)
+        steps = ()
+        if svc.policy.steps.enabled and past:
+            steps = expected_steps(past, past[-1][0], horizon + OUTLOOK_S, svc.policy.steps)
+        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method, steps)
     return out
 
 
@@ -202,7 +211,8 @@ def compute_targets(
             floor_need=(floor_need or {}).get(svc.name),
             floor_keep=(floor_keep or {}).get(svc.name),
         )
-        targets[svc.name], new_states[svc.name] = decide(ctx, states.get(svc.name, ServicePolicyState()))
+        before = states.get(svc.name, ServicePolicyState())
+        targets[svc.name], new_states[svc.name] = with_schedule_floor(ctx, before, decide(ctx, before))
     return targets, new_states
 
 

@@ -26,6 +26,7 @@ from tasks.core.policy.base import (
     since,
 )
 from tasks.core.policy.demand import role_capacity, role_demand
+from tasks.core.stepprofile import step_factor
 
 # --- demand and capacity per role (heteroscale, dynamo-sla) ----------------------------------
 
@@ -110,7 +111,8 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     latency, the queue and the saturation guard only ever add capacity and block scale-in.
 
     1. Demand per role (`role_demand`): arrivals or served + queue, not only what was served;
-       x the forecast's factor at cold start + period (never below 1).
+       x the forecast's factor at cold start + period (never below 1), or the expected step's
+       when the daily step profile expects a larger one by then (`policy.steps`, pre-provision).
     2. Per-instance target per role = `slo_headroom` x the capacity at the SLO at the observed
        request sizes (`role_capacity`, the capacity model), for the window's peak short-interval
        arrival rate; ask = demand / target. Without the capacity model or the sizes: the curated
@@ -140,6 +142,12 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         return hold(ctx, state, "hold: decode_tps or prefill load missing/stale")
     metric = dem.decode_tps if p.metric is Metric.DECODE_TPS else dem.prefill_tps
     factor, fc_how = forecast_factor(ctx, metric)
+    # Step awareness: a recurring upward step due before instances started now are Ready.
+    step, step_why = step_factor(
+        ctx.forecast.steps if ctx.forecast else (), ctx.now_s, svc.cold_start_s + ctx.control_period_s
+    )
+    if step > factor:
+        factor, fc_how = step, f"{fc_how}; {step_why}"
     caps = role_capacity(ctx, dem, cur.num_prefill)
     # SLO-grounded: a share of the capacity at the SLO for the recent peak; without the capacity
     # model, the curated target's share of the curated capacity for the mean.
