@@ -30,8 +30,10 @@ Days are 86,400 s of the history's clock (time zones and DST shifts are not mode
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -89,18 +91,28 @@ def _rolling(v: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     count = valid.sum(axis=1)
     filled = np.where(valid, w, 0.0)
     mean = np.divide(filled.sum(axis=1), count, out=np.full(n, np.nan), where=count > 0)
-    # nanmedian warns on all-NaN rows: give those rows a dummy value, masked below.
-    med = np.nanmedian(np.where(count[:, None] > 0, w, 1.0), axis=1)
+    # The median of each row's valid values: NaNs sort last, so they sit at [lo, hi] of the sorted row.
+    ordered = np.sort(w, axis=1)
+    lo = np.maximum(count - 1, 0) // 2
+    hi = np.maximum(count, 1) // 2
+    pick = np.take_along_axis
+    med = (pick(ordered, lo[:, None], axis=1)[:, 0] + pick(ordered, hi[:, None], axis=1)[:, 0]) / 2
     enough = count >= math.ceil(k / 2)
     return np.where(enough, mean, np.nan), np.where(enough, med, np.nan)
 
 
 def detect_steps(history: History, *, min_step: float, window_s: float) -> list[DetectedStep]:
     """The upward steps of at least `min_step` in `history` (see the module's contract)."""
-    if len(history) < 3:
-        return []
     t, v = _arrays(history)
+    return _detect(t, v, min_step=min_step, window_s=window_s)
+
+
+def _detect(t: np.ndarray, v: np.ndarray, *, min_step: float, window_s: float) -> list[DetectedStep]:
+    if len(t) < 3:
+        return []
     k = _window_samples(t, window_s)
+    if len(t) <= k:
+        return []
     after_mean, after_med = _rolling(v, k)
     # The window before i is the window after i - k.
     before_mean = np.concatenate([np.full(k, np.nan), after_mean[:-k]])
@@ -131,14 +143,38 @@ class _Evidence:
 
 
 def _evidence(history: History, params: StepAwareness) -> _Evidence:
-    steps = detect_steps(history, min_step=params.min_step, window_s=params.window_s)
     t, v = _arrays(history)
+    steps = _detect(t, v, min_step=params.min_step, window_s=params.window_s)
     return _Evidence(
         steps_t=np.array([s.t_s for s in steps]),
         steps_size=np.array([s.size for s in steps]),
         valid_t=t[~np.isnan(v)],
         window_s=params.window_s,
     )
+
+
+def _evidence_near(history: History, params: StepAwareness, spans: Sequence[tuple[float, float]]) -> _Evidence:
+    """The evidence within the time spans only (each padded so that a step inside is detected as
+    on the whole history): one query reads a few hours of each past day, not days of samples."""
+    pad = 3 * params.window_s
+    steps: list[DetectedStep] = []
+    valid: list[np.ndarray] = []
+    for lo_t, hi_t in sorted(spans):
+        lo = bisect_left(history, lo_t - pad, key=_time)
+        hi = bisect_right(history, hi_t + pad, key=_time)
+        t, v = _arrays(list(islice(history, lo, hi)))
+        steps += [s for s in _detect(t, v, min_step=params.min_step, window_s=params.window_s) if lo_t <= s.t_s <= hi_t]
+        valid.append(t[~np.isnan(v) & (t >= lo_t - params.window_s) & (t <= hi_t + params.window_s)])
+    return _Evidence(
+        steps_t=np.array([s.t_s for s in steps]),
+        steps_size=np.array([s.size for s in steps]),
+        valid_t=np.concatenate(valid) if valid else np.array([]),
+        window_s=params.window_s,
+    )
+
+
+def _time(h: tuple[float, float | None]) -> float:
+    return h[0]
 
 
 def _seen(ev: _Evidence, at_s: float) -> bool:
@@ -178,8 +214,13 @@ def expected_steps(
     days = _days_back(history, origin_s + lookahead_s)
     if days < params.min_days:
         return ()
-    ev = _evidence(history, params)
     tol = params.tolerance_s
+    span = params.window_s + tol
+    ev = _evidence_near(
+        history,
+        params,
+        [(origin_s - d * DAY_S - span, origin_s + lookahead_s - d * DAY_S + span) for d in range(1, days + 1)],
+    )
     # Candidate times: every past step shifted forward by whole days into the window.
     cands: set[float] = set()
     for d in range(1, days + 1):
