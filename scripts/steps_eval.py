@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from flows.replay import replay  # noqa: E402
 from flows.replay_flow import window  # noqa: E402
 from heteroscale.cli import _load_curves  # noqa: E402
+from models.config import ClusterConfig  # noqa: E402
 from tasks.core.registry import load_config  # noqa: E402
 
 SMALL = ROOT / "data/traces/servegen/servegen_m-small_10min.csv"
@@ -72,7 +73,7 @@ def _specs(batch: bool, tmp: Path) -> tuple[list[str], list[str]]:
     return traces, peaks
 
 
-def _with_steps(cfg, enabled: bool, min_days: int):  # type: ignore[no-untyped-def]
+def _with_steps(cfg: ClusterConfig, enabled: bool, min_days: int) -> ClusterConfig:
     services = tuple(
         s.model_copy(
             update={
@@ -92,6 +93,7 @@ def main() -> None:
     ap.add_argument("--half", choices=("curate", "eval"), default="eval")
     ap.add_argument("--min-days", type=int, action="append", help="step-aware variants (repeat); default 3")
     ap.add_argument("--no-oracle", action="store_true")
+    ap.add_argument("--no-off", action="store_true", help="skip the steps-off variant")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     cfg = load_config(CONFIG)
@@ -101,7 +103,9 @@ def main() -> None:
         curves = {n: c.split(0.5)[1] for n, c in curves.items()}
     else:
         curves = window(curves, 168.0)
-    variants: list[tuple[str, str, object]] = [("heteroscale", "steps off", _with_steps(cfg, False, 3))]
+    variants: list[tuple[str, str, ClusterConfig]] = []
+    if not args.no_off:
+        variants.append(("heteroscale", "steps off", _with_steps(cfg, False, 3)))
     for md in args.min_days or [3]:
         variants.append(("heteroscale", f"steps on (min_days {md})", _with_steps(cfg, True, md)))
     if not args.no_oracle:
@@ -109,7 +113,7 @@ def main() -> None:
     rows = []
     for policy, label, c in variants:
         started = time.process_time()
-        res = replay(c, curves, policy, placement="greedy", keep_ticks=False)  # type: ignore[arg-type]
+        res = replay(c, curves, policy, placement="greedy", keep_ticks=False)
         s = res.summary()
         rows.append(
             {
@@ -128,7 +132,9 @@ def main() -> None:
         print(rows[-1], flush=True)
     floor = next((r["cost"] for r in rows if r["policy"] == "oracle"), None)
     print(f"\n{args.set}, {args.half} half")
-    print("| policy | variant | GPU-hours | cost | SLO attainment | ratio to floor | TTFT p99 s | scale actions | cpu s |")
+    print(
+        "| policy | variant | GPU-hours | cost | SLO attainment | ratio to floor | TTFT p99 s | scale actions | cpu s |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         ratio = f"{r['cost'] / floor:.3f}" if floor else "—"

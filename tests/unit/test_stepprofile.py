@@ -9,6 +9,7 @@ every 60 s as the replay's history is, 2% sample noise) with a batch job adding 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -142,11 +143,17 @@ def _ctx(steps: tuple[ExpectedStep, ...], now_s: float) -> PolicyContext:
 
 
 def test_heteroscale_scales_out_before_an_expected_step_and_says_so() -> None:
-    step = (ExpectedStep(t_s=20_000.0, size=0.5, days_with=4, days_seen=5),)
+    step = (ExpectedStep(t_s=20_000.0, size=1.5, days_with=4, days_seen=5),)
     before, _ = heteroscale(_ctx((), 20_000.0 - COLD_S), NO_STATE)
     ahead, _ = heteroscale(_ctx(step, 20_000.0 - COLD_S), NO_STATE)
     assert ahead.action is Action.SCALE_OUT and ahead.num_decode > before.num_decode
-    assert "step pre-provision: +50% step expected in 180s (on 4 of 5 past days" in ahead.reason
+    assert "step pre-provision: +150% step expected in 180s (on 4 of 5 past days" in ahead.reason
+    # Sized for the load after the step at the capacity at the SLO (950 tok/s per decode instance).
+    assert ahead.num_decode == math.ceil(2.5 * 5_000.0 / 950)
+    # A step the headroom already holds (+50% at a 600-of-950 target) is not provisioned for.
+    small = (ExpectedStep(t_s=20_000.0, size=0.5, days_with=4, days_seen=5),)
+    held, _ = heteroscale(_ctx(small, 20_000.0 - COLD_S), NO_STATE)
+    assert held.counts == before.counts and "step pre-provision" not in held.reason
     # Too early (beyond a cold start + a period) or after the step: the step is not sized for.
     early, _ = heteroscale(_ctx(step, 20_000.0 - COLD_S - PERIOD_S - 1), NO_STATE)
     late, _ = heteroscale(_ctx(step, 20_000.0), NO_STATE)
