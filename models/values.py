@@ -71,9 +71,23 @@ class ServiceSignals:
 
 
 @dataclass(frozen=True, slots=True)
+class ExpectedStep:
+    """An upward step of the policy metric expected at `t_s` (tasks/core/stepprofile.py): on
+    `days_with` of the `days_seen` past days the history covers there, the metric stepped up at
+    this time of day (+- the tolerance), by a median `size` (0.25 = +25%)."""
+
+    t_s: float
+    size: float
+    days_with: int
+    days_seen: int
+
+
+@dataclass(frozen=True, slots=True)
 class Forecast:
     """Expected value of the policy metric at `now_s + horizon_s`; `quantiles`: ((level, value), ...)
-    of the metric there, by increasing level (empty: too little history for them)."""
+    of the metric there, by increasing level (empty: too little history for them); `steps`: the
+    upward steps the daily step profile expects from the forecast's origin on (empty when step
+    awareness is off)."""
 
     service: str
     metric: str
@@ -81,6 +95,7 @@ class Forecast:
     horizon_s: float
     method: str
     quantiles: tuple[tuple[float, float], ...] = ()
+    steps: tuple[ExpectedStep, ...] = ()
 
     def quantile(self, q: float) -> float | None:
         """The value at level q: exact when carried, else interpolated in log space between the

@@ -38,7 +38,8 @@ from tasks.core.forecast import History, get_forecaster
 from tasks.core.forecast_quantile import LEVELS as QUANTILE_LEVELS
 from tasks.core.forecast_quantile import forecast_quantiles
 from tasks.core.placement import place_greedy
-from tasks.core.policy import PolicyContext, get_policy
+from tasks.core.policy import PolicyContext, get_policy, with_schedule_floor
+from tasks.core.stepprofile import OUTLOOK_S, expected_steps
 from tasks.core.topology import ClusterView
 from tasks.placement_runner import run_ilp
 
@@ -134,6 +135,10 @@ def forecast_load(
     used is recorded as "auto:<name>"). Each forecast also carries the quantiles of the metric at
     the horizon (`forecast_quantile.LEVELS` and the service's `policy.risk`) from the method's own
     rolling-origin errors; none when the history holds too few.
+
+    With `policy.steps.enabled`, the forecast also lists the upward steps the service's daily step
+    profile expects from the last sample to `OUTLOOK_S` past the horizon (`Forecast.steps`,
+    tasks/core/stepprofile.py): the replay reuses a forecast for up to a trace window.
     """
     out: dict[str, Forecast] = {}
     for svc in config.services:
@@ -142,8 +147,12 @@ def forecast_load(
         get_forecaster(name)  # unknown names fail here with the list of valid ones
         horizon = svc.cold_start_s + config.cluster.control_period_s
         levels = tuple(sorted({*QUANTILE_LEVELS, *((svc.policy.risk,) if svc.policy.risk is not None else ())}))
-        value, method, quantiles = forecast_quantiles(name, history.get(svc.name, ()), horizon, levels)
-        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method, quantiles)
+        past = history.get(svc.name, ())
+        value, method, quantiles = forecast_quantiles(name, past, horizon, levels)
+        steps = ()
+        if svc.policy.steps.enabled and past:
+            steps = expected_steps(past, past[-1][0], horizon + OUTLOOK_S, svc.policy.steps)
+        out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method, quantiles, steps)
     return out
 
 
@@ -234,7 +243,7 @@ def compute_targets(
             floor_need=(floor_need or {}).get(svc.name),
             floor_keep=(floor_keep or {}).get(svc.name),
         )
-        decision = decide(ctx, state)
+        decision = with_schedule_floor(ctx, state, decide(ctx, state))
         targets[svc.name], new_states[svc.name] = decision
         if cache is not None and key is not None:
             cache.put(svc, key, decision, now_s)

@@ -24,6 +24,10 @@ the highest ask of the last cold start;
 `oracle` is the hindsight floor: per role the fewest instances that meet the SLO for the true
 load of every tick (`ctx.floor_need`, computed by the replay with the twin's latency model);
 `static-peak` provisions the peak once and never moves.
+
+A service's periodic schedule either overrides its policy (`policy.schedule_mode: override`, the
+paper's periodic policy: step 1 above) or is a floor under it (`floor`: `with_schedule_floor`,
+applied to every policy's decision by `tasks.steps.compute_targets`).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tasks.core.policy.base import (
     net_step,
     schedule_counts,
     split_by_ratio,
+    with_schedule_floor,
 )
 from tasks.core.policy.baselines import dynamo_sla, hpa_gpu_util, hpa_tps, oracle, static_peak
 from tasks.core.policy.demand import RoleCapacity, RoleDemand, role_capacity, role_demand
@@ -71,6 +76,7 @@ __all__ = [
     "schedule_counts",
     "split_by_ratio",
     "static_peak",
+    "with_schedule_floor",
 ]
 
 

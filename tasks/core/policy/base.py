@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from models.config import Metric, Service
+from models.config import Metric, ScheduleMode, Service
 from models.enums import TargetSource
 from models.values import Action, Forecast, RoleCounts, ServicePolicyState, ServiceSignals, Targets
 from tasks.core.capacity import ServiceEngines
@@ -168,8 +168,7 @@ def fresh(ctx: PolicyContext, name: str) -> tuple[float | None, str]:
     return value, ""
 
 
-def schedule_counts(ctx: PolicyContext) -> RoleCounts | None:
-    """Counts fixed by a periodic schedule window covering `now`, if any."""
+def _window_counts(ctx: PolicyContext) -> RoleCounts | None:
     if not ctx.service.schedule:
         return None
     local = dt.datetime.fromtimestamp(ctx.now_s, tz=ZoneInfo(ctx.timezone))
@@ -177,6 +176,36 @@ def schedule_counts(ctx: PolicyContext) -> RoleCounts | None:
         if window.covers(local):
             return RoleCounts(window.num_prefill, window.num_decode)
     return None
+
+
+def schedule_counts(ctx: PolicyContext) -> RoleCounts | None:
+    """Counts fixed by a periodic schedule window covering `now`, if any (`schedule_mode:
+    override`; in `floor` mode the policy decides and `with_schedule_floor` applies the window)."""
+    if ctx.service.policy.schedule_mode is not ScheduleMode.OVERRIDE:
+        return None
+    return _window_counts(ctx)
+
+
+def with_schedule_floor(ctx: PolicyContext, before: ServicePolicyState, decision: Decision) -> Decision:
+    """`schedule_mode: floor`: the policy's counts raised per role to a schedule window covering
+    `now` (within the bounds); the decision unchanged otherwise. When the floor changes the
+    action, the scale times are those of the floored action, not the policy's."""
+    if ctx.service.policy.schedule_mode is not ScheduleMode.FLOOR:
+        return decision
+    window = _window_counts(ctx)
+    targets, state = decision
+    if window is None:
+        return decision
+    floored = fit_bounds(
+        ctx.service, max(targets.num_prefill, window.num_prefill), max(targets.num_decode, window.num_decode)
+    )
+    if floored == targets.counts:
+        return decision
+    reason = f"{targets.reason}; schedule floor {window.num_prefill}P/{window.num_decode}D"
+    state = state.with_(last_scale_out_s=before.last_scale_out_s, last_scale_in_s=before.last_scale_in_s)
+    if floored == ctx.current:
+        return hold(ctx, state, reason, TargetSource.SCHEDULE)
+    return finish(ctx, state, floored, reason, TargetSource.SCHEDULE)
 
 
 # --- heteroscale (ours) --------------------------------------------------------------------
