@@ -112,6 +112,8 @@ def place_ilp(
         info = solver_model.getInfo()
         stats["gap"] = float(info.mip_gap)
         stats["bound"] = float(info.mip_dual_bound)
+        # The whole model was solved here (no restriction): its dual bound holds for every placement.
+        stats["global_bound"] = stats["bound"]
 
     cells = {k: n for k, n in view.placement.cells.items() if k.service not in targets}
     cells.update(values)
