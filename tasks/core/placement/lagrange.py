@@ -1,6 +1,7 @@
 """A proven lower bound on every placement: the LP's duals, tightened service by service.
 
-Contract: `global_bound(run, x_lp, row_dual, deadline=...)` returns a `Bound`: a number
+Contract: `global_bound(run, x_lp, row_dual, deadline=...)` (and `proven_bound(config, view,
+targets, deadline=...)`, the same from scratch, for benchmarks) returns a `Bound`: a number
 no integer placement of the whole model (`run`'s full model, every cell allowed) can undercut,
 and how it was reached. It is valid for any multipliers (duals are clipped to the sign their row
 allows) and whether or not the sub-MIPs finish: an unfinished sub-MIP contributes its own proven
@@ -22,15 +23,19 @@ the weak-duality lower bound of its part, so rounding in the LP's duals cannot m
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import highspy
 import numpy as np
 
+from models.config import ClusterConfig, PlacementSettings
+from models.values import RoleCounts
 from tasks.core.placement.deadline import Deadline
 from tasks.core.placement.highs import Runner
-from tasks.core.placement.model import Arrays
-from tasks.core.placement.problem import EPS
+from tasks.core.placement.model import Arrays, build_model
+from tasks.core.placement.problem import EPS, build_problem
+from tasks.core.topology import ClusterView
 
 # Reduced costs this close to 0 on a column without an upper bound count as 0.
 _DUAL_TOL = 1e-6
@@ -165,3 +170,25 @@ def _sub_bound(
     if not np.isfinite(bound):
         return None
     return bound - EPS * max(1.0, abs(bound))
+
+
+def proven_bound(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, RoleCounts],
+    *,
+    deadline: Deadline,
+    settings: PlacementSettings | None = None,
+) -> Bound | None:
+    """The benchmark's certificate: `global_bound` of the whole model, from its own LP (None: no LP).
+
+    Apart from the placement call (which does not need it): every fractional service is solved
+    unless `deadline` passes first (`Bound.skipped` says how many were left at their LP value).
+    """
+    st = settings or config.cluster.placement
+    pb = build_problem(config, view, targets)
+    run = Runner(build_model(pb, st), pb, st)
+    lp = run.lp()
+    if lp is None or run.row_dual is None:
+        return None
+    return global_bound(run, lp, run.row_dual, deadline=deadline)

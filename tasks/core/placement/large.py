@@ -26,20 +26,22 @@ from tasks.core.placement.problem import EPS, Problem
 from tasks.core.placement.search import RINS_CAP_S, Parallel, Search
 from tasks.core.placement.start import Start
 
-# The Lagrangian bound gets at most this long (and a quarter of the time left) on the main core.
-_LAGRANGE_CAP_S = 1.0
+# Services the start leaves short keep all their cells open in the restricted MIP and RINS.
+_WIDEN_SHORT = True
 
 
 def _left(deadline: Deadline) -> float:
     return max(0.1, deadline.left_s())
 
 
-def _global_bound(run: Runner, lp: np.ndarray, stats: dict[str, float | int | str], deadline: Deadline) -> float:
+def _global_bound(
+    run: Runner, lp: np.ndarray, stats: dict[str, float | int | str], deadline: Deadline, cap_s: float
+) -> float:
     """The proven bound on every placement (`lagrange.global_bound`), its figures in `stats`."""
     lp_bound = float(stats["lp_bound"])
     if run.row_dual is None:
         return lp_bound
-    until = Deadline.after(min(_LAGRANGE_CAP_S, _left(deadline) / 4), deadline.clock)
+    until = Deadline.after(min(cap_s, _left(deadline) / 4), deadline.clock)
     began = deadline.now_s()
     b = global_bound(run, lp, run.row_dual, deadline=until)
     stats["lagrange_s"] = round(deadline.now_s() - began, 4)
@@ -59,6 +61,7 @@ def solve_large(
     started_s: float,
     mip_start: str = "ratio",
     parallel: Parallel | None = None,
+    lagrange_s: float = 0.0,
 ) -> tuple[str, str, list[str], dict[CellKey, int] | None]:
     """LP relaxation, then the MIP on the cells the LP uses plus the start's and the running ones.
 
@@ -96,6 +99,13 @@ def solve_large(
             {k: n for k, n in lp_floor.items() if n > 0}
         )
     keep = support | set(start) | set(pb.current)
+    if start and _WIDEN_SHORT:
+        # A service the start leaves short may need cells the LP's fractional answer never touched
+        # (whole instances in a pool the LP filled with fractions): all of its cells stay open.
+        vec0 = run.vector(start)
+        short = {name for (name, _r), c in run.unmet_col.items() if vec0[c] > EPS}
+        keep |= {k for k in run.x_col if k.service in short}
+        stats["short_services"] = len(short)
     lo, hi = run.arr.lo.copy(), run.arr.hi.copy()
     for k, c in run.x_col.items():
         if k not in keep:
@@ -111,11 +121,14 @@ def solve_large(
             stats["start_objective"] = round(best_obj, 4)
     stats["start_s"] = round(deadline.now_s() - started_s, 4)
     search: Search | None = None
+    # The LP bound holds for every placement; `lagrange.global_bound` tightens it but costs 1-3 s
+    # of a core at 20k GPUs under load (docs/placement.md): only with `lagrange_s` > 0.
+    proven_lb = float(stats["lp_bound"])
     if best is not None and parallel is not None:
-        # RINS on the second core while this one proves the bound (`lagrange`), then the MIP.
         search = Search(run, lo, hi, best, lp_x, deadline)
         search.start(parallel)
-    proven_lb = _global_bound(run, lp, stats, deadline)
+    if lagrange_s > 0:
+        proven_lb = _global_bound(run, lp, stats, deadline, lagrange_s)
     if best is not None:
         if search is not None:
             search.global_bound = proven_lb
