@@ -88,3 +88,22 @@ def test_summary_quantiles_by_nearest_rank() -> None:
     s = summarize(runs, target_s=2.0)
     assert s["solve_s_p95"] == 38.0 and s["solve_s_max"] == 40.0 and s["over_target"] == 38
     assert s["violations"] == 1 and s["within_1pct"] == 40 and math.isclose(s["cost_over_bound_max"], 1.01)
+
+
+def test_large_path_with_the_bound_in_the_solve_stays_valid() -> None:
+    # `lagrange_s` > 0: the global bound is proven inside the call and may stop the MIP; the
+    # answer still keeps every rule and lies above that bound.
+    from tasks.core.placement import evaluate, place_ilp
+
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0, "time_limit_s": 30.0})
+    plan = place_ilp(
+        case.config, case.view, case.targets, deadline=Deadline.after(30.0, _clock), settings=settings, lagrange_s=5.0
+    )
+    assert plan.method == "ilp"
+    gb = float(plan.stats["global_bound"])
+    assert gb >= float(plan.stats["lp_bound"]) - 1e-6
+    assert float(plan.stats["lagrange_bound"]) <= gb + 1e-6
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
+    assert score.cost >= gb - 1e-6 * abs(gb)

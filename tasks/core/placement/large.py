@@ -26,9 +26,6 @@ from tasks.core.placement.problem import EPS, Problem
 from tasks.core.placement.search import RINS_CAP_S, Parallel, Search
 from tasks.core.placement.start import Start
 
-# Services the start leaves short keep all their cells open in the restricted MIP and RINS.
-_WIDEN_SHORT = True
-
 
 def _left(deadline: Deadline) -> float:
     return max(0.1, deadline.left_s())
@@ -99,13 +96,6 @@ def solve_large(
             {k: n for k, n in lp_floor.items() if n > 0}
         )
     keep = support | set(start) | set(pb.current)
-    if start and _WIDEN_SHORT:
-        # A service the start leaves short may need cells the LP's fractional answer never touched
-        # (whole instances in a pool the LP filled with fractions): all of its cells stay open.
-        vec0 = run.vector(start)
-        short = {name for (name, _r), c in run.unmet_col.items() if vec0[c] > EPS}
-        keep |= {k for k in run.x_col if k.service in short}
-        stats["short_services"] = len(short)
     lo, hi = run.arr.lo.copy(), run.arr.hi.copy()
     for k, c in run.x_col.items():
         if k not in keep:
