@@ -53,6 +53,7 @@ def run_placement_bench(
     parallel: bool = True,
     greedy: bool = True,
     bound_s: float = 60.0,
+    time_limit_s: float | None = None,
 ) -> dict[str, Any]:
     # late: CLI start-up: a command loads only what it runs (flows and prefect cost seconds)
     from tasks.core.placement import (
@@ -76,7 +77,10 @@ def run_placement_bench(
         cpu_started = time.process_time()
         started = time.perf_counter()
         if name == "ilp":
-            plan = run_ilp(case.config, case.view, case.targets, mip_start=mip_start, parallel=parallel)
+            st = case.config.cluster.placement
+            if time_limit_s is not None:
+                st = st.model_copy(update={"time_limit_s": time_limit_s})
+            plan = run_ilp(case.config, case.view, case.targets, settings=st, mip_start=mip_start, parallel=parallel)
             stats = dict(plan.stats)
             ilp_plan = plan
         else:
@@ -243,6 +247,10 @@ def bench_placement(
             help="Prove a lower bound on every placement (Lagrangian, apart from the timed call) for up to this long; 0: skip.",
         ),
     ] = 60.0,
+    time_limit_s: Annotated[
+        float | None,
+        typer.Option("--time-limit-s", help="The ILP's time limit (default: the config's, 5 s)."),
+    ] = None,
     no_greedy: Annotated[bool, typer.Option("--no-greedy", help="Do not run the greedy baseline.")] = False,
     target_s: Annotated[float, typer.Option("--target-s", help="With --seeds: count runs slower than this.")] = 2.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -264,6 +272,7 @@ def bench_placement(
                 current=current,
                 reference_s=reference_s,
                 bound_s=bound_s,
+                time_limit_s=time_limit_s,
                 mip_start=mip_start,
                 parallel=not sequential,
                 greedy=not no_greedy,
@@ -280,6 +289,7 @@ def bench_placement(
             current=current,
             reference_s=reference_s,
             bound_s=bound_s,
+            time_limit_s=time_limit_s,
             mip_start=mip_start,
             parallel=not sequential,
             greedy=not no_greedy,
