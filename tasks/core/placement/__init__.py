@@ -11,6 +11,7 @@ imports only from the modules listed before it (no cycles, no private names acro
   highs      `Runner` (one HiGHS model for every phase)
   start      `Start` (the constructive, ratio-keeping MIP start)
   search     `Search` (RINS rounds), `Parallel` (a second core, injected)
+  lagrange   `global_bound`, `proven_bound` (a lower bound on every placement)
   large      `solve_large` (LP, start, RINS beside the MIP)
   polish     `polish` (undo unneeded churn)
   ilp        `place_ilp` (the entry)
@@ -23,6 +24,7 @@ Nothing here reads a clock, starts a thread or does I/O: `tasks/placement_runner
 from tasks.core.placement.deadline import Clock, Deadline
 from tasks.core.placement.greedy import group_counts, place_greedy
 from tasks.core.placement.ilp import MIP_STARTS, place_ilp
+from tasks.core.placement.lagrange import Bound, proven_bound
 from tasks.core.placement.model import lp_bound, reference_solve
 from tasks.core.placement.problem import Problem, build_problem
 from tasks.core.placement.realize import NodeSlot, Realization, nodes_from_config, realize
@@ -31,6 +33,7 @@ from tasks.core.placement.search import Joinable, Parallel
 
 __all__ = [
     "MIP_STARTS",
+    "Bound",
     "Clock",
     "Deadline",
     "Joinable",
@@ -46,6 +49,7 @@ __all__ = [
     "nodes_from_config",
     "place_greedy",
     "place_ilp",
+    "proven_bound",
     "realize",
     "reference_solve",
 ]

@@ -47,6 +47,7 @@ class Runner:
         self.arr.pass_to(self.h)
         self.status = ""
         self.optimal = False  # the last `mip` stopped at its gap
+        self.row_dual: np.ndarray | None = None  # the last LP's row duals
 
     def lp(self, time_limit_s: float = math.inf) -> np.ndarray | None:
         """The LP relaxation's column values, or None when it is not solved to optimality."""
@@ -59,7 +60,10 @@ class Runner:
         if self.h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             self.status = self.h.modelStatusToString(self.h.getModelStatus())
             return None
-        return np.array(self.h.getSolution().col_value)
+        sol = self.h.getSolution()
+        # The LP's duals (what `lagrange.global_bound` prices the coupling rows with).
+        self.row_dual = np.array(sol.row_dual) if sol.dual_valid else None
+        return np.array(sol.col_value)
 
     def vector(self, cells: Mapping[CellKey, int]) -> np.ndarray:
         """All columns for instances per cell: up/down and unmet derived."""

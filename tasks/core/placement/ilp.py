@@ -47,6 +47,7 @@ def place_ilp(
     solvers: Sequence[pulp.LpSolver] | None = None,
     mip_start: str = "ratio",
     parallel: Parallel | None = None,
+    lagrange_s: float = 0.0,
 ) -> PlacementPlan:
     """Optimal placement of `targets` by `deadline`; the greedy plan (with the reason) on failure.
 
@@ -57,6 +58,9 @@ def place_ilp(
     (0.7-3.4 s at 20k GPUs). `mip_start` ("ratio" | "none") chooses whether the large-cluster MIP
     starts from the constructive start + RINS (docs/placement.md) or from nothing. `parallel`
     runs the RINS search beside the MIP (two cores); None runs it before the MIP (one core).
+    `lagrange_s` > 0 (large path) spends up to that long of the main core, while RINS runs, on the
+    proven bound of `lagrange.global_bound` (`stats["global_bound"]`), and stops the MIP once the
+    best placement is within `mip_gap` of it; 0 (default): `stats["global_bound"]` is the LP bound.
     `solvers` replaces the solver list (and the large path) with exactly those solvers.
     """
     if mip_start not in MIP_STARTS:
@@ -77,7 +81,15 @@ def place_ilp(
     values: dict[CellKey, int] | None = None
     if solvers is None and len(model.x) > st.restrict_above_cells and pulp.HiGHS().available():
         name, sol, failures, values = solve_large(
-            pb, st, model, stats, deadline, started_s=started, mip_start=mip_start, parallel=parallel
+            pb,
+            st,
+            model,
+            stats,
+            deadline,
+            started_s=started,
+            mip_start=mip_start,
+            parallel=parallel,
+            lagrange_s=lagrange_s,
         )
     if not name:
         time_left = deadline.left_s()
@@ -112,6 +124,8 @@ def place_ilp(
         info = solver_model.getInfo()
         stats["gap"] = float(info.mip_gap)
         stats["bound"] = float(info.mip_dual_bound)
+        # The whole model was solved here (no restriction): its dual bound holds for every placement.
+        stats["global_bound"] = stats["bound"]
 
     cells = {k: n for k, n in view.placement.cells.items() if k.service not in targets}
     cells.update(values)

@@ -20,6 +20,7 @@ from models.config import PlacementSettings
 from models.values import CellKey
 from tasks.core.placement.deadline import Deadline
 from tasks.core.placement.highs import Runner
+from tasks.core.placement.lagrange import global_bound
 from tasks.core.placement.model import Model
 from tasks.core.placement.problem import EPS, Problem
 from tasks.core.placement.search import RINS_CAP_S, Parallel, Search
@@ -28,6 +29,23 @@ from tasks.core.placement.start import Start
 
 def _left(deadline: Deadline) -> float:
     return max(0.1, deadline.left_s())
+
+
+def _global_bound(
+    run: Runner, lp: np.ndarray, stats: dict[str, float | int | str], deadline: Deadline, cap_s: float
+) -> float:
+    """The proven bound on every placement (`lagrange.global_bound`), its figures in `stats`."""
+    lp_bound = float(stats["lp_bound"])
+    if run.row_dual is None:
+        return lp_bound
+    until = Deadline.after(min(cap_s, _left(deadline) / 4), deadline.clock)
+    began = deadline.now_s()
+    b = global_bound(run, lp, run.row_dual, deadline=until)
+    stats["lagrange_s"] = round(deadline.now_s() - began, 4)
+    stats["lagrange_solved"] = b.solved
+    stats["lagrange_skipped"] = b.skipped
+    stats["lagrange_bound"] = round(b.value, 4)
+    return max(lp_bound, b.value)
 
 
 def solve_large(
@@ -40,6 +58,7 @@ def solve_large(
     started_s: float,
     mip_start: str = "ratio",
     parallel: Parallel | None = None,
+    lagrange_s: float = 0.0,
 ) -> tuple[str, str, list[str], dict[CellKey, int] | None]:
     """LP relaxation, then the MIP on the cells the LP uses plus the start's and the running ones.
 
@@ -92,10 +111,17 @@ def solve_large(
             stats["start_objective"] = round(best_obj, 4)
     stats["start_s"] = round(deadline.now_s() - started_s, 4)
     search: Search | None = None
+    # The LP bound holds for every placement; `lagrange.global_bound` tightens it but costs 1-3 s
+    # of a core at 20k GPUs under load (docs/placement.md): only with `lagrange_s` > 0.
+    proven_lb = float(stats["lp_bound"])
+    if best is not None and parallel is not None:
+        search = Search(run, lo, hi, best, lp_x, deadline)
+        search.start(parallel)
+    if lagrange_s > 0:
+        proven_lb = _global_bound(run, lp, stats, deadline, lagrange_s)
     if best is not None:
-        if parallel is not None:
-            search = Search(run, lo, hi, best, lp_x, deadline)
-            search.start(parallel)
+        if search is not None:
+            search.global_bound = proven_lb
             search.attach(run)
         else:
             # One core: RINS first (at most half the time left), then the restricted MIP.
@@ -138,9 +164,11 @@ def solve_large(
             status = status or "start"
     if answer is None:
         return "", "", [f"restricted {f}" for f in failures], None
+    stats["global_bound"] = round(proven_lb, 4)
     run.write_back(answer)
     info = run.h.getInfo()
-    bound = max(float(info.mip_dual_bound), search.bound if search is not None else -math.inf)
+    # The restricted MIP's bound, or the global one (a bound on every placement bounds these too).
+    bound = max(float(info.mip_dual_bound), search.bound if search is not None else -math.inf, proven_lb)
     obj = run.objective(answer)
     stats["bound"] = bound
     stats["gap"] = (obj - bound) / max(abs(obj), EPS)

@@ -104,6 +104,7 @@ class Search:
         self._subs: list[tuple[Any, Any]] = []
         self.gap = main.st.mip_gap
         self.bound = -math.inf  # the attached MIP's proven bound, as last seen
+        self.global_bound = -math.inf  # a bound on every placement (`lagrange`), set by the caller
         self.proven = False  # the best is within `gap` of that bound: the MIP was stopped for it
 
     def start(self, parallel: Parallel) -> None:
@@ -141,7 +142,7 @@ class Search:
             # HiGHS takes user solutions only during its root cuts; later finds are checked here
             # against its proven bound, and the MIP is stopped once one is within the gap.
             self.bound = max(self.bound, float(e.data_out.mip_dual_bound))
-            if self.best_obj - self.bound <= self.gap * max(abs(self.best_obj), EPS):
+            if self.best_obj - max(self.bound, self.global_bound) <= self.gap * max(abs(self.best_obj), EPS):
                 self.proven = True
                 e.interrupt()
 
