@@ -138,7 +138,7 @@ SVC = make_service(cold_start_s=COLD_S)
 
 def _ctx(steps: tuple[ExpectedStep, ...], now_s: float) -> PolicyContext:
     ctx = make_context(SVC, now_s=now_s, current=(5, 10), decode_tps=5_000.0, prefill_tps=5_000.0 * 6500 / 950 / 2)
-    fc = Forecast(SVC.name, "decode_tps", 5_000.0, COLD_S + PERIOD_S, "test", steps)
+    fc = Forecast(SVC.name, "decode_tps", 5_000.0, COLD_S + PERIOD_S, "test", steps=steps)
     return PolicyContext(ctx.service, ctx.now_s, ctx.signals, ctx.current, forecast=fc)
 
 
