@@ -8,7 +8,7 @@ import math
 
 from models.config import Metric
 from models.enums import TargetSource
-from models.values import RoleCounts, ServicePolicyState
+from models.values import Action, RoleCounts, ServicePolicyState, Targets
 from tasks.core.policy.base import (
     EPS,
     Decision,
@@ -146,7 +146,15 @@ def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
     later; `ctx.floor_keep`: the most any tick needs from now to then), computed by the replay
     with the twin's own latency model (`sim.floor`). Instances are started one cold start before
     they are needed and never shed while they will be needed before a replacement could be Ready.
-    No online policy may use fewer GPU-hours at equal or better attainment."""
+    No online policy may use fewer GPU-hours at equal or better attainment.
+
+    `ctx.current` is the fleet in reference units *rounded* (`tasks.steps.current_counts`): four
+    H100 decode instances at 1.92 A100-units each read as 8 while they hold 7.68. The floor must
+    hold its counts exactly, so a count that reads as unchanged still goes to the placement, which
+    compares the exact capacity held: it adds an instance where the role falls short of the count
+    and sheds one only while what remains still holds it (a fraction the rounding hid). Where the
+    count comes from `keep` (need below it), the rounding can still be off by one instance either
+    way: for ticks before new instances could be Ready, which no decision now can change."""
     need, keep = ctx.floor_need, ctx.floor_keep
     if need is None or keep is None:
         return hold(ctx, state, "oracle: no future load given; holding", TargetSource.STATIC)
@@ -165,5 +173,14 @@ def oracle(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
         f"{keep.num_prefill}P/{keep.num_decode}D until then"
     )
     if new == cur:
-        return hold(ctx, state, reason, TargetSource.STATIC)
+        topping_up = need.num_prefill >= cur.num_prefill or need.num_decode >= cur.num_decode
+        exact = Targets(
+            ctx.service.name,
+            new.num_prefill,
+            new.num_decode,
+            Action.SCALE_OUT if topping_up else Action.SCALE_IN,
+            f"{reason}; held to the count exactly by the placement (the count read is rounded)",
+            TargetSource.STATIC,
+        )
+        return exact, state
     return finish(ctx, state, new, reason, TargetSource.STATIC)
