@@ -17,6 +17,7 @@ from models.values import Action, CellKey, Placement, RoleCounts, Targets
 from tasks import steps
 from tasks.core.placement import Deadline, build_problem, evaluate, lp_bound, place_ilp
 from tasks.core.placement.highs import Runner
+from tasks.core.placement.arrays import build_arrays
 from tasks.core.placement.model import build_model, to_arrays
 from tasks.core.placement.start import Start
 from tasks.core.synth import synth_cluster
@@ -346,6 +347,47 @@ def test_model_build_is_unchanged_by_the_list_built_expressions(tmp_path) -> Non
     b.prob.writeLP(str(tmp_path / "b.lp"))
     assert (tmp_path / "a.lp").read_text() == (tmp_path / "b.lp").read_text()
     assert [v.name for v in a.cols][: len(a.x)] == [v.name for v in a.x.values()]
+
+
+@pytest.mark.parametrize(
+    ("gpus", "services", "seed", "fragmentation", "budget", "relax"),
+    [(4000, 30, 2, 0.0, False, False), (2000, 12, 4, 0.3, True, False), (3000, 20, 5, 0.0, True, True)],
+)
+def test_arrays_built_without_pulp_equal_the_pulp_models_arrays(
+    gpus: int, services: int, seed: int, fragmentation: float, budget: bool, relax: bool
+) -> None:
+    # `build_arrays` (the large path's model, no PuLP objects) must be exactly `to_arrays` of the
+    # PuLP model: same columns, rows, order, coefficients, bounds and objective, also with the
+    # nodes columns (fragmentation), the GPU budget row and a stale running cell (a GPU type the
+    # service no longer allows, so its capacity weight is 0).
+    case = synth_cluster(gpus=gpus, services=services, gpu_types=3, seed=seed)
+    st = case.config.cluster.placement.model_copy(update={"fragmentation_weight": fragmentation})
+    view = case.view
+    svc, banned = next(
+        (s, g.name)
+        for s in case.config.services
+        if s.name in case.targets
+        for g in case.config.gpu_types
+        if g.name not in s.decode.gpu_types
+    )
+    stale = CellKey(svc.name, Role.DECODE, banned, view.capacities[0].s1)
+    view = replace(
+        view,
+        placement=Placement.of([*view.placement.cells.items(), (stale, 1)]),
+        gpu_budget=sum(c.gpus_total for c in view.capacities) // 2 if budget else None,
+    )
+    pb = build_problem(case.config, view, case.targets)
+    assert stale in pb.current
+    model = build_model(pb, st, relax=relax)
+    want = to_arrays(model.prob, model.cols)
+    got = build_arrays(pb, st, relax=relax)
+    for f in ("cost", "lo", "hi", "integer", "row_lo", "row_hi", "indptr", "index", "value"):
+        assert np.array_equal(getattr(got.arr, f), getattr(want, f)), f
+    names = [v.name for v in model.cols]
+    assert [names[c] for c in got.x_col.values()] == [v.name for v in model.x.values()]
+    assert {k: names[c] for k, c in got.up_col.items()} == {k: v.name for k, v in model.up.items()}
+    assert {k: names[c] for k, c in got.unmet_col.items()} == {k: v.name for k, v in model.unmet.items()}
+    assert got.arr.hi[got.x_col[stale]] == 0.0
 
 
 @pytest.mark.parametrize("failure", ["start", "restricted", "lp"])

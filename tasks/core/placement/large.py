@@ -18,6 +18,7 @@ import pulp
 
 from models.config import PlacementSettings
 from models.values import CellKey
+from tasks.core.placement.arrays import Columns
 from tasks.core.placement.deadline import Deadline
 from tasks.core.placement.highs import Runner
 from tasks.core.placement.lagrange import global_bound
@@ -51,7 +52,7 @@ def _global_bound(
 def solve_large(
     pb: Problem,
     st: PlacementSettings,
-    full: Model,
+    full: Model | Columns,
     stats: dict[str, float | int | str],
     deadline: Deadline,
     *,
@@ -92,7 +93,7 @@ def solve_large(
     start: dict[CellKey, int] = {}
     if mip_start == "ratio":
         lp_floor = {k: math.floor(v + EPS) for k, v in lp_x.items()}
-        start = Start(pb, st, list(full.x), prefer=support, clock=deadline.clock).run(
+        start = Start(pb, st, list(run.x_col), prefer=support, clock=deadline.clock).run(
             {k: n for k, n in lp_floor.items() if n > 0}
         )
     keep = support | set(start) | set(pb.current)
