@@ -16,9 +16,10 @@ from models.config import Role
 from models.values import Action, CellKey, Placement, RoleCounts, Targets
 from tasks import steps
 from tasks.core.placement import Deadline, build_problem, evaluate, lp_bound, place_ilp
-from tasks.core.placement.highs import Runner
 from tasks.core.placement.arrays import build_arrays
+from tasks.core.placement.highs import Runner
 from tasks.core.placement.model import build_model, to_arrays
+from tasks.core.placement.repair import whole_groups
 from tasks.core.placement.start import Start
 from tasks.core.synth import synth_cluster
 from tasks.core.topology import gpus_per_instance_map, view_from_config
@@ -183,6 +184,32 @@ def test_steps_place_chooses_method(method: str) -> None:
     assert steps.place(config, view, targets, method=method).method == method
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_whole_groups_trims_the_greedys_broken_groups_by_removals_only(seed: int) -> None:
+    # The ILP's greedy fallback: its broken groups (one role alone, or out of ratio) are trimmed.
+    # Only removals; every group whole and in ratio afterwards; groups that were fine, and the
+    # services not being placed, untouched.
+    from tasks.core.placement import place_greedy
+
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=seed)
+    st = case.config.cluster.placement
+    pb = build_problem(case.config, case.view, case.targets)
+    raw = place_greedy(case.config, case.view, case.targets).placement
+    before = evaluate(case.config, case.view, case.targets, raw, st)
+    assert before.affinity_violations + before.ratio_violations > 0  # the case exercises the repair
+    cells, groups, removed = whole_groups(pb, st, raw.cells)
+    after = evaluate(case.config, case.view, case.targets, Placement.of(cells.items()), st)
+    assert after.affinity_violations == after.ratio_violations == 0
+    assert 0 < groups <= before.affinity_violations + before.ratio_violations
+    assert all(n <= raw.cells.get(k, 0) for k, n in cells.items())
+    assert sum(raw.cells.values()) - sum(cells.values()) == removed
+    touched = {(k.service, pb.group_of[(k.service, k.s1)]) for k in raw.cells if cells.get(k, 0) != raw.cells[k]}
+    assert len(touched) == groups
+    for k, n in raw.cells.items():
+        if k.service not in case.targets:
+            assert cells[k] == n
+
+
 @pytest.mark.parametrize("incumbent", ["poor", "solved"])
 def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy(incumbent: str, monkeypatch) -> None:
     # The MIP stops at its time limit without a proven gap: the greedy is consulted, and whichever
@@ -207,9 +234,10 @@ def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy(incumbent: str
         case.config, case.view, case.targets, deadline=Deadline(1e9, lambda: 0.0), settings=settings, mip_start="none"
     )
     assert plan.stats["status"] != pulp.LpSolution[pulp.LpSolutionOptimal]
-    greedy = evaluate(
-        case.config, case.view, case.targets, place_greedy(case.config, case.view, case.targets).placement
-    )
+    raw = place_greedy(case.config, case.view, case.targets).placement
+    trimmed, _groups, _removed = whole_groups(build_problem(case.config, case.view, case.targets), settings, raw.cells)
+    greedy = evaluate(case.config, case.view, case.targets, Placement.of(trimmed.items()), settings)
+    assert greedy.affinity_violations == greedy.ratio_violations == 0
     assert float(plan.stats["greedy_objective"]) == pytest.approx(greedy.usable_cost, rel=1e-9)
     kept = evaluate(case.config, case.view, case.targets, plan.placement, settings)
     assert kept.usable_cost <= greedy.usable_cost + 1e-6
@@ -412,9 +440,9 @@ def test_failure_paths_end_near_the_time_limit_with_a_valid_placement(failure: s
     started = time.perf_counter()
     plan = run_ilp(case.config, case.view, case.targets, settings=settings)
     assert time.perf_counter() - started <= 3 * limit + 2.0
-    if plan.method == "ilp":  # the greedy may break groups (documented); capacity holds for both
-        score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
-        assert score.affinity_violations == score.ratio_violations == 0
+    # The greedy fallback's broken groups are trimmed: no violations whichever answer is kept.
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
     caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
     for key, used in _used_gpus(case.config, plan.placement).items():
         assert used <= caps[key], key

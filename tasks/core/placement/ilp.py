@@ -18,6 +18,7 @@ clock and starts no thread: the adapter `tasks/placement_runner.py` supplies bot
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 import pulp
@@ -30,7 +31,8 @@ from tasks.core.placement.greedy import place_greedy
 from tasks.core.placement.large import solve_large
 from tasks.core.placement.model import MIN_SOLVE_S, Model, build_model, make_solvers, solve
 from tasks.core.placement.polish import polish
-from tasks.core.placement.problem import EPS, build_problem, weight
+from tasks.core.placement.problem import EPS, Problem, build_problem, weight
+from tasks.core.placement.repair import whole_groups
 from tasks.core.placement.score import evaluate
 from tasks.core.placement.search import Parallel
 from tasks.core.topology import ClusterView
@@ -120,7 +122,7 @@ def place_ilp(
     stats["solve_s"] = round(deadline.now_s() - built, 4)
     if not name or values is None:
         why = "; ".join(failures) or "no solver available"
-        plan = place_greedy(config, view, targets)
+        plan = _whole_greedy(config, view, targets, pb, st, stats)
         stats["fallback"] = why
         return PlacementPlan(
             placement=plan.placement,
@@ -150,14 +152,12 @@ def place_ilp(
     stats["kept"] = "ilp"
     if solvers is None and sol != pulp.LpSolution[pulp.LpSolutionOptimal]:
         # Stopped at the time limit without a proven gap: the incumbent can be poor (docs: 20k/200
-        # once left 99 instances unmet); the greedy is a second opinion on the same objective, with
-        # only the demand its working groups can serve counted as served (`Score.usable_cost`: the
-        # greedy may break groups, whose capacity serves nothing; the ILP's answer never does).
-        greedy = place_greedy(config, view, targets)
-        greedy_score = evaluate(config, view, targets, greedy.placement, st)
-        greedy_obj = greedy_score.usable_cost
+        # once left 99 instances unmet); the greedy, its broken groups trimmed (`_whole_greedy`),
+        # is a second opinion on the same objective (`Score.usable_cost`, equal to `cost` for a
+        # placement without violations, as both are now).
+        greedy = _whole_greedy(config, view, targets, pb, st, stats)
+        greedy_obj = evaluate(config, view, targets, greedy.placement, st).usable_cost
         stats["greedy_objective"] = round(greedy_obj, 4)
-        stats["greedy_violations"] = greedy_score.affinity_violations + greedy_score.ratio_violations
         if greedy_obj < obj:
             stats["kept"] = "greedy"
             stats["solve_s"] = round(deadline.now_s() - built, 4)
@@ -170,16 +170,7 @@ def place_ilp(
                 stats=stats,
             )
         stats["solve_s"] = round(deadline.now_s() - built, 4)
-    unmet: dict[tuple[str, Role], float] = {}
-    by_name = {s.name: s for s in pb.services}
-    for s_name, counts in targets.items():
-        svc = by_name[s_name]
-        for role in Role:
-            have = sum(
-                n * weight(svc, role, k.gpu_type) for k, n in cells.items() if k.service == s_name and k.role is role
-            )
-            if counts.of(role) - have > EPS:
-                unmet[(s_name, role)] = counts.of(role) - have
+    unmet = _unmet(pb, targets, cells)
     reason = f"ILP ({name}, {sol}, {stats['variables']} vars, {stats['solve_s']:.2f}s)"
     if failures:
         reason += f" after {'; '.join(failures)}"
@@ -187,3 +178,49 @@ def place_ilp(
         short = ", ".join(f"{s}/{r.value} {v:.1f}" for (s, r), v in sorted(unmet.items()))
         reason += f"; not enough free GPUs for: {short}"
     return PlacementPlan(placement=placement, method="ilp", reason=reason, unmet=unmet, stats=stats)
+
+
+def _unmet(
+    pb: Problem, targets: Mapping[str, RoleCounts], cells: Mapping[CellKey, int]
+) -> dict[tuple[str, Role], float]:
+    """Reference instances short per (service, role) of `targets` in `cells`."""
+    have: dict[tuple[str, Role], float] = defaultdict(float)
+    by_name = {s.name: s for s in pb.services}
+    for k, n in cells.items():
+        if k.service in targets:
+            have[(k.service, k.role)] += n * weight(by_name[k.service], k.role, k.gpu_type)
+    return {
+        (s_name, role): counts.of(role) - have[(s_name, role)]
+        for s_name, counts in targets.items()
+        for role in Role
+        if counts.of(role) - have[(s_name, role)] > EPS
+    }
+
+
+def _whole_greedy(
+    config: ClusterConfig,
+    view: ClusterView,
+    targets: Mapping[str, RoleCounts],
+    pb: Problem,
+    st: PlacementSettings,
+    stats: dict[str, float | int | str],
+) -> PlacementPlan:
+    """The greedy plan with its broken groups trimmed (`repair.whole_groups`): no violations.
+
+    The ILP's fallback and second opinion must keep the rules the ILP keeps; the greedy alone
+    breaks groups (docs/placement.md). `stats["greedy_violations"]`: the groups trimmed.
+    """
+    plan = place_greedy(config, view, targets)
+    cells, repaired, removed = whole_groups(pb, st, plan.placement.cells)
+    stats["greedy_violations"] = repaired
+    stats["greedy_removed"] = removed
+    reason = plan.reason
+    if repaired:
+        reason += f"; {repaired} broken groups trimmed ({removed} instances removed)"
+    return PlacementPlan(
+        placement=Placement.of(cells.items()),
+        method="greedy",
+        reason=reason,
+        unmet=_unmet(pb, targets, cells),
+        stats=plan.stats,
+    )
