@@ -248,9 +248,10 @@ def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy(incumbent: str
         assert plan.stats["kept"] == "greedy" and ilp_obj > greedy.usable_cost
 
 
-def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_constructive_start_keeps_capacity_groups_and_ratio(one_by_one: bool) -> None:
     # The MIP start must be a placement the model accepts: capacity per pool, every group in
-    # ratio with both roles, only cells the model has.
+    # ratio with both roles, only cells the model has; in either order (`one_by_one`).
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     st = case.config.cluster.placement
     pb = build_problem(case.config, case.view, case.targets)
@@ -258,7 +259,7 @@ def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
     full.prob.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
     lp_floor = {k: math.floor((v.varValue or 0.0) + 1e-6) for k, v in full.x.items()}
     start = Start(pb, st, list(full.x), prefer=set(), clock=time.perf_counter).run(
-        {k: n for k, n in lp_floor.items() if n > 0}
+        {k: n for k, n in lp_floor.items() if n > 0}, one_by_one=one_by_one
     )
     assert start and set(start) <= set(full.x)
     cells = {k: n for k, n in case.view.placement.cells.items() if k.service not in case.targets}
@@ -273,7 +274,7 @@ def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
     assert score.unmet < sum(t.num_prefill + t.num_decode for t in case.targets.values()) / 10
     assert (
         Start(pb, st, list(full.x), prefer=set(), clock=time.perf_counter).run(
-            {k: n for k, n in lp_floor.items() if n > 0}
+            {k: n for k, n in lp_floor.items() if n > 0}, one_by_one=one_by_one
         )
         == start
     )
