@@ -63,6 +63,8 @@ class Start:
         self.closed: set[tuple[str, str]] = set()  # (GPU type, S1) pools being emptied: nothing grows there
         self.by_name = {s.name: s for s in pb.services}
         self.cells: dict[CellKey, int] = defaultdict(int)
+        # (GPU type, S1) -> every cell ever added there (count may be 0 now): no scan of all cells.
+        self.in_pool: dict[tuple[str, str], set[CellKey]] = defaultdict(set)
         self.free: dict[tuple[str, str], int] = dict(pb.free)
         self.budget = math.inf if pb.budget_left is None else pb.budget_left
         self.units: dict[tuple[str, str, Role], float] = defaultdict(float)
@@ -86,6 +88,7 @@ class Start:
         svc = self.by_name[k.service]
         dom = self.pb.group_of[(k.service, k.s1)]
         self.cells[k] += n
+        self.in_pool[(k.gpu_type, k.s1)].add(k)
         self.free[(k.gpu_type, k.s1)] -= n * self._gpi(k)
         self.budget -= n * self._gpi(k)
         self.units[(k.service, dom, k.role)] += n * weight(svc, k.role, k.gpu_type)
@@ -157,8 +160,8 @@ class Start:
         mark = len(log)
         movable = [
             k
-            for k, n in self.cells.items()
-            if n > 0 and k.gpu_type == gpu_type and k.s1 == s1 and self.pb.group_of[(k.service, s1)] != s1
+            for k in self.in_pool[(gpu_type, s1)]
+            if self.cells[k] > 0 and self.pb.group_of[(k.service, s1)] != s1
         ]
         for k in sorted(movable, key=lambda k: (self._gpi(k), k)):
             dom = self.pb.group_of[(k.service, s1)]
@@ -352,7 +355,7 @@ class Start:
                 return True
             if self.deadline.passed():
                 return False
-            movable = [k for k, n in self.cells.items() if n > 0 and (k.gpu_type, k.s1) == pool and k.service != keep]
+            movable = [k for k in self.in_pool[pool] if self.cells[k] > 0 and k.service != keep]
             moved = False
             for k in sorted(movable, key=lambda k: (self._gpi(k), self.by_name[k.service].priority, k)):
                 mark = len(log)
