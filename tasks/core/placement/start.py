@@ -159,9 +159,7 @@ class Start:
         """Move flexible instances off (gpu_type, s1) until `gpus` GPUs are free there."""
         mark = len(log)
         movable = [
-            k
-            for k in self.in_pool[(gpu_type, s1)]
-            if self.cells[k] > 0 and self.pb.group_of[(k.service, s1)] != s1
+            k for k in self.in_pool[(gpu_type, s1)] if self.cells[k] > 0 and self.pb.group_of[(k.service, s1)] != s1
         ]
         for k in sorted(movable, key=lambda k: (self._gpi(k), k)):
             dom = self.pb.group_of[(k.service, s1)]
