@@ -384,13 +384,30 @@ class Start:
             if not short:
                 return
             role = max(short, key=lambda r: (short[r] / max(target.of(r), 1), r is Role.DECODE))
-            tries = []
-            for dom in self.domains[name]:
-                k = self._cheapest(name, role, dom)
-                if k is not None:
-                    opened = self.count[(name, dom, Role.PREFILL)] + self.count[(name, dom, Role.DECODE)] == 0
-                    tries.append((opened, k not in self.prefer, self._step_cost(k), k.s1, dom, k))
-            if self._grow(name, role, [(dom, k) for *_, dom, k in sorted(tries)], log, evict=False):
+            # Domains that hold a group come first (a new group only when none of them can grow):
+            # the new ones are only looked at when every held one failed (`_grow` undoes a failed
+            # try, so they see the same state; ~3x faster for services with many domains).
+            held = [
+                d
+                for d in self.domains[name]
+                if self.count[(name, d, Role.PREFILL)] + self.count[(name, d, Role.DECODE)]
+            ]
+            fresh = [
+                d
+                for d in self.domains[name]
+                if not self.count[(name, d, Role.PREFILL)] + self.count[(name, d, Role.DECODE)]
+            ]
+            grown = False
+            for doms in (held, fresh):
+                tries = []
+                for dom in doms:
+                    k = self._cheapest(name, role, dom)
+                    if k is not None:
+                        tries.append((k not in self.prefer, self._step_cost(k), k.s1, dom, k))
+                if self._grow(name, role, [(dom, k) for *_, dom, k in sorted(tries)], log, evict=False):
+                    grown = True
+                    break
+            if grown:
                 continue
             # Nowhere to grow as is: make room by moving flexible services within their domains
             # (last resort: it adds churn), in domains that hold a group first.
