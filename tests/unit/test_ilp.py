@@ -16,8 +16,10 @@ from models.config import Role
 from models.values import Action, CellKey, Placement, RoleCounts, Targets
 from tasks import steps
 from tasks.core.placement import Deadline, build_problem, evaluate, lp_bound, place_ilp
+from tasks.core.placement.arrays import build_arrays
 from tasks.core.placement.highs import Runner
 from tasks.core.placement.model import build_model, to_arrays
+from tasks.core.placement.repair import whole_groups
 from tasks.core.placement.start import Start
 from tasks.core.synth import synth_cluster
 from tasks.core.topology import gpus_per_instance_map, view_from_config
@@ -182,30 +184,74 @@ def test_steps_place_chooses_method(method: str) -> None:
     assert steps.place(config, view, targets, method=method).method == method
 
 
-def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy() -> None:
-    # A 1 ms limit stops HiGHS before it proves anything: the greedy is consulted, and whichever
-    # placement is kept must score no worse than the other by evaluate(), counting only what
-    # working groups serve (usable_cost; equal to cost for the ILP's placements).
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_whole_groups_trims_the_greedys_broken_groups_by_removals_only(seed: int) -> None:
+    # The ILP's greedy fallback: its broken groups (one role alone, or out of ratio) are trimmed.
+    # Only removals; every group whole and in ratio afterwards; groups that were fine, and the
+    # services not being placed, untouched.
     from tasks.core.placement import place_greedy
 
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=seed)
+    st = case.config.cluster.placement
+    pb = build_problem(case.config, case.view, case.targets)
+    raw = place_greedy(case.config, case.view, case.targets).placement
+    before = evaluate(case.config, case.view, case.targets, raw, st)
+    assert before.affinity_violations + before.ratio_violations > 0  # the case exercises the repair
+    cells, groups, removed = whole_groups(pb, st, raw.cells)
+    after = evaluate(case.config, case.view, case.targets, Placement.of(cells.items()), st)
+    assert after.affinity_violations == after.ratio_violations == 0
+    assert 0 < groups <= before.affinity_violations + before.ratio_violations
+    assert all(n <= raw.cells.get(k, 0) for k, n in cells.items())
+    assert sum(raw.cells.values()) - sum(cells.values()) == removed
+    touched = {(k.service, pb.group_of[(k.service, k.s1)]) for k in raw.cells if cells.get(k, 0) != raw.cells[k]}
+    assert len(touched) == groups
+    for k, n in raw.cells.items():
+        if k.service not in case.targets:
+            assert cells[k] == n
+
+
+@pytest.mark.parametrize("incumbent", ["poor", "solved"])
+def test_time_limit_hit_keeps_the_lower_scoring_of_ilp_and_greedy(incumbent: str, monkeypatch) -> None:
+    # The MIP stops at its time limit without a proven gap: the greedy is consulted, and whichever
+    # placement is kept must score no worse than the other by evaluate(), counting only what
+    # working groups serve (usable_cost; equal to cost for the ILP's placements). The time-limit
+    # outcome is injected (the MIP reports "not optimal" with a given incumbent) and the deadline
+    # is on a frozen clock, so the test does not depend on the machine's speed: "poor" hands back
+    # an incumbent that serves nothing (the greedy must win), "solved" the MIP's own answer.
+    from tasks.core.placement import place_greedy
+
+    mip = Runner.mip
+
+    def stopped(self, lo, hi, start, time_limit_s, gap, *, seed=0):  # type: ignore[no-untyped-def]
+        sol = self.vector({}) if incumbent == "poor" else mip(self, lo, hi, start, time_limit_s, gap, seed=seed)
+        self.optimal, self.status = False, "Time limit reached"
+        return sol
+
+    monkeypatch.setattr(Runner, "mip", stopped)
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
-    settings = case.config.cluster.placement.model_copy(update={"time_limit_s": 0.001, "restrict_above_cells": 0})
-    # Without the constructive start: with it, this small case is solved to the gap at once.
-    plan = run_ilp(case.config, case.view, case.targets, settings=settings, mip_start="none")
-    assert plan.stats["status"] != pulp.LpSolution[pulp.LpSolutionOptimal]
-    assert plan.stats["kept"] in ("ilp", "greedy")
-    greedy = evaluate(
-        case.config, case.view, case.targets, place_greedy(case.config, case.view, case.targets).placement
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
+    plan = place_ilp(
+        case.config, case.view, case.targets, deadline=Deadline(1e9, lambda: 0.0), settings=settings, mip_start="none"
     )
+    assert plan.stats["status"] != pulp.LpSolution[pulp.LpSolutionOptimal]
+    raw = place_greedy(case.config, case.view, case.targets).placement
+    trimmed, _groups, _removed = whole_groups(build_problem(case.config, case.view, case.targets), settings, raw.cells)
+    greedy = evaluate(case.config, case.view, case.targets, Placement.of(trimmed.items()), settings)
+    assert greedy.affinity_violations == greedy.ratio_violations == 0
+    assert float(plan.stats["greedy_objective"]) == pytest.approx(greedy.usable_cost, rel=1e-9)
     kept = evaluate(case.config, case.view, case.targets, plan.placement, settings)
     assert kept.usable_cost <= greedy.usable_cost + 1e-6
     assert plan.method == plan.stats["kept"]
-    assert float(plan.stats["greedy_objective"]) == pytest.approx(greedy.usable_cost, rel=1e-9)
+    ilp_obj = float(plan.stats["objective"])
+    assert plan.stats["kept"] == ("ilp" if ilp_obj <= greedy.usable_cost else "greedy")
+    if incumbent == "poor":
+        assert plan.stats["kept"] == "greedy" and ilp_obj > greedy.usable_cost
 
 
-def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
+@pytest.mark.parametrize("one_by_one", [False, True])
+def test_constructive_start_keeps_capacity_groups_and_ratio(one_by_one: bool) -> None:
     # The MIP start must be a placement the model accepts: capacity per pool, every group in
-    # ratio with both roles, only cells the model has.
+    # ratio with both roles, only cells the model has; in either order (`one_by_one`).
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     st = case.config.cluster.placement
     pb = build_problem(case.config, case.view, case.targets)
@@ -213,7 +259,7 @@ def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
     full.prob.solve(pulp.HiGHS(msg=False) if pulp.HiGHS().available() else pulp.PULP_CBC_CMD(msg=False))
     lp_floor = {k: math.floor((v.varValue or 0.0) + 1e-6) for k, v in full.x.items()}
     start = Start(pb, st, list(full.x), prefer=set(), clock=time.perf_counter).run(
-        {k: n for k, n in lp_floor.items() if n > 0}
+        {k: n for k, n in lp_floor.items() if n > 0}, one_by_one=one_by_one
     )
     assert start and set(start) <= set(full.x)
     cells = {k: n for k, n in case.view.placement.cells.items() if k.service not in case.targets}
@@ -228,7 +274,7 @@ def test_constructive_start_keeps_capacity_groups_and_ratio() -> None:
     assert score.unmet < sum(t.num_prefill + t.num_decode for t in case.targets.values()) / 10
     assert (
         Start(pb, st, list(full.x), prefer=set(), clock=time.perf_counter).run(
-            {k: n for k, n in lp_floor.items() if n > 0}
+            {k: n for k, n in lp_floor.items() if n > 0}, one_by_one=one_by_one
         )
         == start
     )
@@ -332,6 +378,47 @@ def test_model_build_is_unchanged_by_the_list_built_expressions(tmp_path) -> Non
     assert [v.name for v in a.cols][: len(a.x)] == [v.name for v in a.x.values()]
 
 
+@pytest.mark.parametrize(
+    ("gpus", "services", "seed", "fragmentation", "budget", "relax"),
+    [(4000, 30, 2, 0.0, False, False), (2000, 12, 4, 0.3, True, False), (3000, 20, 5, 0.0, True, True)],
+)
+def test_arrays_built_without_pulp_equal_the_pulp_models_arrays(
+    gpus: int, services: int, seed: int, fragmentation: float, budget: bool, relax: bool
+) -> None:
+    # `build_arrays` (the large path's model, no PuLP objects) must be exactly `to_arrays` of the
+    # PuLP model: same columns, rows, order, coefficients, bounds and objective, also with the
+    # nodes columns (fragmentation), the GPU budget row and a stale running cell (a GPU type the
+    # service no longer allows, so its capacity weight is 0).
+    case = synth_cluster(gpus=gpus, services=services, gpu_types=3, seed=seed)
+    st = case.config.cluster.placement.model_copy(update={"fragmentation_weight": fragmentation})
+    view = case.view
+    svc, banned = next(
+        (s, g.name)
+        for s in case.config.services
+        if s.name in case.targets
+        for g in case.config.gpu_types
+        if g.name not in s.decode.gpu_types
+    )
+    stale = CellKey(svc.name, Role.DECODE, banned, view.capacities[0].s1)
+    view = replace(
+        view,
+        placement=Placement.of([*view.placement.cells.items(), (stale, 1)]),
+        gpu_budget=sum(c.gpus_total for c in view.capacities) // 2 if budget else None,
+    )
+    pb = build_problem(case.config, view, case.targets)
+    assert stale in pb.current
+    model = build_model(pb, st, relax=relax)
+    want = to_arrays(model.prob, model.cols)
+    got = build_arrays(pb, st, relax=relax)
+    for f in ("cost", "lo", "hi", "integer", "row_lo", "row_hi", "indptr", "index", "value"):
+        assert np.array_equal(getattr(got.arr, f), getattr(want, f)), f
+    names = [v.name for v in model.cols]
+    assert [names[c] for c in got.x_col.values()] == [v.name for v in model.x.values()]
+    assert {k: names[c] for k, c in got.up_col.items()} == {k: v.name for k, v in model.up.items()}
+    assert {k: names[c] for k, c in got.unmet_col.items()} == {k: v.name for k, v in model.unmet.items()}
+    assert got.arr.hi[got.x_col[stale]] == 0.0
+
+
 @pytest.mark.parametrize("failure", ["start", "restricted", "lp"])
 def test_failure_paths_end_near_the_time_limit_with_a_valid_placement(failure: str, monkeypatch) -> None:
     # The constructive start fails (then also the restricted MIP, or the LP): the call must still
@@ -354,9 +441,9 @@ def test_failure_paths_end_near_the_time_limit_with_a_valid_placement(failure: s
     started = time.perf_counter()
     plan = run_ilp(case.config, case.view, case.targets, settings=settings)
     assert time.perf_counter() - started <= 3 * limit + 2.0
-    if plan.method == "ilp":  # the greedy may break groups (documented); capacity holds for both
-        score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
-        assert score.affinity_violations == score.ratio_violations == 0
+    # The greedy fallback's broken groups are trimmed: no violations whichever answer is kept.
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
     caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
     for key, used in _used_gpus(case.config, plan.placement).items():
         assert used <= caps[key], key

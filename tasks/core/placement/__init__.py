@@ -7,12 +7,14 @@ imports only from the modules listed before it (no cycles, no private names acro
   problem    `Problem`, `build_problem`, the rules (`weight`, `ratio_ok`, `prefill_band`, ...)
   score      `Score`, `evaluate` (any placement, by the ILP's objective and rules)
   greedy     `place_greedy` (HeteroScale's Algorithm 4), `group_counts`
-  model      `build_model`, `solve`, `lp_bound`, `reference_solve`
+  model      `build_model`, `model_cells`, `solve`, `lp_bound`, `reference_solve`
+  arrays     `build_arrays`, `Columns` (the same model straight into HiGHS arrays, no PuLP)
   highs      `Runner` (one HiGHS model for every phase)
   start      `Start` (the constructive, ratio-keeping MIP start)
   search     `Search` (RINS rounds), `Parallel` (a second core, injected)
   lagrange   `global_bound`, `proven_bound` (a lower bound on every placement)
   large      `solve_large` (LP, start, RINS beside the MIP)
+  repair     `whole_groups` (trim a placement's broken groups: the greedy fallback's)
   polish     `polish` (undo unneeded churn)
   ilp        `place_ilp` (the entry)
   realize    `realize` (instances onto nodes)

@@ -1,11 +1,12 @@
 """One HiGHS model for every phase of the large-cluster solve (LP, RINS sub-MIPs, the MIP).
 
-Contract: `Runner(model, pb, st)` hands `model` to a `highspy.Highs` once (`model.to_arrays`);
+Contract: `Runner(model, pb, st)` hands `model` (a PuLP `Model`, or `arrays.Columns` built
+without PuLP by `arrays.build_arrays`) to a `highspy.Highs` once, as arrays;
 each phase then changes column bounds only (cells that may not be used get upper bound 0, fixed
 ones lo = hi), never rows. `lp()` and `mip()` return all column values or None when the phase
 found nothing usable (the HiGHS status is kept in `status`); they never raise for a solver
 outcome. `vector` and `cells` convert between instances per cell and column values; `write_back`
-puts an answer into the PuLP variables. Time limits are seconds given by the caller; no clock.
+puts an answer into the PuLP variables (when there is a PuLP model). Time limits are seconds given by the caller; no clock.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 from models.config import PlacementSettings, Role
 from models.values import CellKey
-from tasks.core.placement.model import Arrays, Model, to_arrays
+from tasks.core.placement.arrays import Columns, columns_of
+from tasks.core.placement.model import Arrays, Model
 from tasks.core.placement.problem import Problem, weight
 
 
@@ -32,14 +34,16 @@ class Runner:
     presolve drops the fixed columns in a few milliseconds.
     """
 
-    def __init__(self, model: Model, pb: Problem, st: PlacementSettings, arr: Arrays | None = None) -> None:
-        self.model, self.pb, self.st = model, pb, st
-        self.arr = arr if arr is not None else to_arrays(model.prob, model.cols)
-        col = {v.name: i for i, v in enumerate(self.arr.cols)}
-        self.x_col = {k: col[v.name] for k, v in model.x.items()}
-        self.up_col = {k: col[v.name] for k, v in model.up.items()}
-        self.down_col = {k: col[v.name] for k, v in model.down.items()}
-        self.unmet_col = {key: col[v.name] for key, v in model.unmet.items()}
+    def __init__(self, model: Model | Columns, pb: Problem, st: PlacementSettings, arr: Arrays | None = None) -> None:
+        self.pb, self.st = pb, st
+        # `arr`: the arrays of a PuLP `model` already made (skips `to_arrays`).
+        self.columns = columns_of(model, arr) if isinstance(model, Model) else model
+        self.model = self.columns.model
+        self.arr = self.columns.arr
+        self.x_col = self.columns.x_col
+        self.up_col = self.columns.up_col
+        self.down_col = self.columns.down_col
+        self.unmet_col = self.columns.unmet_col
         self.by_name = {s.name: s for s in pb.services}
         self.h = highspy.Highs()
         for key, value in (("output_flag", False), ("threads", 1), ("mip_rel_gap", st.mip_gap)):
@@ -67,7 +71,7 @@ class Runner:
 
     def vector(self, cells: Mapping[CellKey, int]) -> np.ndarray:
         """All columns for instances per cell: up/down and unmet derived."""
-        v = np.zeros(len(self.arr.cols))
+        v = np.zeros(self.arr.n_cols)
         for k, n in cells.items():
             v[self.x_col[k]] = n
         for k, c in self.up_col.items():
@@ -117,7 +121,9 @@ class Runner:
         return np.array(h.getSolution().col_value)
 
     def write_back(self, v: np.ndarray) -> None:
-        """Put `v` into the PuLP variables (what `Model.values` and `pulp.value` read)."""
+        """Put `v` into the PuLP variables (what `Model.values` and `pulp.value` read), if any."""
+        if self.model is None:
+            return
         for var, value in zip(self.arr.cols, v.tolist(), strict=True):
             var.varValue = value
         self.model.prob.solverModel = self.h

@@ -31,9 +31,10 @@ import numpy as np
 
 from models.config import ClusterConfig, PlacementSettings
 from models.values import RoleCounts
+from tasks.core.placement.arrays import build_arrays
 from tasks.core.placement.deadline import Deadline
 from tasks.core.placement.highs import Runner
-from tasks.core.placement.model import Arrays, build_model
+from tasks.core.placement.model import Arrays
 from tasks.core.placement.problem import EPS, build_problem
 from tasks.core.topology import ClusterView
 
@@ -60,7 +61,7 @@ def _owners(run: Runner) -> tuple[np.ndarray, list[str]]:
     """Column -> index of the service it belongs to (-1: none, e.g. node counts)."""
     names = [s.name for s in run.pb.services]
     idx = {n: i for i, n in enumerate(names)}
-    owner = np.full(len(run.arr.cols), -1, dtype=np.int64)
+    owner = np.full(run.arr.n_cols, -1, dtype=np.int64)
     for k, c in run.x_col.items():
         owner[c] = idx[k.service]
     for cols in (run.up_col, run.down_col):
@@ -106,9 +107,9 @@ def global_bound(
     coupling = ~local
     # Costs with the coupling rows priced in, and the reduced costs they leave.
     y_c = np.where(coupling, y, 0.0)
-    adj = arr.cost - np.bincount(arr.index, weights=arr.value * y_c[row_of], minlength=len(arr.cols))
+    adj = arr.cost - np.bincount(arr.index, weights=arr.value * y_c[row_of], minlength=arr.n_cols)
     y_l = np.where(local, y, 0.0)
-    red = adj - np.bincount(arr.index, weights=arr.value * y_l[row_of], minlength=len(arr.cols))
+    red = adj - np.bincount(arr.index, weights=arr.value * y_l[row_of], minlength=arr.n_cols)
     const = float(_term(y_c, arr.row_lo, arr.row_hi).sum())
     # Each part's weak-duality bound: its local rows' terms plus its columns' reduced-cost terms.
     # Reduced costs of an unbounded column a hair below 0 are rounding (HiGHS's dual tolerance is
@@ -187,7 +188,7 @@ def proven_bound(
     """
     st = settings or config.cluster.placement
     pb = build_problem(config, view, targets)
-    run = Runner(build_model(pb, st), pb, st)
+    run = Runner(build_arrays(pb, st), pb, st)
     lp = run.lp()
     if lp is None or run.row_dual is None:
         return None

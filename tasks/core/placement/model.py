@@ -65,7 +65,7 @@ class Model:
         return {k: n for k, v in self.x.items() if (n := round(v.varValue or 0.0)) > 0}
 
 
-def _link_factors(svc: Service, tolerance: float) -> tuple[int, int]:
+def link_factors(svc: Service, tolerance: float) -> tuple[int, int]:
     """(K_P, K_D) with P_count <= K_P * D_count and D_count <= K_D * P_count.
 
     Chosen so the links only bite when one side is 0 (no orphan role in a group): any group
@@ -84,6 +84,48 @@ def _add(prob: pulp.LpProblem, terms: list[tuple[pulp.LpVariable, float]], sense
     prob.addConstraint(pulp.LpConstraint(pulp.LpAffineExpression(terms), sense=sense, rhs=rhs), name)
 
 
+def model_cells(pb: Problem) -> tuple[list[CellKey], list[CellKey]]:
+    """The model's cells in column order, and which of them are stale (the last ones).
+
+    Every allowed (service, role, GPU type, S1) cell, except where the service's group domain
+    has no allowed GPU type for one of its roles (no group can live there: the pair rows would
+    force such cells to 0, so they are not built); then the running cells on types the service
+    no longer allows (stale: they can only go to zero). `build_model` and `arrays.build_arrays`
+    share it, so both have the same columns in the same order.
+    """
+    types_at: dict[str, list[str]] = defaultdict(list)
+    for g, s1 in pb.free:
+        types_at[g].append(s1)
+    for s1s in types_at.values():
+        s1s.sort()
+    all_s1 = sorted({s1 for s1s in types_at.values() for s1 in s1s})
+    cells: list[CellKey] = []
+    # (service, role, GPU type, S1) -> in the model; for telling the stale running cells apart.
+    allowed: dict[tuple[str, Role, str], set[str]] = {}
+    # The S1s a service may use depend only on its affinity level (its group domains), its GPU
+    # types and whether it needs both roles: computed once per such kind.
+    ok_of: dict[tuple[object, ...], set[str]] = {}
+    for s in pb.services:
+        both = pb.targets[s.name].num_prefill > 0 and pb.targets[s.name].num_decode > 0
+        kind = (s.affinity, tuple(s.prefill.gpu_types), tuple(s.decode.gpu_types), both)
+        if kind not in ok_of:
+            dom_of = {s1: pb.group_of[(s.name, s1)] for s1 in all_s1}
+            hosts: dict[str, set[Role]] = defaultdict(set)
+            for role in Role:
+                for g in s.role(role).gpu_types:
+                    for s1 in types_at.get(g, ()):
+                        hosts[dom_of[s1]].add(role)
+            ok_of[kind] = {s1 for s1 in all_s1 if not both or len(hosts[dom_of[s1]]) == 2}
+        ok = ok_of[kind]
+        for role in Role:
+            for g in s.role(role).gpu_types:
+                s1s = [s1 for s1 in types_at.get(g, ()) if s1 in ok]
+                allowed[(s.name, role, g)] = set(s1s)
+                cells.extend([CellKey(s.name, role, g, s1) for s1 in s1s])
+    stale = [k for k in pb.current if k.s1 not in allowed.get((k.service, k.role, k.gpu_type), ())]
+    return cells + stale, stale
+
+
 def build_model(
     pb: Problem,
     st: PlacementSettings,
@@ -99,32 +141,7 @@ def build_model(
     cat = pulp.LpContinuous if relax else pulp.LpInteger
     le, ge, eq = pulp.LpConstraintLE, pulp.LpConstraintGE, pulp.LpConstraintEQ
     # Sets.
-    types_at: dict[str, list[str]] = defaultdict(list)
-    for g, s1 in pb.free:
-        types_at[g].append(s1)
-    for s1s in types_at.values():
-        s1s.sort()
-    cells: list[CellKey] = []
-    for s in pb.services:
-        both = pb.targets[s.name].num_prefill > 0 and pb.targets[s.name].num_decode > 0
-        # A group domain where one role has no allowed GPU type can hold no group: its cells
-        # would be forced to 0 by the pair constraints anyway, so they are not built at all.
-        hosts: dict[str, set[Role]] = defaultdict(set)
-        for role in Role:
-            for g in s.role(role).gpu_types:
-                for s1 in types_at.get(g, ()):
-                    hosts[pb.group_of[(s.name, s1)]].add(role)
-        for role in Role:
-            for g in s.role(role).gpu_types:
-                cells.extend(
-                    CellKey(s.name, role, g, s1)
-                    for s1 in types_at.get(g, ())
-                    if not both or len(hosts[pb.group_of[(s.name, s1)]]) == 2
-                )
-    known = set(cells)
-    # A running cell on a type the service no longer allows can only go to zero.
-    stale = [k for k in pb.current if k not in known]
-    cells.extend(stale)
+    cells, stale = model_cells(pb)
     stale_set = set(stale)
     by_name = {s.name: s for s in pb.services}
 
@@ -213,7 +230,7 @@ def build_model(
     for i, k in enumerate(cells):
         groups[(k.service, pb.group_of[(k.service, k.s1)])].append(i)
     tol = st.ratio_tolerance
-    links = {s.name: _link_factors(s, tol) for s in pb.services}
+    links = {s.name: link_factors(s, tol) for s in pb.services}
     for (name, dom), ks in sorted(groups.items()):
         s = by_name[name]
         t = pb.targets[name]
@@ -236,9 +253,12 @@ def build_model(
 
 @dataclass(slots=True)
 class Arrays:
-    """A PuLP model as HiGHS arrays: columns in `cols` order, rows in constraint order (CSR)."""
+    """A model as HiGHS arrays: columns in creation order, rows in constraint order (CSR).
 
-    cols: list[pulp.LpVariable]
+    From `to_arrays` (a PuLP model; `cols` its variables) or `arrays.build_arrays` (built
+    directly, no PuLP objects; `cols` empty).
+    """
+
     cost: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
@@ -249,12 +269,17 @@ class Arrays:
     index: np.ndarray
     value: np.ndarray
     sense: int  # 1 minimise, -1 maximise (HiGHS's ObjSense)
+    cols: list[pulp.LpVariable] = field(default_factory=list)
+
+    @property
+    def n_cols(self) -> int:
+        return len(self.cost)
 
     def pass_to(self, h: Any, *, mip: bool = True) -> None:
         """Hand the whole model to `h` (a highspy.Highs) in one call."""
         integer = self.integer if mip else np.zeros_like(self.integer)
         h.passModel(
-            len(self.cols), len(self.row_lo), len(self.value), 2, self.sense, 0.0,  # a_format 2: row-wise
+            self.n_cols, len(self.row_lo), len(self.value), 2, self.sense, 0.0,  # a_format 2: row-wise
             self.cost, self.lo, self.hi, self.row_lo, self.row_hi, self.indptr, self.index, self.value, integer,
         )  # fmt: skip
 

@@ -188,7 +188,7 @@ class Search:
             self.error = f"{type(exc).__name__}: {exc}"
 
     def _rounds(self, threaded: bool) -> None:
-        runner = Runner(self.main.model, self.main.pb, self.main.st, self.main.arr) if threaded else self.main
+        runner = Runner(self.main.columns, self.main.pb, self.main.st) if threaded else self.main
         if threaded:
             runner.h.cbMipInterrupt.subscribe(lambda e: e.interrupt() if self.stopped else None)
             # A sub-MIP's finds count at once (the proving MIP may stop on one), not at its end.
