@@ -2,33 +2,34 @@
 
 Contract: `place_incremental(config, view, moving, *, held, deadline, full, ...)` returns a
 `PlacementPlan` with `place_ilp`'s meaning for the services in `moving` (their new counts; the
-services in `held` keep their counts), never raises for a solver problem, and leaves demand unmet
-only when neither MIP nor the greedy places it (among the answers it has, the one
-`score.evaluate` scores lowest on `usable_cost`, the ILP's second-opinion rule). In order:
+services in `held` keep their capacity), never raises for a solver problem, and reports as unmet
+only shortfalls above a `SLIVER` that no stage placed (among the answers it has, the one
+`score.evaluate` scores lowest on `usable_cost`, the ILP's second-opinion rule). Deterministic:
+the same input gives the same plan. In order:
 
-  1. Unless `full`: the **small MIP** (`small_plan`): the model of `model.build_model` over the
-     services in `moving` only, every other service's cells fixed (they are capacity taken, as in
-     every placement call), warm-started from the current placement, and *locked*: a role whose
+  1. Unless `full`: the **small MIP**: the model of `model.build_model` over the services in
+     `moving` only, every other service's cells fixed (capacity taken, as in every placement
+     call), warm-started from the current placement, and *locked* (`lock_running`): a role whose
      target is at or above what runs keeps every running instance (its cells may only grow), a
-     role that shrinks may only stop instances (its cells may only shrink, no new cell). So it
-     places the change and nothing else: no relocation, no new churn of what already runs.
+     role that shrinks may only stop instances (no new cell). It places the change and nothing
+     else: no relocation of what already runs.
   2. The **full re-optimisation** when `full` (the caller's slower cadence, `full_due`), or when the
-     small MIP has no answer or leaves demand unmet: every service in `moving` and `held` (a held
-     one demanding exactly the reference units it runs now, `hold_capacity`) re-placed with churn priced (`churn_weight_h`,
-     `move_weight_h`), i.e. the existing model unlocked over the whole fleet; on clusters above
-     `restrict_above_cells` cells it is `ilp.place_ilp` itself (its LP, start and RINS path), with
-     `parallel` as given.
+     small MIP has no answer or leaves demand unmet: the same model, unlocked, churn and
+     relocations priced (`churn_weight_h`, `move_weight_h`), over every service in `moving` and
+     `held` (a held one demanding exactly the reference units it runs now, `hold_capacity`: it may
+     be moved, not shrunk or grown). On clusters above `restrict_above_cells` cells it is
+     `ilp.place_ilp` (its LP, start and RINS path, `parallel` as given) over `moving` only: that
+     path has no row that keeps a held service's capacity.
   3. The **greedy**, scored against the answer so far whenever that answer leaves demand unmet,
      and used outright when neither MIP found an answer in its time limit.
 
-Both MIPs carry a **shortfall charge** (`add_shortfall_charge`): a binary per service and role
-that any unmet demand switches on, priced like one whole reference instance unmet. Without it
-the model prices unmet demand per unit, and with capacity weights such as 0.34 (an A100 prefill
-in H100 units) it leaves a shortfall of 0.002-0.007 of an instance rather than start one more
-instance: a 6-hour ServeGen replay counted 8 periods "with unplaced demand" that way, each one
-such a sliver (docs/placement.md, "ILP in the loop"). The churn polish (`polish.polish`) runs on
-the answer and is kept only when it opens no shortfall the answer did not have (it prices
-shortfalls per unit too).
+Slivers (`add_sliver`): with capacity weights such as 0.333 (an A100 prefill in H100 units) the
+plain model leaves 0.002-0.007 of an instance unmet rather than start one more instance, and the
+loop counted that period as one "with unplaced demand" (8 of 360 periods in a 6-hour ServeGen
+replay, each such a sliver: docs/placement.md, "ILP in the loop"). Both MIPs here give each demand
+row a cheap slack of at most `SLIVER`; beyond it the full per-unit penalty applies. A sliver is
+reported in `stats["sliver_unmet"]`, not as unmet. The churn polish (`polish.polish`) runs on the
+answer and is kept only when it opens no shortfall beyond a sliver that the answer did not have.
 
 Time: the small MIP and the full one each get `settings.time_limit_s`, on `deadline`'s clock (a
 fresh `Deadline` for the full one). No clock of its own, no thread, no I/O: the runner
@@ -58,8 +59,8 @@ SMALL, FULL, GREEDY = "small", "full", "greedy"
 # A shortfall up to this many reference instances per (service, role) is a *sliver*: the capacity
 # weights are measured throughput ratios (3 A100 prefills are 0.9975 of an H100 one in the
 # ServeGen config), so meeting an integer target exactly can take one more whole instance for
-# 0.25 % of one. A sliver is neither charged nor reported unmet (`stats["sliver_unmet"]`): covering
-# them with whole instances was measured to cost 7 % more $ in the loop (docs/placement.md).
+# 0.25 % of one. A sliver is reported in `stats["sliver_unmet"]`, not as unmet: covering slivers
+# with whole instances was measured to cost 7 % more $ in the loop (docs/placement.md).
 SLIVER = 0.02
 
 
@@ -90,30 +91,6 @@ def lock_running(model: Model, pb: Problem) -> int:
     return changed
 
 
-def add_shortfall_charge(model: Model, pb: Problem, demand: Mapping[tuple[str, Role], float] | None = None) -> None:
-    """A binary per (service, role) that any unmet demand beyond a `SLIVER` switches on
-    (unmet <= SLIVER + target x short), priced at that role's unmet penalty: a shortfall costs at
-    least one whole reference instance unmet, so the model leaves more than a sliver unmet only
-    when no instance can be started for it."""
-    prob = model.prob
-    terms = []
-    for (name, role), unmet in sorted(model.unmet.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
-        target = float((demand or {}).get((name, role), pb.targets[name].of(role)))
-        if target <= 0:
-            continue
-        short = prob.add_variable(f"short__{name}__{role.value}", 0, 1, pulp.LpInteger)
-        short.varValue = 0
-        model.cols.append(short)
-        prob.addConstraint(
-            pulp.LpConstraint(
-                pulp.LpAffineExpression([(unmet, 1.0), (short, -target)]), sense=pulp.LpConstraintLE, rhs=SLIVER
-            ),
-            f"short__{name}__{role.value}",
-        )
-        terms.append((short, pb.unmet_penalty[(name, role)]))
-    prob.objective = prob.objective + pulp.LpAffineExpression(terms)
-
-
 def running_units(pb: Problem, services: frozenset[str]) -> dict[tuple[str, Role], float]:
     """Reference instances each of `services` runs now, per role (every role, 0 included)."""
     by_name = {s.name: s for s in pb.services}
@@ -132,6 +109,24 @@ def hold_capacity(model: Model, units: Mapping[tuple[str, Role], float]) -> None
     for (name, role), u in units.items():
         # PuLP stores the name with its illegal characters ("-" in "chat-eu") replaced.
         model.prob.constraints[pulp.LpElement(f"demand__{name}__{role.value}").name].constant = -u
+
+
+def add_sliver(model: Model, pb: Problem, demand: Mapping[tuple[str, Role], float] | None = None) -> None:
+    """A continuous slack of at most `SLIVER` reference instances in each demand row, priced at 1 %
+    of the unmet penalty: a shortfall beyond a sliver pays the full per-unit penalty (so the model
+    starts an instance for it whenever one fits), a sliver almost nothing (no whole instance for
+    0.25 % of one). Linear: no binaries, the LP bound stays as tight as the plain model's."""
+    prob = model.prob
+    terms = []
+    for (name, role), _unmet in sorted(model.unmet.items(), key=lambda kv: (kv[0][0], kv[0][1].value)):
+        if float((demand or {}).get((name, role), pb.targets[name].of(role))) <= 0:
+            continue
+        sliver = prob.add_variable(f"sliver__{name}__{role.value}", 0, SLIVER, pulp.LpContinuous)
+        sliver.varValue = 0
+        model.cols.append(sliver)
+        prob.constraints[pulp.LpElement(f"demand__{name}__{role.value}").name].expr[sliver] = 1.0
+        terms.append((sliver, 0.01 * pb.unmet_penalty[(name, role)]))
+    prob.objective = prob.objective + pulp.LpAffineExpression(terms)
 
 
 def shortfall(
@@ -171,7 +166,7 @@ def _mip_plan(
     exact: frozenset[str] = frozenset(),
 ) -> PlacementPlan:
     """The model over `targets` (locked or not; the services in `exact` at what they run now,
-    `hold_capacity`) with the shortfall charge, solved, polished; `method="none"` with the solvers' failures in the
+    `hold_capacity`) with sliver slacks, solved, polished; `method="none"` with the solvers' failures in the
     reason when none found an answer by `deadline`."""
     st = settings
     started = deadline.now_s()
@@ -180,7 +175,7 @@ def _mip_plan(
     locked = lock_running(model, pb) if lock else 0
     demand = running_units(pb, exact)
     hold_capacity(model, demand)
-    add_shortfall_charge(model, pb, demand)
+    add_sliver(model, pb, demand)
     built = deadline.now_s()
     name, sol, failures = solve(model.prob, make_solvers(st, max(0.1, deadline.left_s())), deadline)
     stats: dict[str, float | int | str] = {
