@@ -257,7 +257,7 @@ def replay(
             floor_keep=keep,
             cache=cache,
         )
-        plan = steps.place(config, view, targets, method=placement or spec.placement)
+        plan = steps.place(config, view, targets, method=placement or spec.placement, now_s=now)
         if check_invariants:
             broken = plan_violations(config, view, signals, targets, plan, now)
             if broken:

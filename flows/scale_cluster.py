@@ -172,7 +172,7 @@ def scale_cluster(
         )
         record["targets"] = targets = steps.explain_holds(targets, read)
         step = "place"
-        record["plan"] = plan = place_task(config, view, targets)
+        record["plan"] = plan = place_task(config, view, targets, now_s=now)
         step = "check invariants"
         broken = plan_violations(config, view, signals, targets, plan, now)
         if broken:

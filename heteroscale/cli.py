@@ -410,7 +410,7 @@ def _run_replay(
     if not 0 <= skip < 1:
         raise UsageError(f"--skip must be a share in [0, 1), got {skip}")
     if placement is not None:
-        _choice(placement, ("greedy", "ilp"), "--placement")
+        _choice(placement, ("greedy", "ilp", "incremental"), "--placement")
     cfg = load_config(config)
     # Before the replay runs: a bad --out is found now, not after minutes of work.
     prepare_out_dir(out, force=force, dry=True)
@@ -459,7 +459,9 @@ def _print_paths(paths: dict[str, Path]) -> None:
 _TRACE_HELP = "[SERVICE=]PATH: per-request or rate CSV."
 _LENGTHS_HELP = "[SERVICE=]PATH: request sizes for a rate trace."
 _PEAK_HELP = "[SERVICE=]X: rescale the trace so its peak is X req/s; or 'auto' (static-peak needs ~80% of the GPUs)."
-_PLACEMENT_HELP = "Placement for every policy (greedy | ilp); default: ilp for heteroscale, greedy for the baselines."
+_PLACEMENT_HELP = (
+    "Placement for every policy (greedy | ilp | incremental); default: ilp for heteroscale, greedy for the baselines."
+)
 _SKIP_HELP = "Skip this share of the trace and replay the rest (evaluate on data curate did not see)."
 _FORCE_HELP = "Write into --out even if it holds files this tool did not write (they are kept)."
 _ENGINE_HELP = (

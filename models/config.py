@@ -609,6 +609,9 @@ class Service(_Frozen):
 class PlacementMethod(StrEnum):
     ILP = "ilp"  # tasks/core/placement/ilp.py (run by tasks/placement_runner.py), the greedy as fallback
     GREEDY = "greedy"  # tasks/core/placement/greedy.py (HeteroScale Algorithm 4)
+    # tasks/core/placement/incremental.py: a small MIP over the moving services each period, the
+    # full re-optimisation every `full_every_s` or when the small one cannot place, the greedy last.
+    INCREMENTAL = "incremental"
 
 
 class PlacementSettings(_Frozen):
@@ -635,6 +638,10 @@ class PlacementSettings(_Frozen):
     # Above this many cell variables, solve the LP relaxation first and the MIP only on the cells
     # it uses plus the running ones (docs/placement.md: cost of this decomposition).
     restrict_above_cells: Annotated[int, Field(ge=0)] = 3000
+    # Method `incremental`: the full re-optimisation (whole fleet, churn priced) runs in the control
+    # period that crosses a multiple of this many seconds (600: every 10th 60-s period); 0: only
+    # when the small MIP cannot place (docs/placement.md, "ILP in the loop").
+    full_every_s: Annotated[float, Field(ge=0)] = 600.0
 
 
 class ClusterSettings(_Frozen):

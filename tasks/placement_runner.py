@@ -6,7 +6,8 @@ pure code may not touch: a `Deadline` `time_limit_s` from now on `time.perf_coun
 "placement-rins" beside the MIP, the two sharing a `threading.Lock`. The thread is joined before
 `run_ilp` returns. `parallel=False` runs RINS and then the MIP on the calling thread (one core).
 Same result contract as `place_ilp`: it never raises for a solver problem (the greedy plan, with
-the reason), and raises `ValueError` for an unknown `mip_start`.
+the reason), and raises `ValueError` for an unknown `mip_start`. `run_incremental` is
+`tasks.core.placement.place_incremental` on the same clock and thread (the loop's method).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pulp
 
 from models.config import ClusterConfig, PlacementSettings
 from models.values import PlacementPlan, RoleCounts
-from tasks.core.placement import Deadline, Parallel, place_ilp
+from tasks.core.placement import Deadline, Parallel, place_ilp, place_incremental
 from tasks.core.topology import ClusterView
 
 
@@ -53,5 +54,30 @@ def run_ilp(
         settings=st,
         solvers=solvers,
         mip_start=mip_start,
+        parallel=THREAD if parallel else None,
+    )
+
+
+def run_incremental(
+    config: ClusterConfig,
+    view: ClusterView,
+    moving: Mapping[str, RoleCounts],
+    *,
+    held: Mapping[str, RoleCounts],
+    full: bool = False,
+    settings: PlacementSettings | None = None,
+    parallel: bool = True,
+) -> PlacementPlan:
+    """`place_incremental` within `time_limit_s` of now per MIP stage (the full stage gets its own
+    limit on the same clock), the large-cluster RINS beside the MIP unless `parallel=False`."""
+    st = settings or config.cluster.placement
+    return place_incremental(
+        config,
+        view,
+        moving,
+        held=held,
+        deadline=Deadline.after(st.time_limit_s, time.perf_counter),
+        full=full,
+        settings=st,
         parallel=THREAD if parallel else None,
     )

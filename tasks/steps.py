@@ -37,11 +37,11 @@ from tasks.core.decision_cache import DecisionCache, decision_key
 from tasks.core.forecast import History, get_forecaster
 from tasks.core.forecast_quantile import LEVELS as QUANTILE_LEVELS
 from tasks.core.forecast_quantile import forecast_quantiles
-from tasks.core.placement import place_greedy
+from tasks.core.placement import full_due, place_greedy
 from tasks.core.policy import PolicyContext, get_policy, with_schedule_floor
 from tasks.core.stepprofile import OUTLOOK_S, expected_steps
 from tasks.core.topology import ClusterView
-from tasks.placement_runner import run_ilp
+from tasks.placement_runner import run_ilp, run_incremental
 
 SIGNALS_UNAVAILABLE = "signals-unavailable"
 
@@ -256,16 +256,29 @@ def place(
     targets: Mapping[str, Targets],
     *,
     method: PlacementMethod | str | None = None,
+    now_s: float | None = None,
 ) -> PlacementPlan:
     """Placement for the services whose counts change; the others keep their cells.
 
-    `method` (ilp | greedy) overrides `cluster.placement.method`; the ILP falls back to the greedy
-    on any solver failure and says why in the plan's reason.
+    `method` (ilp | greedy | incremental) overrides `cluster.placement.method`; the ILP falls back
+    to the greedy on any solver failure and says why in the plan's reason. `incremental` solves a
+    small MIP over the changing services and re-optimises the whole fleet in the period ending at
+    `now_s` that crosses a multiple of `cluster.placement.full_every_s` (never without `now_s`),
+    or when the small MIP cannot place (tasks/core/placement/incremental.py).
     """
     moving = {name: t.counts for name, t in targets.items() if t.action is not Action.HOLD}
-    if not moving:
-        return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
     chosen = PlacementMethod(method) if method is not None else config.cluster.placement.method
+    st = config.cluster.placement
+    full = (
+        chosen is PlacementMethod.INCREMENTAL
+        and now_s is not None
+        and full_due(now_s, config.cluster.control_period_s, st.full_every_s)
+    )
+    if not moving and not full:
+        return PlacementPlan(placement=view.placement, method="none", reason="no service changes")
+    if chosen is PlacementMethod.INCREMENTAL:
+        held = {name: t.counts for name, t in targets.items() if t.action is Action.HOLD}
+        return run_incremental(config, view, moving, held=held, full=full)
     if chosen is PlacementMethod.ILP:
         return run_ilp(config, view, moving)
     return place_greedy(config, view, moving)

@@ -21,7 +21,9 @@ def bench_replay_cmd(
     services: Annotated[int, typer.Option(help="Services in the synthetic fleet (~170 GPUs each).")] = 10,
     days: Annotated[float, typer.Option(help="Days of ServeGen load to replay (at most 14).")] = 14.0,
     policy: Annotated[list[str], typer.Option(help="Policy (repeat); default heteroscale-paper.")] = [],  # noqa: B006
-    placement: Annotated[str | None, typer.Option(help="greedy | ilp for every policy; 'policy': its own.")] = "greedy",
+    placement: Annotated[
+        str | None, typer.Option(help="greedy | ilp | incremental for every policy; 'policy': its own.")
+    ] = "greedy",
     seed: Annotated[int, typer.Option(help="Seed of the synthetic cluster and service sizes.")] = 1,
     profile: Annotated[Path | None, typer.Option(help="Profile each replay; <policy>.prof/.txt here.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

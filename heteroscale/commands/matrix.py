@@ -282,7 +282,7 @@ def bench_matrix(
     days: Annotated[float, typer.Option(help="Days of the diurnal (ServeGen) cell.")] = 2.0,
     trace: Annotated[Path, typer.Option(help="Per-request trace the shapes are built from.")] = _REQUESTS,
     rates: Annotated[Path, typer.Option(help="Rate trace of the diurnal cell.")] = _RATES,
-    placement: Annotated[str, typer.Option(help="Placement for every policy (greedy | ilp).")] = "greedy",
+    placement: Annotated[str, typer.Option(help="Placement for every policy (greedy | ilp | incremental).")] = "greedy",
     engine: Annotated[str, typer.Option(help=_ENGINE_HELP)] = "dask",
     dask_address: Annotated[str | None, typer.Option(help=_ADDRESS_HELP)] = None,
     workers: Annotated[int, typer.Option(help=_WORKERS_HELP)] = 2,

@@ -68,7 +68,7 @@ def bench_soak(
     collect_fail: Annotated[float, typer.Option(help="Probability a collect fails.")] = 0.05,
     apply_fail: Annotated[float, typer.Option(help="Probability an apply fails.")] = 0.02,
     seed: Annotated[int, typer.Option(help="Random seed of the faults.")] = 0,
-    placement: Annotated[str | None, typer.Option(help="greedy | ilp (default: the policy's).")] = None,
+    placement: Annotated[str | None, typer.Option(help="greedy | ilp | incremental (default: the policy's).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Replay with random collect/apply failures vs without; invariant violations and SLO drift."""

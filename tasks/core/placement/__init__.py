@@ -17,6 +17,7 @@ imports only from the modules listed before it (no cycles, no private names acro
   repair     `whole_groups` (trim a placement's broken groups: the greedy fallback's)
   polish     `polish` (undo unneeded churn)
   ilp        `place_ilp` (the entry)
+  incremental `place_incremental` (the control loop's: small MIP, full on a cadence, greedy), `full_due`
   realize    `realize` (instances onto nodes)
 
 Nothing here reads a clock, starts a thread or does I/O: `tasks/placement_runner.py` runs
@@ -26,6 +27,7 @@ Nothing here reads a clock, starts a thread or does I/O: `tasks/placement_runner
 from tasks.core.placement.deadline import Clock, Deadline
 from tasks.core.placement.greedy import group_counts, place_greedy
 from tasks.core.placement.ilp import MIP_STARTS, place_ilp
+from tasks.core.placement.incremental import full_due, place_incremental
 from tasks.core.placement.lagrange import Bound, proven_bound
 from tasks.core.placement.model import lp_bound, reference_solve
 from tasks.core.placement.problem import Problem, build_problem
@@ -46,11 +48,13 @@ __all__ = [
     "Score",
     "build_problem",
     "evaluate",
+    "full_due",
     "group_counts",
     "lp_bound",
     "nodes_from_config",
     "place_greedy",
     "place_ilp",
+    "place_incremental",
     "proven_bound",
     "realize",
     "reference_solve",
