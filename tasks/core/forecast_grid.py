@@ -12,6 +12,9 @@ forecast in the replay). The grid is the same, bit for bit: the arrays hold the 
 Only the deque operations the history uses are supported (append, extend, popleft, clear); the
 others raise, so the arrays can never drift from the pairs.
 
+`rolling_median_from`: the forecasters' trailing rolling median computed only from the first
+origin a caller reads (same floats there as over the whole series).
+
 `LastCall`: a one-entry memo for the forecasters' pure array steps (the smoothed log series and
 the daily shape), keyed by the exact bits of the input; same results, tested with it off.
 """
@@ -24,6 +27,7 @@ from collections.abc import Iterable
 from typing import Any, NoReturn
 
 import numpy as np
+import pandas as pd
 
 Sample = tuple[float, float | None]
 _MIN_CAPACITY = 256
@@ -116,3 +120,19 @@ class LastCall:
         if self.enabled:
             self._entry = (np.array(arr, dtype=np.float64), params, out.copy())
         return out
+
+
+def rolling_median_from(y: np.ndarray, k: int, start: int) -> np.ndarray:
+    """The trailing k-sample median of the observed values, forward-filled over windows with none;
+    NaN before `start`. The same floats as over the whole series: a window's median reads only its
+    own k samples, and from the first origin on the fill reaches back no further than `start` unless
+    that window is empty (then the whole series is used)."""
+    lo = min(max(0, start - k + 1), len(y))
+    level = pd.Series(y[lo:]).rolling(k, min_periods=1).median().ffill().to_numpy()
+    if lo == 0:
+        return level
+    if start < len(y) and np.isnan(level[start - lo]):
+        return rolling_median_from(y, k, 0)  # the fill at `start` reaches before the slice
+    out = np.full(len(y), np.nan)
+    out[start:] = level[start - lo :]
+    return out
