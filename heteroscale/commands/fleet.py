@@ -28,6 +28,12 @@ def bench_replay_cmd(
     plain: Annotated[
         bool, typer.Option("--plain", help="Call the policy for every service every period (no decision cache).")
     ] = False,
+    reselect_every_s: Annotated[
+        float | None,
+        typer.Option(
+            help="How often `auto` re-selects its method, s (default: the replay's, hourly). Changes decisions."
+        ),
+    ] = None,
 ) -> None:
     """Replay a synthetic N-service fleet for D days: wall s, service-days/s, peak RSS per policy."""
     from flows.fleet_bench import DEFAULT_POLICIES, bench_replay
@@ -41,6 +47,7 @@ def bench_replay_cmd(
             seed=seed,
             profile_dir=profile,
             skip_unchanged=not plain,
+            reselect_every_s=reselect_every_s,
             progress=lambda msg: err.print(msg, highlight=False),
         )
     )
