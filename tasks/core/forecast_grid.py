@@ -42,6 +42,10 @@ class SampleHistory(deque[Sample]):
         self._v = np.empty(_MIN_CAPACITY)
         self._lo = 0  # first live slot
         self._hi = 0  # one past the last live slot
+        # Every consecutive difference of t_s from slot `_reg_from` on equals `_step` (the replay
+        # samples once a control period): `regular_step` answers "one sample per grid slot" in O(1).
+        self._reg_from = 0
+        self._step = math.nan
         for s in samples:
             self.append(s)
 
@@ -50,6 +54,12 @@ class SampleHistory(deque[Sample]):
         if self._hi == len(self._t):
             self._make_room()
         self._t[self._hi] = float(t)
+        if self._hi == self._lo:  # the first live sample: no difference yet
+            self._reg_from, self._step = self._hi, math.nan
+        else:
+            d = self._t[self._hi] - self._t[self._hi - 1]
+            if d != self._step:  # a new run of equal differences starts at the previous sample
+                self._reg_from, self._step = self._hi - 1, d
         self._v[self._hi] = float(value) if value is not None and math.isfinite(value) else math.nan
         self._hi += 1
         super().append(sample)
@@ -65,7 +75,15 @@ class SampleHistory(deque[Sample]):
 
     def clear(self) -> None:
         super().clear()
-        self._lo = self._hi = 0
+        self._lo = self._hi = self._reg_from = 0
+        self._step = math.nan
+
+    def regular_step(self) -> float | None:
+        """The spacing when every consecutive difference of the live t_s is the same positive
+        float (two samples or more), else None."""
+        if self._hi - self._lo >= 2 and self._reg_from <= self._lo and self._step > 0:
+            return float(self._step)
+        return None
 
     def __reduce__(self) -> tuple[Any, ...]:
         # deque's own reduce would restore the buffers and then append every pair again.
@@ -88,6 +106,7 @@ class SampleHistory(deque[Sample]):
         t, v = np.empty(cap), np.empty(cap)
         t[:live] = self._t[self._lo : self._hi]
         v[:live] = self._v[self._lo : self._hi]
+        self._reg_from = max(0, self._reg_from - self._lo)
         self._t, self._v, self._lo, self._hi = t, v, 0, live
 
     # The arrays mirror the pairs only under the operations above.
