@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter, lfilter_zi
 
-from tasks.core.forecast_grid import LastCall, rolling_median_from
+from tasks.core.forecast_grid import LastCall, one_per_slot, rolling_median_from
+from tasks.core.forecast_grid import nanmedian_rows as _nanmedian_rows
 
 History = Sequence[tuple[float, float | None]]
 Forecaster = Callable[[History, float], float | None]
@@ -94,14 +95,9 @@ def to_grid(history: History, *, max_points: int = MAX_GRID_POINTS) -> Grid | No
         v[~np.isfinite(v)] = np.nan
     if np.isnan(v).all():
         return None
-    regular = getattr(history, "regular_step", None)
-    step = regular() if regular is not None else None
-    if step is not None and (t[-1] - t[0]) / step + 1 <= max_points:
-        # One sample per slot (every difference is `step`, so it is also their median): the grid
-        # is the values themselves (+ 0.0: what the slot sum adds; /1: what its mean divides by).
-        n = len(t)
-        if np.array_equal(np.rint((t[-1] - t) / step), np.arange(n - 1, -1, -1)):
-            return Grid(y=v + 0.0, step_s=step, t_end_s=float(t[-1]))
+    fast = one_per_slot(history, t, v, max_points)  # a regular SampleHistory: the values themselves
+    if fast is not None:
+        return Grid(y=fast[0], step_s=fast[1], t_end_s=float(t[-1]))
     diffs = np.diff(t)
     diffs = diffs[diffs > 0]
     step = float(np.median(diffs)) if len(diffs) else 1.0
@@ -432,18 +428,6 @@ def _direct_ridge(
     out = np.full(n, np.nan)
     out[i] = filled[i] * np.exp(np.sum(beta * x[i], axis=1))
     return out
-
-
-def _nanmedian_rows(x: np.ndarray) -> np.ndarray:
-    """`np.nanmedian(x, axis=0)` without its per-column warnings for all-NaN columns (most
-    columns are, early in a history; the warnings cost more than the median)."""
-    srt = np.sort(x.T, axis=1).T  # NaNs sort last (sorted along contiguous rows: faster)
-    cnt = np.sum(~np.isnan(x), axis=0)
-    cols = np.arange(x.shape[1])
-    lo, hi = np.maximum(cnt - 1, 0) // 2, np.maximum(cnt, 1) // 2
-    with np.errstate(invalid="ignore"):
-        med = (srt[lo, cols] + srt[hi, cols]) / 2.0
-    return np.where(cnt > 0, med, np.nan)
 
 
 PATHS: dict[str, PathFn] = {

@@ -12,6 +12,8 @@ forecast in the replay). The grid is the same, bit for bit: the arrays hold the 
 Only the deque operations the history uses are supported (append, extend, popleft, clear); the
 others raise, so the arrays can never drift from the pairs.
 
+`nanmedian_rows`: the daily shapes' median over days, without numpy's all-NaN warnings.
+
 `rolling_median_from`: the forecasters' trailing rolling median computed only from the first
 origin a caller reads (same floats there as over the whole series).
 
@@ -155,3 +157,29 @@ def rolling_median_from(y: np.ndarray, k: int, start: int) -> np.ndarray:
     out = np.full(len(y), np.nan)
     out[start:] = level[start - lo :]
     return out
+
+
+def nanmedian_rows(x: np.ndarray) -> np.ndarray:
+    """`np.nanmedian(x, axis=0)` without its per-column warnings for all-NaN columns (most
+    columns are, early in a history; the warnings cost more than the median)."""
+    srt = np.sort(x.T, axis=1).T  # NaNs sort last (sorted along contiguous rows: faster)
+    cnt = np.sum(~np.isnan(x), axis=0)
+    cols = np.arange(x.shape[1])
+    lo, hi = np.maximum(cnt - 1, 0) // 2, np.maximum(cnt, 1) // 2
+    with np.errstate(invalid="ignore"):
+        med = (srt[lo, cols] + srt[hi, cols]) / 2.0
+    return np.where(cnt > 0, med, np.nan)
+
+
+def one_per_slot(history: object, t: np.ndarray, v: np.ndarray, max_points: int) -> tuple[np.ndarray, float] | None:
+    """`to_grid`'s result (values, step) when `history` is a `SampleHistory` whose samples are
+    evenly spaced (`regular_step`) and fit in `max_points`: one sample per slot, so every
+    difference is the step (also their median) and each slot's mean is its one value (+ 0.0: what
+    the slot sum adds; /1: what the mean divides by). None: take the general path."""
+    regular = getattr(history, "regular_step", None)
+    step = regular() if regular is not None else None
+    if step is None or (t[-1] - t[0]) / step + 1 > max_points:
+        return None
+    if not np.array_equal(np.rint((t[-1] - t) / step), np.arange(len(t) - 1, -1, -1)):
+        return None
+    return v + 0.0, step
