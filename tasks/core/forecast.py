@@ -534,10 +534,12 @@ def _parts(method: str) -> list[str]:
 
 
 def _path(method: str, y: np.ndarray, h: float, step_s: float, *, start: int = 0) -> np.ndarray:
-    """PATHS[method] (or a "+" combination of them), solving the per-origin ridge methods only
-    from origin `start` on."""
+    """PATHS[method] (or a "+" combination of them, NaN before `start`), computing the
+    `_START_AWARE` methods only from origin `start` on."""
     if COMBINE_SEP in method:
-        return combine_paths([_path(m, y, h, step_s, start=start) for m in _parts(method)])
+        out = np.full(len(y), np.nan)
+        out[start:] = combine_paths([_path(m, y, h, step_s, start=start)[start:] for m in _parts(method)])
+        return out
     if method in _START_AWARE:
         return _START_AWARE[method](y, h, step_s, start=start)
     return PATHS[method](y, h, step_s)
