@@ -40,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--every", type=float, action="append", required=True, help="reselect_every_s (repeat)")
     ap.add_argument("--policy", action="append", default=None)
+    ap.add_argument("--pin", action="store_true", help="pin_between_selections (the replay's option)")
     ap.add_argument("--half", action="append", choices=("curate", "evaluate"), default=None)
     args = ap.parse_args()
     cfg = load_config("deployments/clusters/servegen-10-curated.yaml")
@@ -50,12 +51,21 @@ def main() -> None:
         for policy in args.policy or ["heteroscale-paper", "dynamo-sla"]:
             for every in args.every:
                 t0, c0 = time.perf_counter(), _cpu_s()
-                r = replay(cfg, part, policy, keep_ticks=False, placement="greedy", reselect_every_s=every)
+                r = replay(
+                    cfg,
+                    part,
+                    policy,
+                    keep_ticks=False,
+                    placement="greedy",
+                    reselect_every_s=every,
+                    pin_between_selections=args.pin,
+                )
                 s = r.summary()
                 row = {
                     "half": half,
                     "policy": policy,
                     "reselect_every_s": every,
+                    "pin": args.pin,
                     "cpu_s": round(_cpu_s() - c0, 2),
                     "wall_s": round(time.perf_counter() - t0, 2),
                     "gpu_hours": s["gpu_hours"],
