@@ -100,3 +100,27 @@ def test_nothing_to_pin_for_a_fixed_method() -> None:
     hist = _history(_series(2)[:3000])
     value, used, quantiles = forecast_quantiles("holt", hist, 360.0)
     assert pin(used, value, quantiles, hist, 360.0) is None
+
+
+def test_forecast_load_uses_a_pin_only_for_its_method() -> None:
+    from models.config import load_config
+    from tasks import steps
+
+    config = load_config(ROOT / "deployments/clusters/demo.yaml")
+    names = [s.name for s in config.services]
+    y = _series(0)
+    history = {n: _history(y[300 * i : 300 * i + 11520]) for i, n in enumerate(names)}
+    selected = steps.forecast_load(config, history)  # the services' own forecaster: auto
+    pins = steps.pin_forecasts(config, history, selected)
+    assert set(pins) == {n for n, f in selected.items() if f.method.startswith("auto:")} and pins
+    chosen = {n: p.method for n, p in pins.items()}
+    exact = steps.forecast_load(config, history, forecaster=chosen)
+    pinned = steps.forecast_load(config, history, forecaster=chosen, pins=pins)
+    for n in pins:  # at the selection's own history: the same forecasts
+        assert pinned[n].method == exact[n].method
+        assert pinned[n].value == pytest.approx(exact[n].value, rel=1e-12)
+        assert [lv for lv, _ in pinned[n].quantiles] == [lv for lv, _ in exact[n].quantiles]
+        for (_, a), (_, b) in zip(pinned[n].quantiles, exact[n].quantiles, strict=True):
+            assert a == pytest.approx(b, rel=1e-12)
+    other = steps.forecast_load(config, history, forecaster="holt", pins=pins)  # not the pinned method
+    assert other == steps.forecast_load(config, history, forecaster="holt")
