@@ -10,12 +10,13 @@ What is pinned at a selection (`pin`, from the selection's own `Forecast` and th
 the chosen combination; the ridge coefficients of its seasonal-ar / profile-ar parts fitted at the
 last origin (the same pairs and features the path functions use); and the combination's conformal
 log-error quantiles, log(q / value) of the selection's forecast. Between selections
-(`forecast_pinned`): each part's forecast at the last origin only — last-value, ewma and holt from
-their full paths (cheap, the same floats), seasonal-blend and the ridge features from short slices
-around the points they read (the same medians as over the whole series) — the ridge parts with the
-pinned coefficients, combined as `combine_paths` does; the quantiles are that value times the
-pinned exp(log-error quantiles). So the value differs from `forecast_quantiles` only through the
-ridge coefficients (fitted up to one re-selection period earlier: ~60 of ~10,000 pairs) and the
+(`forecast_pinned`): each part's forecast at the last origin only — last-value and holt from their
+full paths (cheap, the same floats), ewma as its weighted mean over the last observations (equal to
+rounding, without pandas), seasonal-blend and the ridge features from short slices around the
+points they read (the same medians as over the whole series) — the ridge parts with the pinned
+coefficients, combined as `combine_paths` does; the quantiles are that value times the pinned
+exp(log-error quantiles). So the value differs from `forecast_quantiles` only through the ridge
+coefficients (fitted up to one re-selection period earlier: ~60 of ~10,000 pairs per hour) and the
 quantiles only through their calibration set (the same period older). Tests:
 `tests/unit/test_forecast_pinned.py` (at the selection itself: equal to `forecast_quantiles`;
 later: the measured drift).
@@ -108,6 +109,8 @@ def forecast_pinned(
 
 def _at_last(method: str, y: np.ndarray, h: float, step_s: float, beta: tuple[float, ...] | None) -> float:
     n = len(y)
+    if method == "ewma":
+        return _ewma_at_last(y)
     if method in _CHEAP or n < 2:
         return float(F.PATHS[method](y, h, step_s)[-1])
     hi = max(1, round(h))
@@ -123,6 +126,22 @@ def _at_last(method: str, y: np.ndarray, h: float, step_s: float, beta: tuple[fl
     x = _features_at_last(method, y, filled, logy, hi, step_s)
     b = np.zeros(len(x)) if beta is None else np.asarray(beta)
     return float(filled[-1] * np.exp(np.sum(b * x)))
+
+
+EWMA_ALPHA: float = inspect.signature(F.path_ewma).parameters["alpha"].default
+# Observations an ewma at the last origin reads: older weights are below (1 - alpha)^400 ~ 1e-209.
+EWMA_OBS = 400
+
+
+def _ewma_at_last(y: np.ndarray) -> float:
+    """`path_ewma(y)[-1]` without pandas: the mean of the observed values weighted (1 - alpha)^k
+    by age in observations (pandas' `adjust=True, ignore_na=True` definition), over the last
+    EWMA_OBS of them. Equal to the pandas value to rounding (~1e-15 relative), not bit for bit."""
+    seen = y[~np.isnan(y)][-EWMA_OBS:]
+    if not len(seen):
+        return math.nan
+    w = (1.0 - EWMA_ALPHA) ** np.arange(len(seen) - 1, -1, -1, dtype=float)
+    return float(np.dot(w, seen) / w.sum())
 
 
 class _SmoothedAt:
