@@ -8,6 +8,9 @@ resident set size after that policy (`resource.getrusage`: a high-water mark, so
 from one row to the next), with the league's headline numbers beside them.
 
 `skip_unchanged=False` replays with the plain loop (no `DecisionCache`), to compare the two.
+`reselect_every_s` overrides how often `auto` re-runs its backtest selection (an approximation:
+between selections the chosen method forecasts alone; measured in docs/twin.md);
+`pin_between_selections` the replay's option of that name (another approximation, measured there).
 `profile_dir`: each policy's replay under cProfile, `<policy>.prof` (pstats) and `<policy>.txt`
 (the top functions by cumulative and by own time) written there.
 """
@@ -62,6 +65,8 @@ def bench_replay(
     seed: int = 1,
     profile_dir: Path | None = None,
     skip_unchanged: bool = True,
+    reselect_every_s: float | None = None,
+    pin_between_selections: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     bad = [p for p in policies if p not in POLICIES]
@@ -79,7 +84,14 @@ def bench_replay(
         if prof is not None:
             prof.enable()
         result = replay(
-            fleet.config, fleet.curves, name, keep_ticks=False, placement=placement, skip_unchanged=skip_unchanged
+            fleet.config,
+            fleet.curves,
+            name,
+            keep_ticks=False,
+            placement=placement,
+            skip_unchanged=skip_unchanged,
+            pin_between_selections=pin_between_selections,
+            **({} if reselect_every_s is None else {"reselect_every_s": reselect_every_s}),
         )
         if prof is not None:
             prof.disable()
@@ -115,5 +127,8 @@ def bench_replay(
         "profiled": profile_dir is not None,
         # False: the plain loop (every service's policy called every period), for comparison.
         "skip_unchanged": skip_unchanged,
+        # None: the replay's own cadence (flows.replay.RESELECT_EVERY_S, hourly).
+        "reselect_every_s": reselect_every_s,
+        "pin_between_selections": pin_between_selections,
         "rows": rows,
     }

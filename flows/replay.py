@@ -36,6 +36,7 @@ from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.capacity import SloFloor, slo_floor
 from tasks.core.decision_cache import DecisionCache
 from tasks.core.forecast_grid import SampleHistory
+from tasks.core.forecast_pinned import Pinned
 from tasks.core.invariants import plan_violations
 from tasks.core.placement import place_greedy
 from tasks.core.policy import POLICIES, get_policy
@@ -142,6 +143,7 @@ def replay(
     faults: FaultPlan | None = None,
     check_invariants: bool = False,
     skip_unchanged: bool = True,
+    pin_between_selections: bool = False,
 ) -> ReplayResult:
     """Replay one policy. `placement` overrides the policy's own (`PolicySpec.placement`; e.g. the
     greedy for a long replay: the ILP takes 0.3-0.5 s a solve).
@@ -161,6 +163,9 @@ def replay(
     call: a service whose inputs did not change since a decision that provably cannot change
     (a hold that left the policy state as it was, every clock comparison long settled) gets that
     decision back without the call. Same decisions as False (tested); False is the plain loop.
+    `pin_between_selections` (an approximation, off by default; docs/twin.md): between two `auto`
+    selections, forecast from the last origin with the selection's ridge coefficients and quantile
+    calibration (`steps.pin_forecasts`, `tasks/core/forecast_pinned.py`) instead of refitting.
     `history_keep_s` overrides the config's `cluster.history_window_s`, the window the flow keeps
     too; the history is a deque extended in place (O(1) a period).
     """
@@ -210,6 +215,7 @@ def replay(
     every = forecast_every_s or max(period, min(c.dt_s for c in curves.values()))
     forecasts: dict[str, Forecast] = {}
     chosen: dict[str, str] = {}  # service -> method `auto` chose at the last selection
+    pins: dict[str, Pinned] = {}  # its pins (pin_between_selections)
     next_forecast = next_select = t0
     states: dict[str, ServicePolicyState] = {}
     actions = unmet_periods = 0
@@ -230,11 +236,14 @@ def replay(
         if uses_forecast and now - period >= next_forecast - 1e-9:
             # First period served of a new trace window: new load information, new forecast.
             select = now - period >= next_select - 1e-9
-            forecasts = steps.forecast_load(config, history, forecaster=None if select else chosen)
+            pinned = pins if pin_between_selections and not select else None
+            forecasts = steps.forecast_load(config, history, forecaster=None if select else chosen, pins=pinned)
             if select:
                 chosen = {
                     n: f.method.removeprefix("auto:") for n, f in forecasts.items() if f.method.startswith("auto:")
                 }
+                if pin_between_selections:
+                    pins = steps.pin_forecasts(config, history, forecasts)
                 next_select = _next_time(next_select, now - period, reselect_every_s)
             next_forecast = _next_time(next_forecast, now - period, every)
         try:

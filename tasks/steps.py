@@ -35,6 +35,7 @@ from tasks.backends import ClusterBackend, SignalsBackend
 from tasks.core.capacity import EngineModel, ServiceEngines
 from tasks.core.decision_cache import DecisionCache, decision_key
 from tasks.core.forecast import History, get_forecaster
+from tasks.core.forecast_pinned import Pinned, forecast_pinned, pin
 from tasks.core.forecast_quantile import LEVELS as QUANTILE_LEVELS
 from tasks.core.forecast_quantile import forecast_quantiles
 from tasks.core.placement import full_due, place_greedy
@@ -127,6 +128,7 @@ def forecast_load(
     history: Mapping[str, History],
     *,
     forecaster: str | Mapping[str, str] | None = None,
+    pins: Mapping[str, Pinned] | None = None,
 ) -> dict[str, Forecast]:
     """Expected policy metric when instances started now become Ready (cold start + period).
 
@@ -139,6 +141,10 @@ def forecast_load(
     With `policy.steps.enabled`, the forecast also lists the upward steps the service's daily step
     profile expects from the last sample to `OUTLOOK_S` past the horizon (`Forecast.steps`,
     tasks/core/stepprofile.py): the replay reuses a forecast for up to a trace window.
+
+    `pins` (an approximation, off unless given; `tasks/core/forecast_pinned.py`): a service whose
+    forecaster is its pin's method forecasts from the last origin with the pinned ridge
+    coefficients and quantile calibration of the last selection (`pin_forecasts`).
     """
     out: dict[str, Forecast] = {}
     for svc in config.services:
@@ -148,11 +154,31 @@ def forecast_load(
         horizon = svc.cold_start_s + config.cluster.control_period_s
         levels = tuple(sorted({*QUANTILE_LEVELS, *((svc.policy.risk,) if svc.policy.risk is not None else ())}))
         past = history.get(svc.name, ())
-        value, method, quantiles = forecast_quantiles(name, past, horizon, levels)
+        pinned = pins.get(svc.name) if pins else None
+        if pinned is not None and pinned.method == name:
+            value, method, quantiles = forecast_pinned(pinned, past, horizon, levels)
+        else:
+            value, method, quantiles = forecast_quantiles(name, past, horizon, levels)
         steps = ()
         if svc.policy.steps.enabled and past:
             steps = expected_steps(past, past[-1][0], horizon + OUTLOOK_S, svc.policy.steps)
         out[svc.name] = Forecast(svc.name, svc.policy.metric.value, value, horizon, method, quantiles, steps)
+    return out
+
+
+def pin_forecasts(
+    config: ClusterConfig, history: Mapping[str, History], forecasts: Mapping[str, Forecast]
+) -> dict[str, Pinned]:
+    """The pins of an `auto` selection's forecasts (`forecast_pinned.pin`), for `forecast_load(pins=)`
+    until the next selection; services whose forecast was not an `auto` choice get none."""
+    out: dict[str, Pinned] = {}
+    for svc in config.services:
+        f = forecasts.get(svc.name)
+        if f is None:
+            continue
+        p = pin(f.method, f.value, f.quantiles, history.get(svc.name, ()), f.horizon_s)
+        if p is not None:
+            out[svc.name] = p
     return out
 
 

@@ -30,6 +30,19 @@ def bench_replay_cmd(
     plain: Annotated[
         bool, typer.Option("--plain", help="Call the policy for every service every period (no decision cache).")
     ] = False,
+    reselect_every_s: Annotated[
+        float | None,
+        typer.Option(
+            help="How often `auto` re-selects its method, s (default: the replay's, hourly). Changes decisions."
+        ),
+    ] = None,
+    pin_between_selections: Annotated[
+        bool,
+        typer.Option(
+            "--pin-between-selections",
+            help="Between auto's selections forecast from the last origin with the pinned fit. Changes decisions.",
+        ),
+    ] = False,
 ) -> None:
     """Replay a synthetic N-service fleet for D days: wall s, service-days/s, peak RSS per policy."""
     from flows.fleet_bench import DEFAULT_POLICIES, bench_replay
@@ -43,6 +56,8 @@ def bench_replay_cmd(
             seed=seed,
             profile_dir=profile,
             skip_unchanged=not plain,
+            reselect_every_s=reselect_every_s,
+            pin_between_selections=pin_between_selections,
             progress=lambda msg: err.print(msg, highlight=False),
         )
     )

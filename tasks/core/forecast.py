@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import lfilter, lfilter_zi
 
-from tasks.core.forecast_grid import LastCall
+from tasks.core.forecast_grid import LastCall, one_per_slot, rolling_median_from
+from tasks.core.forecast_grid import nanmedian_rows as _nanmedian_rows
 
 History = Sequence[tuple[float, float | None]]
 Forecaster = Callable[[History, float], float | None]
@@ -94,6 +95,9 @@ def to_grid(history: History, *, max_points: int = MAX_GRID_POINTS) -> Grid | No
         v[~np.isfinite(v)] = np.nan
     if np.isnan(v).all():
         return None
+    fast = one_per_slot(history, t, v, max_points)  # a regular SampleHistory: the values themselves
+    if fast is not None:
+        return Grid(y=fast[0], step_s=fast[1], t_end_s=float(t[-1]))
     diffs = np.diff(t)
     diffs = diffs[diffs > 0]
     step = float(np.median(diffs)) if len(diffs) else 1.0
@@ -183,10 +187,12 @@ def path_seasonal_blend(
     decay_per_10min: float = 0.7,
     days: int = 7,
     season_s: float = DAY_S,
+    start: int = 0,
 ) -> np.ndarray:
+    """Origins before `start` are NaN (their level, a rolling median, is not computed)."""
     k = max(1, round(level_s / step_s))
     last = _ffill(y)
-    level = pd.Series(y).rolling(k, min_periods=1).median().ffill().to_numpy()
+    level = rolling_median_from(y, k, start)
     # Bursts above (or dips below) the level fade; the decay is per 10 minutes of horizon.
     fade = decay_per_10min ** (h * step_s / 600.0)
     base = level + fade * (last - level)
@@ -397,20 +403,24 @@ def _direct_ridge(
         target[: n - hi] = np.where(np.isnan(y[hi:]), np.nan, logy[hi:] - logy[: n - hi])
     ok = ~np.isnan(target) & ~np.isnan(filled)
     t = np.where(ok, np.clip(np.nan_to_num(target), -clip_log, clip_log), 0.0)
-    xo = x * ok[:, None]
-    # Running sums of X'X (upper triangle) and X't; origin i sums pairs j with i - w < j + hi <= i.
-    iu, il = np.triu_indices(p)
-    xtx = np.concatenate([np.zeros((1, len(iu))), np.cumsum(xo[:, iu] * xo[:, il], axis=0)])
-    xty = np.concatenate([np.zeros((1, p)), np.cumsum(xo * t[:, None], axis=0)])
-    w = max(1, round(fit_window_s / step_s))
     i = np.arange(min(max(start, 0), n), n)  # only these origins are solved (the rest stay NaN)
+    w = max(1, round(fit_window_s / step_s))
     hi_end = np.clip(i - hi + 1, 0, n)  # exclusive end of pair indices j <= i - hi
     lo_end = np.clip(i - hi + 1 - w, 0, n)
-    tri = xtx[hi_end] - xtx[lo_end]
-    a = np.empty((len(i), p, p))
-    a[:, iu, il] = tri
-    a[:, il, iu] = tri
-    b = xty[hi_end] - xty[lo_end]
+    # Running sums of X'X (upper triangle) and X't; origin i sums pairs j with i - w < j + hi <= i.
+    # Laid out one row per sum (contiguous), and only as far as the last pair read: the same
+    # sequential prefix sums as a column-wise cumsum over the whole grid, bit for bit.
+    m = int(hi_end.max()) if len(i) else 0
+    iu, il = np.triu_indices(p)
+    xo = np.ascontiguousarray(x[:m].T) * ok[:m]
+    cum = np.zeros((len(iu) + p, m + 1))
+    np.cumsum(np.concatenate([xo[iu] * xo[il], xo * t[:m]]), axis=1, out=cum[:, 1:])
+    sums = cum[:, hi_end] - cum[:, lo_end]
+    # The symmetric matrix from its upper triangle in one gather.
+    sym = np.empty((p, p), dtype=np.int64)
+    sym[iu, il] = sym[il, iu] = np.arange(len(iu))
+    a = sums[sym.ravel()].T.reshape(len(i), p, p)
+    b = sums[len(iu) :].T
     # A fixed ridge: log changes are ~0.1, so 1.0 weighs like a few dozen pairs early on and is
     # negligible after a day; it also makes the system solvable with no pairs (beta = 0).
     a = a + ridge * np.eye(p)
@@ -418,18 +428,6 @@ def _direct_ridge(
     out = np.full(n, np.nan)
     out[i] = filled[i] * np.exp(np.sum(beta * x[i], axis=1))
     return out
-
-
-def _nanmedian_rows(x: np.ndarray) -> np.ndarray:
-    """`np.nanmedian(x, axis=0)` without its per-column warnings for all-NaN columns (most
-    columns are, early in a history; the warnings cost more than the median)."""
-    srt = np.sort(x, axis=0)  # NaNs sort last
-    cnt = np.sum(~np.isnan(x), axis=0)
-    cols = np.arange(x.shape[1])
-    lo, hi = np.maximum(cnt - 1, 0) // 2, np.maximum(cnt, 1) // 2
-    with np.errstate(invalid="ignore"):
-        med = (srt[lo, cols] + srt[hi, cols]) / 2.0
-    return np.where(cnt > 0, med, np.nan)
 
 
 PATHS: dict[str, PathFn] = {
@@ -440,8 +438,12 @@ PATHS: dict[str, PathFn] = {
     "seasonal-ar": path_seasonal_ar,
     "profile-ar": path_profile_ar,
 }
-# Paths whose cost is a per-origin solve: they accept `start` (origins before it are not solved).
-_START_AWARE: dict[str, Callable[..., np.ndarray]] = {"seasonal-ar": path_seasonal_ar, "profile-ar": path_profile_ar}
+# Paths whose cost grows with the origins computed: they accept `start` (origins before it stay NaN).
+_START_AWARE: dict[str, Callable[..., np.ndarray]] = {
+    "seasonal-blend": path_seasonal_blend,
+    "seasonal-ar": path_seasonal_ar,
+    "profile-ar": path_profile_ar,
+}
 
 
 # --- backtest and selection --------------------------------------------------------------
@@ -532,10 +534,12 @@ def _parts(method: str) -> list[str]:
 
 
 def _path(method: str, y: np.ndarray, h: float, step_s: float, *, start: int = 0) -> np.ndarray:
-    """PATHS[method] (or a "+" combination of them), solving the per-origin ridge methods only
-    from origin `start` on."""
+    """PATHS[method] (or a "+" combination of them, NaN before `start`), computing the
+    `_START_AWARE` methods only from origin `start` on."""
     if COMBINE_SEP in method:
-        return combine_paths([_path(m, y, h, step_s, start=start) for m in _parts(method)])
+        out = np.full(len(y), np.nan)
+        out[start:] = combine_paths([_path(m, y, h, step_s, start=start)[start:] for m in _parts(method)])
+        return out
     if method in _START_AWARE:
         return _START_AWARE[method](y, h, step_s, start=start)
     return PATHS[method](y, h, step_s)

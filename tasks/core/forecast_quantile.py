@@ -155,14 +155,17 @@ def forecast_quantiles(
         parts = chosen.split(COMBINE_SEP)
         first = np.flatnonzero(~np.isnan(paths[parts[0]]))
         if len(first) and first[0] <= start:  # the selection's paths already reach back far enough
-            path = combine_paths([paths[m] for m in parts])
+            path = combine_paths([paths[m][start:] for m in parts])
         else:
-            path = _path(chosen, grid.y, h, grid.step_s, start=start)
+            path = _path(chosen, grid.y, h, grid.step_s, start=start)[start:]
         used, method = f"{AUTO}:{chosen}", chosen
     else:
-        used, path = method, _path(method, grid.y, h, grid.step_s, start=start)  # "+": the combination
+        used, path = method, _path(method, grid.y, h, grid.step_s, start=start)[start:]  # "+": the combination
     value = last_value(history, horizon_s) if method == "last-value" else _nonneg(path[-1])
-    q = quantile_path(path, grid.y, hi, grid.step_s, levels, origins=np.array([n - 1]))[:, -1]
+    # Only origins from `start` on are read (the calibration of the last one), so only they are
+    # combined and compared: the same errors, the same order statistics.
+    y = grid.y[start:]
+    q = quantile_path(path, y, hi, grid.step_s, levels, origins=np.array([len(y) - 1]))[:, -1]
     if value is None or np.isnan(q).any():
         return value, used, ()
     # Quantiles are monotone in the level (the order statistics are).

@@ -99,3 +99,36 @@ def test_memoised_smoothing_and_daily_shape_change_no_forecast(monkeypatch: pyte
         assert p1.keys() == p2.keys()
         for k in p1:
             np.testing.assert_array_equal(p1[k], p2[k])
+
+
+@pytest.mark.parametrize(("t0", "step"), [(1.7e9, 60.0), (0.0, 0.1), (12.5, 7.3)])
+def test_regular_samples_take_the_one_sample_per_slot_grid_with_the_same_floats(t0: float, step: float) -> None:
+    rng = np.random.default_rng(int(step * 10))
+    hist = SampleHistory()
+    t, used = t0, 0
+    for k in range(2500):
+        # A late sample at k = 700 breaks the spacing until it slides out of the window.
+        t += step * (1.5 if k == 700 else 1.0)
+        r = rng.random()
+        value: float | None = None if r < 0.05 else math.inf if r < 0.06 else float(rng.lognormal(3, 1))
+        hist.append((t, value))
+        while len(hist) > 600:
+            hist.popleft()
+        if k % 37 == 0 or 695 <= k <= 705 or 1295 <= k <= 1305:
+            a, b = to_grid(hist), to_grid(list(hist))
+            assert (a is None) == (b is None)
+            if a is not None and b is not None:
+                assert a.step_s == b.step_s and a.t_end_s == b.t_end_s
+                np.testing.assert_array_equal(a.y, b.y)
+            regular = hist.regular_step() is not None
+            d = np.diff(hist.as_arrays()[0])
+            assert regular == (len(d) >= 1 and bool(np.all(d == d[0])) and d[0] > 0), k
+            if step == 60.0:  # integral times: the spacing is exact except around the late sample
+                assert regular == (k >= 1 and not 700 <= k < 1299), k
+            used += regular
+    assert used > 10  # the fast path was exercised
+    hist.clear()
+    hist.append((1.0, 1.0))
+    assert hist.regular_step() is None
+    hist.append((2.0, 1.0))
+    assert hist.regular_step() == 1.0
