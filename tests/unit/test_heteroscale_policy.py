@@ -171,6 +171,24 @@ def test_scale_in_waits_for_a_whole_window_of_lower_asks() -> None:
     assert t.action is Action.SCALE_IN and t.counts == RoleCounts(5, 10)
 
 
+def test_what_the_net_added_is_shed_once_a_window_of_lower_asks_passes() -> None:
+    # Regression (ServeGen chat-eu held 8P/26D for two days at a third of that load): a scale-in
+    # decision the fleet cannot follow exactly (here it stays a unit above the target, as four
+    # H100s read 8 reference units while they hold 7.68) must not be recorded as an ask, or the
+    # trailing maximum re-arms itself every period and never decays.
+    window = max(SVC.cold_start_s, P.scale_in_cooldown_s)
+    t, state = heteroscale(ctx_for(20 * TARGET, current=(10, 20), now_s=0.0, tbt_p99_s=0.2), NO_STATE)
+    assert t.source == "latency" and t.num_decode > 20
+    net = t.num_decode
+    stuck = (t.num_prefill, net + 1)  # the fleet never sheds below what it holds now
+    now, counts = 0.0, []
+    while now < 4 * window:
+        now += 60.0
+        t, state = heteroscale(ctx_for(5 * TARGET, current=stuck, now_s=now), state)
+        counts.append(t.num_decode)
+    assert counts[-1] < net, counts
+
+
 def test_scale_in_inside_the_band_or_under_breach_holds() -> None:
     inside = 0.95 * 20 * TARGET  # 19 asked of 20: within the 10% band
     t, _ = heteroscale(ctx_for(inside, current=(10, 20)), NO_STATE)

@@ -237,8 +237,12 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
             return hold(ctx, state, f"{reason}; scale-out cooldown ({wait:.0f}s left)")
     if action is Action.HOLD:
         return hold(ctx, state, reason, source if source != TargetSource.PROPORTIONAL else TargetSource.HOLD)
-    if new.num_prefill > want.num_prefill or new.num_decode > want.num_decode:
+    added = grow or source == TargetSource.LATENCY
+    if added and (new.num_prefill > want.num_prefill or new.num_decode > want.num_decode):
         # What the safety net (or the coupling) added is kept like an ask: not shed next run.
+        # Only what was added: a scale-in's count (bounded below by the trailing maximum) recorded
+        # as an ask would re-arm that maximum every run, and a fleet that cannot shed to exactly
+        # the count (reference-unit rounding) would then hold it for ever.
         t, ask_p, ask_d = state.recommendations[-1]
         recs = (*state.recommendations[:-1], (t, max(ask_p, new.num_prefill), max(ask_d, new.num_decode)))
         state = state.with_(recommendations=recs)
