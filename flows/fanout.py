@@ -146,14 +146,21 @@ def fan_out(
     engine: Engine,
     *,
     flow_name: str = "league",
+    weights: Sequence[float] | None = None,
 ) -> list[T]:
     """`[fn(**kwargs) for _name, kwargs in calls]`, each call a Prefect task named `name`, run by
     `engine`'s task runner in one flow run (a subflow when called from a flow). Sequential: plain
-    calls here (in a flow: tasks, one after the other)."""
+    calls here (in a flow: tasks, one after the other).
+
+    `weights` (one per call, e.g. expected run time): submitted heaviest first, so the longest
+    replays do not start last and leave one worker idle at the end (longest-processing-time
+    order); results are still returned in the order of `calls`."""
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
     from prefect.context import FlowRunContext
 
+    if weights is not None and len(weights) != len(calls):
+        raise ValueError(f"{len(weights)} weights for {len(calls)} calls")
     # Results stay in memory (a ReplayResult holds the twin); nothing is cached or persisted, and
     # Prefect does not walk them (`_Held`).
     replay_task = task(_held(fn), name=getattr(fn, "__name__", "replay"), cache_policy=NO_CACHE, persist_result=False)
@@ -162,9 +169,11 @@ def fan_out(
             return [replay_task.with_options(task_run_name=name)(**kwargs).value for name, kwargs in calls]
         return [fn(**kwargs) for _name, kwargs in calls]
 
+    order = sorted(range(len(calls)), key=lambda i: -weights[i]) if weights is not None else list(range(len(calls)))
+
     def run_all() -> _Held:
-        futures = [replay_task.with_options(task_run_name=name).submit(**kwargs) for name, kwargs in calls]
-        return _Held([f.result().value for f in futures])
+        futures = {i: replay_task.with_options(task_run_name=calls[i][0]).submit(**calls[i][1]) for i in order}
+        return _Held([futures[i].result().value for i in range(len(calls))])
 
     # A closure without parameters: the config and curves are not flow parameters (stored by the API).
     fanned = flow(name=flow_name, task_runner=engine.task_runner(), persist_result=False, validate_parameters=False)(

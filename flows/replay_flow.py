@@ -27,7 +27,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.artifacts import artifact_key, publish_markdown, publish_plot, publish_table
 from flows.league import prepare_out_dir, table, write_outputs
-from flows.replay import DEFAULT_LEAGUE, load_service_curves, replay
+from flows.replay import DEFAULT_LEAGUE, load_service_curves, replay, replay_weight
 from models import settings
 from models.config import ClusterConfig, PlacementMethod
 from sim.sizing import fit_to_cluster
@@ -197,7 +197,8 @@ def bench_policies_flow(
         for _trace, label, curves in loads
         for p in policies
     ]
-    replays = iter(fan_out(replay, calls, eng, flow_name="bench_policies league"))
+    weights = [replay_weight(p) for _trace, _label, _curves in loads for p in policies]
+    replays = iter(fan_out(replay, calls, eng, flow_name="bench_policies league", weights=weights))
     rows: list[dict[str, Any]] = []
     for trace, label, curves in loads:
         results = [next(replays) for _ in policies]

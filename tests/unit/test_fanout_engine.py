@@ -22,3 +22,10 @@ def test_engine_names_and_address() -> None:
 def test_sequential_fan_out_is_the_plain_loop() -> None:
     calls = [(f"c{i}", {"a": i, "b": 10}) for i in range(3)]
     assert fan_out(lambda a, b: a + b, calls, SEQUENTIAL) == [10, 11, 12]
+
+
+def test_weights_must_match_the_calls() -> None:
+    calls = [(f"c{i}", {"a": i, "b": 10}) for i in range(3)]
+    with pytest.raises(ValueError, match="2 weights for 3 calls"):
+        fan_out(lambda a, b: a + b, calls, SEQUENTIAL, weights=[1.0, 2.0])
+    assert fan_out(lambda a, b: a + b, calls, SEQUENTIAL, weights=[1.0, 3.0, 2.0]) == [10, 11, 12]
