@@ -223,6 +223,11 @@ class PolicyParams(_Frozen):
     hysteresis: Annotated[float, Field(ge=0, lt=1)] = 0.10
     scale_out_cooldown_s: Annotated[float, Field(ge=0)] = 60.0
     scale_in_cooldown_s: Annotated[float, Field(ge=0)] = 300.0
+    # `heteroscale` only: a role is shed only to the highest count the load asked for over the last
+    # max(cold start, scale_in_cooldown_s, this). Curated on the workload matrix's curation halves
+    # and ServeGen days 1-7 (docs/forecasting.md "The scale-in window"): bursty and long-context
+    # loads come back within minutes, and what is shed takes a cold start to return.
+    scale_in_window_s: Annotated[float, Field(ge=0)] = 1800.0
     max_step_fraction: Annotated[float, Field(gt=0, le=10)] = 0.5
     min_instances: Annotated[int, Field(ge=0)] = 2
     max_instances: Annotated[int, Field(ge=1)] = 1000

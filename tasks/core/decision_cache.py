@@ -22,8 +22,9 @@ The rule. The last decision of a service, made at `t0`, is reused at `now > t0` 
 4. Clock comparisons saturated: the policies read the clock only as `now - t` for a `t` in the
    state, compared with a duration of the service (the cooldowns, `hpa_scale_down_stabilization_s`,
    `max(cold start, scale-in cooldown)`, `max(latency cooldown, cold start)`, the signal age
-   limit). If every `t` in the state is None or at least `clock_horizon_s(service)` (the largest
-   of every `*_s` setting of the policy and the cold start) before `t0`, each comparison already
+   limit, `heteroscale`'s `scale_in_window_s`). If every `t` in the state is None or at least
+   `clock_horizon_s(service, policy)` (the largest of every `*_s` setting the policy reads and
+   the cold start) before `t0`, each comparison already
    had its "long ago" outcome at `t0` and keeps it at any later `now`; a remaining-wait text
    ("cooldown (42s left)") only appears while a wait is positive, which this excludes.
 
@@ -49,13 +50,22 @@ Decision = tuple[Targets, ServicePolicyState]
 _signal_values = attrgetter(*(f.name for f in fields(ServiceSignals) if f.name not in ("service", "sampled_at_s")))
 
 
-def clock_horizon_s(service: Service) -> float:
-    """The longest duration any policy compares `now - t` with for this service: every `*_s`
-    setting of its policy section and its cold start (an infinite one disables the cache)."""
-    policy = service.policy
+# `*_s` settings only one policy reads: the others' horizon leaves them out (a long one would
+# otherwise keep every policy's holds from being reused for that long).
+POLICY_ONLY_S = {"scale_in_window_s": frozenset({"heteroscale"})}
+
+
+def clock_horizon_s(service: Service, policy: str | None = None) -> float:
+    """The longest duration a policy compares `now - t` with for this service: every `*_s`
+    setting of its policy section (those of `POLICY_ONLY_S` only for their policy; all of them
+    when `policy` is None) and its cold start (an infinite one disables the cache)."""
+    params = service.policy
     durations = [service.cold_start_s]
-    for name in type(policy).model_fields:
-        value = getattr(policy, name)
+    for name in type(params).model_fields:
+        only = POLICY_ONLY_S.get(name)
+        if only is not None and policy is not None and policy not in only:
+            continue
+        value = getattr(params, name)
         if name.endswith("_s") and isinstance(value, int | float) and not isinstance(value, bool):
             durations.append(float(value))
     return max(durations)
@@ -121,7 +131,7 @@ class DecisionCache:
     def __init__(self) -> None:
         self._last: dict[str, _Entry] = {}
         self._counts: tuple[Placement, dict[str, RoleCounts]] | None = None
-        self._horizon_s: dict[str, tuple[Service, float]] = {}
+        self._horizon_s: dict[tuple[str, str], tuple[Service, float]] = {}
         self.hits = 0
         self.misses = 0
 
@@ -144,9 +154,9 @@ class DecisionCache:
     def put(self, service: Service, key: DecisionKey, decision: Decision, now_s: float) -> None:
         """Keep `decision` (made at `now_s` from `key`) if rules 2-4 make it reusable later."""
         targets, state_out = decision
-        known = self._horizon_s.get(service.name)
+        known = self._horizon_s.get((service.name, key.policy))
         if known is None or known[0] is not service:
-            known = self._horizon_s[service.name] = (service, clock_horizon_s(service))
+            known = self._horizon_s[(service.name, key.policy)] = (service, clock_horizon_s(service, key.policy))
         horizon = known[1]
         reusable = (
             state_out == key.state

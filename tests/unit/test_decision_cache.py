@@ -125,3 +125,24 @@ def test_a_hold_with_a_settled_state_is_reused_and_a_running_cooldown_is_not() -
     assert not hit
     _d, hit = _call(cache, _ctx(2060.0, decode_tps=50000.0), recent)
     assert not hit
+
+
+def test_policy_only_settings_stretch_only_their_policys_horizon() -> None:
+    # heteroscale's scale-in window (1800 s by default) must not keep the other policies' holds
+    # from being reused for half an hour; and no other policy may read it (else its horizon lies).
+    import inspect
+    from pathlib import Path
+
+    import tasks.core.policy as pol
+    from models.config import PolicyParams
+    from tasks.core.decision_cache import POLICY_ONLY_S
+
+    svc = _ctx(0.0).service
+    assert clock_horizon_s(svc, "heteroscale") >= svc.policy.scale_in_window_s
+    assert clock_horizon_s(svc, "heteroscale-paper") < svc.policy.scale_in_window_s
+    assert clock_horizon_s(svc) >= svc.policy.scale_in_window_s  # no policy named: every setting
+    for name, only in POLICY_ONLY_S.items():
+        assert name in PolicyParams.model_fields
+        for path in Path(inspect.getfile(pol)).parent.glob("*.py"):
+            if path.stem not in only:
+                assert name not in path.read_text(), (name, path)

@@ -160,7 +160,7 @@ def test_scale_in_waits_for_the_upper_quantile() -> None:
     high = ((0.5, 10 * TARGET), (0.9, 19 * TARGET), (0.99, 25 * TARGET))
     low = ((0.5, 10 * TARGET), (0.9, 10.5 * TARGET), (0.99, 12 * TARGET))
     state = NO_STATE
-    window = max(SVC.cold_start_s, SVC.policy.scale_in_cooldown_s)
+    window = max(SVC.cold_start_s, SVC.policy.scale_in_cooldown_s, SVC.policy.scale_in_window_s)
     now = 0.0
     while now <= window + 60.0:
         t, state = heteroscale(_ctx(10 * TARGET, high, current=(10, 20), now_s=now), state)

@@ -157,7 +157,7 @@ def test_scale_in_waits_for_a_whole_window_of_lower_asks() -> None:
     # 20 decode asked, then the load halves: hold until the asks of the last max(cold start,
     # scale-in cooldown) are all lower (what is shed cannot be back sooner), then shed (damped to
     # max_step_fraction per run).
-    window = max(SVC.cold_start_s, P.scale_in_cooldown_s)
+    window = max(SVC.cold_start_s, P.scale_in_cooldown_s, P.scale_in_window_s)
     state = NO_STATE
     t, state = heteroscale(ctx_for(20 * TARGET, current=(10, 20), now_s=0.0), state)
     assert t.action is Action.HOLD
@@ -176,7 +176,7 @@ def test_what_the_net_added_is_shed_once_a_window_of_lower_asks_passes() -> None
     # decision the fleet cannot follow exactly (here it stays a unit above the target, as four
     # H100s read 8 reference units while they hold 7.68) must not be recorded as an ask, or the
     # trailing maximum re-arms itself every period and never decays.
-    window = max(SVC.cold_start_s, P.scale_in_cooldown_s)
+    window = max(SVC.cold_start_s, P.scale_in_cooldown_s, P.scale_in_window_s)
     t, state = heteroscale(ctx_for(20 * TARGET, current=(10, 20), now_s=0.0, tbt_p99_s=0.2), NO_STATE)
     assert t.source == "latency" and t.num_decode > 20
     net = t.num_decode

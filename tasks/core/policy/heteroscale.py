@@ -82,14 +82,16 @@ def _censored(ctx: PolicyContext) -> str:
 def _stabilised_ask(
     ctx: PolicyContext, state: ServicePolicyState, want: RoleCounts
 ) -> tuple[RoleCounts, ServicePolicyState]:
-    """The highest ask of the last max(cold start, scale-in cooldown) (now included), per role.
+    """The highest ask of the last max(cold start, scale-in cooldown, `scale_in_window_s`) (now
+    included), per role.
 
     Scale-in follows this trailing maximum: what is shed now cannot be back before a cold start,
     so a count is shed only once the load has asked for less for that long; a dip shorter than
     that sheds nothing it would need back, and no scale-in right after a scale-out. Asks are
     kept in `state.recommendations` as (time, prefill, decode).
     """
-    window = max(ctx.service.cold_start_s, ctx.service.policy.scale_in_cooldown_s)
+    p = ctx.service.policy
+    window = max(ctx.service.cold_start_s, p.scale_in_cooldown_s, p.scale_in_window_s)
     # A first run knows no asks: the running fleet stands for them, so nothing is shed before the
     # load has been watched for a whole window.
     past = state.recommendations or ((ctx.now_s, ctx.current.num_prefill, ctx.current.num_decode),)
@@ -132,7 +134,7 @@ def heteroscale(ctx: PolicyContext, state: ServicePolicyState) -> Decision:
        sizes (no count can meet it; the reason says so). The cooldown starts only when the net
        added capacity.
     5. Scale-in per role only when its ask is below (1 - hysteresis) x current, to the highest
-       ask (or count added) of the last max(cold start, scale-in cooldown), at most `max_step_fraction` per run, never while that role's
+       ask (or count added) of the last max(cold start, scale-in cooldown, `scale_in_window_s`), at most `max_step_fraction` per run, never while that role's
        SLO is breached or (prefill) its queue grows.
     """
     svc, p, cur = ctx.service, ctx.service.policy, ctx.current
