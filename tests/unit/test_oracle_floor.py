@@ -37,19 +37,23 @@ def _decode_units(cfg: ClusterConfig, placement: Placement) -> float:
     return sum(n * spec.weight(k.gpu_type) for k, n in placement.cells.items() if k.role is Role.DECODE)
 
 
-def _oracle_places(cfg: ClusterConfig, view: ClusterView, need: RoleCounts, keep: RoleCounts) -> tuple[Action, float]:
-    current = steps.current_counts(cfg, view)["chat"]
+def _oracle_plan(cfg: ClusterConfig, view: ClusterView, need: RoleCounts, keep: RoleCounts) -> tuple[Action, Placement]:
+    """The oracle's decision for `chat` on `view` and the greedy placement of it."""
     ctx = PolicyContext(
         service=cfg.service("chat"),
         now_s=1000.0,
         signals=ServiceSignals.missing("chat"),
-        current=current,
+        current=steps.current_counts(cfg, view)["chat"],
         floor_need=need,
         floor_keep=keep,
     )
     target, _ = oracle(ctx, ServicePolicyState())
-    plan = steps.place(cfg, view, {"chat": target}, method="greedy")
-    return target.action, _decode_units(cfg, plan.placement)
+    return target.action, steps.place(cfg, view, {"chat": target}, method="greedy").placement
+
+
+def _oracle_places(cfg: ClusterConfig, view: ClusterView, need: RoleCounts, keep: RoleCounts) -> tuple[Action, float]:
+    action, placement = _oracle_plan(cfg, view, need, keep)
+    return action, _decode_units(cfg, placement)
 
 
 def test_rounded_count_equal_to_the_floor_is_topped_up(cfg: ClusterConfig) -> None:
@@ -80,18 +84,8 @@ def test_fraction_the_rounding_hid_is_shed_down_to_the_count(cfg: ClusterConfig)
     }
     view = view_from_config(cfg, Placement.of(cells.items()))
     assert steps.current_counts(cfg, view)["chat"] == RoleCounts(3, 8)
-    current = steps.current_counts(cfg, view)["chat"]
-    ctx = PolicyContext(
-        service=cfg.service("chat"),
-        now_s=1000.0,
-        signals=ServiceSignals.missing("chat"),
-        current=current,
-        floor_need=RoleCounts(3, 8),
-        floor_keep=RoleCounts(3, 8),
-    )
-    target, _ = oracle(ctx, ServicePolicyState())
-    assert target.action is not Action.HOLD
-    plan = steps.place(cfg, view, {"chat": target}, method="greedy")
-    prefill = {k.gpu_type: n for k, n in plan.placement.cells.items() if k.role is Role.PREFILL and n > 0}
+    action, placement = _oracle_plan(cfg, view, need=RoleCounts(3, 8), keep=RoleCounts(3, 8))
+    assert action is not Action.HOLD
+    prefill = {k.gpu_type: n for k, n in placement.cells.items() if k.role is Role.PREFILL and n > 0}
     assert prefill == {"h100": 3}
-    assert _decode_units(cfg, plan.placement) == pytest.approx(8.0)
+    assert _decode_units(cfg, placement) == pytest.approx(8.0)

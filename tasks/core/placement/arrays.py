@@ -22,7 +22,7 @@ import numpy as np
 from models.config import PlacementSettings, Role
 from models.values import CellKey
 from tasks.core.placement.model import Arrays, Model, link_factors, model_cells, to_arrays
-from tasks.core.placement.problem import Problem, move_coef, weight
+from tasks.core.placement.problem import Problem, change_coefs, move_coef, weight
 
 
 @dataclass(slots=True)
@@ -162,9 +162,7 @@ def build_arrays(pb: Problem, st: PlacementSettings, *, relax: bool = False) -> 
             i = x_col[k]
             cost[i] = own[i]
     for k in pb.current:
-        c = st.churn_weight_h * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
-        cost[up_col[k]] = c + move_coef(pb, st, k, start=True)
-        cost[down_col[k]] = c + move_coef(pb, st, k, start=False)
+        cost[up_col[k]], cost[down_col[k]] = change_coefs(pb, st, k)
     for key, c in unmet_col.items():
         cost[c] = pb.unmet_penalty[key]
     for key, c in nodes_col.items():

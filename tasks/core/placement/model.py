@@ -39,7 +39,7 @@ import pulp
 from models.config import ClusterConfig, PlacementSettings, Role, Service
 from models.values import CellKey, RoleCounts
 from tasks.core.placement.deadline import Deadline
-from tasks.core.placement.problem import Problem, build_problem, move_coef, weight
+from tasks.core.placement.problem import Problem, build_problem, change_coefs, move_coef, weight
 from tasks.core.topology import ClusterView
 
 # A fallback solve (another solver, or the full model after the large path failed) is not started
@@ -189,9 +189,7 @@ def build_model(
             c += st.churn_weight_h * gpi[i] * pb.cost[k.gpu_type] + move_coef(pb, st, k, start=True)
         coef[xs[i]] = c
     for k in pb.current:
-        c = st.churn_weight_h * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
-        coef[up[k]] = c + move_coef(pb, st, k, start=True)
-        coef[down[k]] = c + move_coef(pb, st, k, start=False)
+        coef[up[k]], coef[down[k]] = change_coefs(pb, st, k)
     for key, v in unmet.items():
         coef[v] = pb.unmet_penalty[key]
     by_pool: dict[tuple[str, str], list[int]] = defaultdict(list)

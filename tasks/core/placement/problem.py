@@ -124,6 +124,13 @@ def move_coef(pb: Problem, st: PlacementSettings, k: CellKey, *, start: bool) ->
     return st.move_weight_h * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
 
 
+def change_coefs(pb: Problem, st: PlacementSettings, k: CellKey) -> tuple[float, float]:
+    """Objective coefficients of starting (up) and stopping (down) one instance of a current cell:
+    the churn charge plus the relocation charge of that direction."""
+    churn = st.churn_weight_h * pb.gpi[(k.service, k.role.value)] * pb.cost[k.gpu_type]
+    return churn + move_coef(pb, st, k, start=True), churn + move_coef(pb, st, k, start=False)
+
+
 def weight(svc: Service, role: Role, gpu_type: str) -> float:
     """Reference instances one instance of `svc`'s `role` on `gpu_type` is worth (0: not allowed)."""
     spec = svc.role(role)
