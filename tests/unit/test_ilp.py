@@ -15,8 +15,8 @@ import pytest
 from models.config import Role
 from models.values import Action, CellKey, Placement, RoleCounts, Targets
 from tasks import steps
-from tasks.core.placement import Deadline, build_problem, evaluate, lp_bound, place_ilp
-from tasks.core.placement.arrays import build_arrays
+from tasks.core.placement import Deadline, build_problem, evaluate, large, lp_bound, place_ilp
+from tasks.core.placement.arrays import build_arrays, columns_of, subset
 from tasks.core.placement.highs import Runner
 from tasks.core.placement.model import build_model, to_arrays
 from tasks.core.placement.repair import whole_groups
@@ -363,6 +363,62 @@ def test_large_path_parallel_and_sequential_keep_rules_and_beat_start(parallel: 
     assert not any(t.name == "placement-rins" and t.is_alive() for t in threading.enumerate())
 
 
+@pytest.mark.parametrize("parallel", [True, False])
+def test_rins_only_mode_above_the_relax_threshold_keeps_rules_and_the_lp_bound(parallel: bool, monkeypatch) -> None:
+    # Above `RELAX_GROUPS_ABOVE_COLUMNS` (100k GPUs in production; 0 here) the LP drops the group
+    # rows and phase 2 is RINS only: a valid placement, never worse than the start, scored against
+    # the relaxed LP's bound, which is at most the full LP's.
+    monkeypatch.setattr(large, "RELAX_GROUPS_ABOVE_COLUMNS", 0)
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
+    plan = run_ilp(case.config, case.view, case.targets, settings=settings, parallel=parallel)
+    assert plan.method == "ilp" and plan.stats["rins_only"] == 1 and plan.stats["lp_groups_relaxed"] == 1
+    assert "search_error" not in plan.stats
+    assert float(plan.stats["objective"]) <= float(plan.stats["start_objective"]) + 1e-6
+    full = lp_bound(case.config, case.view, case.targets, settings)
+    assert float(plan.stats["bound"]) <= full + 1e-6 and float(plan.stats["bound"]) <= float(plan.stats["objective"])
+    score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
+    assert score.affinity_violations == score.ratio_violations == 0
+    caps = {(c.gpu_type, c.s1): c.gpus_total - c.gpus_other for c in case.view.capacities}
+    for key, used in _used_gpus(case.config, plan.placement).items():
+        assert used <= caps[key], key
+    assert not any(t.name == "placement-rins" and t.is_alive() for t in threading.enumerate())
+
+
+def test_subset_model_is_the_restricted_model() -> None:
+    # `arrays.subset` (phase 2's model: only the cells it may use) has the optimum of the full
+    # model with every other cell's upper bound 0, and maps back to the same cells.
+    highspy = pytest.importorskip("highspy")
+    case = synth_cluster(gpus=1200, services=10, gpu_types=3, seed=5)
+    st = case.config.cluster.placement
+    pb = build_problem(case.config, case.view, case.targets)
+    cols = build_arrays(pb, st)
+    keys = list(cols.x_col)
+    keep = np.ones(cols.arr.n_cols, dtype=bool)
+    dropped = [cols.x_col[k] for i, k in enumerate(keys) if i % 3 == 0 and k not in pb.current]
+    keep[dropped] = False
+    sub = subset(cols, keep)
+    assert sub.arr.n_cols == int(keep.sum()) and set(sub.x_col) == {k for k in keys if keep[cols.x_col[k]]}
+    assert len(sub.arr.row_lo) < len(cols.arr.row_lo)  # rows left empty are dropped
+
+    def optimum(columns, hi):
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("mip_rel_gap", 0.0)
+        columns.arr.pass_to(h)
+        h.changeColsBounds(columns.arr.n_cols, np.arange(columns.arr.n_cols, dtype=np.int32), columns.arr.lo, hi)
+        h.run()
+        v = np.array(h.getSolution().col_value)
+        return float(columns.arr.cost @ v), Runner(columns, pb, st).cells(v)
+
+    hi = cols.arr.hi.copy()
+    hi[dropped] = 0.0
+    want, _ = optimum(cols, hi)
+    got, cells = optimum(sub, sub.arr.hi)
+    assert got == pytest.approx(want, rel=1e-9)
+    assert all(keep[cols.x_col[k]] for k in cells)
+
+
 def test_model_build_is_unchanged_by_the_list_built_expressions(tmp_path) -> None:
     # Every constraint named, and the LP file stable for a fixed case (sets -> ... -> constraints).
     case = synth_cluster(gpus=2000, services=12, gpu_types=3, seed=4)
@@ -417,6 +473,51 @@ def test_arrays_built_without_pulp_equal_the_pulp_models_arrays(
     assert {k: names[c] for k, c in got.up_col.items()} == {k: v.name for k, v in model.up.items()}
     assert {k: names[c] for k, c in got.unmet_col.items()} == {k: v.name for k, v in model.unmet.items()}
     assert got.arr.hi[got.x_col[stale]] == 0.0
+    # The group rows (what `Runner.lp(relax_groups=True)` leaves out) are the same rows either way.
+    assert np.array_equal(got.group_rows, columns_of(model).group_rows)
+    names_of_rows = list(model.prob.constraints)
+    assert len(got.group_rows) and {names_of_rows[r].split("__")[0] for r in got.group_rows} == {
+        "ratio_lo",
+        "ratio_hi",
+        "pair_p",
+        "pair_d",
+    }
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_lp_without_group_rows_is_a_lower_bound_and_leaves_the_model_whole(seed: int) -> None:
+    # The large path's LP above `RELAX_GROUPS_ABOVE_COLUMNS` drops each group's ratio and pairing
+    # rows: a relaxation, so its objective is at most the full LP's (a bound on every placement),
+    # and the rows are back afterwards: the next full LP on the same model is the fresh one's.
+    case = synth_cluster(gpus=4000, services=30, gpu_types=4, seed=seed)
+    st = case.config.cluster.placement
+    pb = build_problem(case.config, case.view, case.targets)
+    fresh = Runner(build_arrays(pb, st), pb, st)
+    full_lp = fresh.lp()
+    assert full_lp is not None
+    run = Runner(build_arrays(pb, st), pb, st)
+    relaxed = run.lp(relax_groups=True)
+    assert relaxed is not None and run.row_dual is not None
+    assert run.objective(relaxed) <= fresh.objective(full_lp) + 1e-6
+    assert not run.arr.feasible(relaxed) or run.objective(relaxed) == pytest.approx(fresh.objective(full_lp))
+    assert np.all(run.row_dual[run.columns.group_rows] == 0.0)
+    again = run.lp()
+    assert again is not None and run.objective(again) == pytest.approx(fresh.objective(full_lp), rel=1e-9)
+    assert run.arr.feasible(again)
+
+
+def test_group_of_maps_every_service_and_s1_to_its_affinity_domain() -> None:
+    # `GroupOf` reads per-level tables instead of a dict of every (service, S1) pair: the same map.
+    case = synth_cluster(gpus=4000, services=30, gpu_types=4, seed=3)
+    pb = build_problem(case.config, case.view, case.targets)
+    s2_of = case.view.s2_of()
+    want = {
+        (s.name, s1): s1 if s.affinity.value == "S1" else s2_of[s1] if s.affinity.value == "S2" else "*"
+        for s in pb.services
+        for s1 in s2_of
+    }
+    assert dict(pb.group_of) == want and len(pb.group_of) == len(want)
+    assert {s.affinity.value for s in pb.services} == {"S1", "S2", "none"}
 
 
 @pytest.mark.parametrize("failure", ["start", "restricted", "lp"])
@@ -434,7 +535,7 @@ def test_failure_paths_end_near_the_time_limit_with_a_valid_placement(failure: s
 
         monkeypatch.setattr(Runner, "mip", no_incumbent)
     if failure == "lp":
-        monkeypatch.setattr(Runner, "lp", lambda self, time_limit_s=0.0: None)
+        monkeypatch.setattr(Runner, "lp", lambda self, time_limit_s=0.0, **_: None)
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     limit = 1.0
     settings = case.config.cluster.placement.model_copy(update={"time_limit_s": limit, "restrict_above_cells": 0})

@@ -9,7 +9,7 @@ import pytest
 
 from models.config import AffinityLevel
 from models.values import CellKey, Placement
-from tasks.core.placement import build_problem, evaluate
+from tasks.core.placement import Deadline, build_problem, evaluate
 from tasks.core.placement.polish import polish
 from tasks.core.synth import synth_cluster
 from tasks.core.topology import gpus_per_instance_map
@@ -56,6 +56,11 @@ def test_polish_undoes_an_unneeded_relocation() -> None:
     assert cells.get(src, 0) == solved.cells[src] and cells.get(dst, 0) == solved.cells.get(dst, 0)
     after = evaluate(case.config, view, case.targets, Placement.of(cells.items()))
     assert after.churn == 0 and after.cost < before.cost
+    # With a deadline that has passed, no step is taken (the answer is returned as it came).
+    late = Deadline(end_s=1.0, clock=lambda: 2.0)
+    assert polish(pb, st, mine, deadline=late) == ({k: n for k, n in mine.items() if n > 0}, 0)
+    early = Deadline(end_s=2.0, clock=lambda: 1.0)
+    assert polish(pb, st, mine, deadline=early) == (cells, steps)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

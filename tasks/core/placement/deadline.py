@@ -27,6 +27,10 @@ class Deadline:
         """The deadline `seconds` from now on `clock` (`math.inf`: never)."""
         return cls(clock() + seconds, clock)
 
+    def earlier(self, seconds: float) -> Deadline:
+        """The deadline `seconds` before this one, on the same clock."""
+        return Deadline(self.end_s - seconds, self.clock)
+
     def now_s(self) -> float:
         return self.clock()
 

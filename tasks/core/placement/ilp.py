@@ -18,6 +18,7 @@ clock and starts no thread: the adapter `tasks/placement_runner.py` supplies bot
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -38,6 +39,11 @@ from tasks.core.placement.search import Parallel
 from tasks.core.topology import ClusterView
 
 MIP_STARTS = ("ratio", "none")
+# Share of the time limit kept for what follows the solve (polish, scoring, the greedy second
+# opinion): 0.1-0.25 s at 20k GPUs, where a 1.9 s limit took up to 2.7 s before (docs/placement.md).
+FINISH_SHARE = 0.05
+# ... plus this long per model column: 1.3 s of such work at 100k GPUs / 500 services (336k columns).
+FINISH_S_PER_COLUMN = 3e-6
 
 
 def place_ilp(
@@ -70,6 +76,7 @@ def place_ilp(
         raise ValueError(f"mip_start must be one of {MIP_STARTS}, got {mip_start!r}")
     st = settings or config.cluster.placement
     started = deadline.now_s()
+    left = deadline.left_s()
     pb = build_problem(config, view, targets)
     # The large path needs only the HiGHS arrays, built without PuLP objects (`arrays.py`: ~6x
     # faster at 50k-100k GPUs); the PuLP model is built only when a PuLP solve is needed.
@@ -83,6 +90,11 @@ def place_ilp(
         model = build_model(pb, st)
         size = (model.prob.numVariables(), model.prob.numConstraints())
     built = deadline.now_s()
+    # The solve phases end a little before `deadline`, so that what follows them (polish, scoring,
+    # the greedy second opinion, HiGHS's last root-cut round) fits in the time limit too: a share
+    # of the limit plus a time per column (docs/placement.md).
+    reserve = FINISH_SHARE * left + FINISH_S_PER_COLUMN * size[0]
+    solve_by = deadline.earlier(reserve) if math.isfinite(left) and left > 0 else deadline
     stats: dict[str, float | int | str] = {
         "variables": size[0],
         "constraints": size[1],
@@ -98,21 +110,21 @@ def place_ilp(
             st,
             columns,
             stats,
-            deadline,
+            solve_by,
             started_s=started,
             mip_start=mip_start,
             parallel=parallel,
             lagrange_s=lagrange_s,
         )
     if not name:
-        time_left = deadline.left_s()
+        time_left = solve_by.left_s()
         if solvers is not None or not failures or time_left >= MIN_SOLVE_S:
             model = model or build_model(pb, st)
         if solvers is not None and model is not None:
             name, sol, more = solve(model.prob, solvers)
         elif model is not None:
             # The full model once more (small clusters: the only solve), within what is left.
-            name, sol, more = solve(model.prob, make_solvers(st, max(0.1, deadline.left_s())), deadline)
+            name, sol, more = solve(model.prob, make_solvers(st, max(0.1, solve_by.left_s())), solve_by)
         else:
             # The large path failed with too little time left for the full model (passing it to
             # HiGHS alone takes ~0.8 s at 20k GPUs): the greedy, not an overrun.
@@ -133,7 +145,7 @@ def place_ilp(
         )
     stats["solver"] = name
     stats["status"] = sol
-    values, stats["polish_steps"] = polish(pb, st, values)
+    values, stats["polish_steps"] = polish(pb, st, values, deadline=deadline)
     solver_model = getattr(model.prob, "solverModel", None) if model is not None else None
     if solver_model is not None and "bound" not in stats:
         info = solver_model.getInfo()

@@ -18,7 +18,7 @@ import pulp
 
 from models.config import PlacementSettings
 from models.values import CellKey
-from tasks.core.placement.arrays import Columns
+from tasks.core.placement.arrays import Columns, subset
 from tasks.core.placement.deadline import Deadline
 from tasks.core.placement.highs import Runner
 from tasks.core.placement.lagrange import global_bound
@@ -26,6 +26,10 @@ from tasks.core.placement.model import Model
 from tasks.core.placement.problem import EPS, Problem
 from tasks.core.placement.search import RINS_CAP_S, Parallel, Search
 from tasks.core.placement.start import Start
+
+# Above this many columns the LP is solved without the group rows (`Runner.lp(relax_groups=True)`):
+# 50k GPUs / 300 services has 101k columns, 20k / 100 has 14k-16k (docs/placement.md).
+RELAX_GROUPS_ABOVE_COLUMNS = 60_000
 
 
 def _left(deadline: Deadline) -> float:
@@ -80,21 +84,25 @@ def solve_large(
     """
     try:
         run = Runner(full, pb, st)
-        lp = run.lp(_left(deadline))
+        relax = run.arr.n_cols > RELAX_GROUPS_ABOVE_COLUMNS
+        lp = run.lp(_left(deadline), relax_groups=relax)
     except (OSError, RuntimeError, ValueError) as exc:
         return "", "", [f"LP: {exc}"], None
     if lp is None:
         return "", "", [f"LP: {run.status}"], None
     stats["lp_bound"] = round(run.objective(lp), 4)
-    lp_x = {k: float(lp[c]) for k, c in run.x_col.items()}
-    support = {k for k, v in lp_x.items() if v > EPS}
-    stats["lp_fractional"] = sum(1 for v in lp_x.values() if abs(v - round(v)) > EPS)
+    if relax:
+        stats["lp_groups_relaxed"] = 1
+    keys, xv = run.x_keys, lp[run.x_idx]
+    lp_x = dict(zip(keys, xv.tolist(), strict=True))
+    support = {keys[i] for i in np.flatnonzero(xv > EPS).tolist()}
+    stats["lp_fractional"] = int(np.count_nonzero(np.abs(xv - np.round(xv)) > EPS))
     stats["phases"] = 2
     start: dict[CellKey, int] = {}
     if mip_start == "ratio":
-        lp_floor = {k: math.floor(v + EPS) for k, v in lp_x.items()}
-        base = {k: n for k, n in lp_floor.items() if n > 0}
-        cells = list(run.x_col)
+        floor = np.floor(xv + EPS)
+        base = {keys[i]: int(floor[i]) for i in np.flatnonzero(floor > 0).tolist()}
+        cells = list(keys)
         # Two orders of the constructive start (`Start.run`), the cheaper kept: each is the
         # better one on about half the 20k-GPU seeds (docs/placement.md). The second only when
         # the first took less than a quarter of the time left (at 50k GPUs one takes ~4 s).
@@ -108,10 +116,13 @@ def solve_large(
             stats["start_order"] = "one_by_one" if min(scored)[1] else "base_first"
         stats["starts"] = len(starts)
     keep = support | set(start) | set(pb.current)
+    # Phase 2 on a model of only the cells it may use (and the other columns): the restricted MIP
+    # with no presolve of the other ~97 % of the cells on every solve (`arrays.subset`).
+    mask = np.ones(run.arr.n_cols, dtype=bool)
+    mask[[c for k, c in run.x_col.items() if k not in keep]] = False
+    lp_run = run
+    run = Runner(subset(run.columns, mask), pb, st)
     lo, hi = run.arr.lo.copy(), run.arr.hi.copy()
-    for k, c in run.x_col.items():
-        if k not in keep:
-            hi[c] = 0.0
     stats["phase2_variables"] = int(np.count_nonzero(hi > 0))
     stats["phase2_constraints"] = len(run.arr.row_lo)
     best: np.ndarray | None = None
@@ -126,11 +137,13 @@ def solve_large(
     # The LP bound holds for every placement; `lagrange.global_bound` tightens it but costs 1-3 s
     # of a core at 20k GPUs under load (docs/placement.md): only with `lagrange_s` > 0.
     proven_lb = float(stats["lp_bound"])
+    if relax and best is not None:
+        return _rins_only(run, lo, hi, best, lp_x, stats, deadline, started_s, parallel, proven_lb)
     if best is not None and parallel is not None:
         search = Search(run, lo, hi, best, lp_x, deadline)
         search.start(parallel)
     if lagrange_s > 0:
-        proven_lb = _global_bound(run, lp, stats, deadline, lagrange_s)
+        proven_lb = _global_bound(lp_run, lp, stats, deadline, lagrange_s)
     if best is not None:
         if search is not None:
             search.global_bound = proven_lb
@@ -177,7 +190,8 @@ def solve_large(
     if answer is None:
         return "", "", [f"restricted {f}" for f in failures], None
     stats["global_bound"] = round(proven_lb, 4)
-    run.write_back(answer)
+    if lp_run.model is not None:  # a PuLP model: its variables get the answer too
+        lp_run.write_back(lp_run.vector(run.cells(answer)))
     info = run.h.getInfo()
     # The restricted MIP's bound, or the global one (a bound on every placement bounds these too).
     bound = max(float(info.mip_dual_bound), search.bound if search is not None else -math.inf, proven_lb)
@@ -185,3 +199,44 @@ def solve_large(
     stats["bound"] = bound
     stats["gap"] = (obj - bound) / max(abs(obj), EPS)
     return name, status, failures, run.cells(answer)
+
+
+def _rins_only(
+    run: Runner,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    best: np.ndarray,
+    lp_x: dict[CellKey, float],
+    stats: dict[str, float | int | str],
+    deadline: Deadline,
+    started_s: float,
+    parallel: Parallel | None,
+    proven_lb: float,
+) -> tuple[str, str, list[str], dict[CellKey, int] | None]:
+    """Phase 2 above `RELAX_GROUPS_ABOVE_COLUMNS`: RINS rounds on both cores, no proving MIP.
+
+    Why: at 100k GPUs the restricted MIP's first root-cut round ran 3 s without returning to its
+    time limit or to the interrupt callback (HiGHS has no option to cap it), overrunning a 10 s
+    limit, while its bound never came within `mip_gap` in the time; RINS sub-MIPs are small and
+    stop on time. The bound reported is the LP's (`proven_lb`), which holds for every placement.
+    """
+    search = Search(run, lo, hi, best, lp_x, deadline)
+    if parallel is not None:
+        search.start(parallel)
+    search.run(full=True)
+    search.halt()
+    stats["rins_only"] = 1
+    stats["rins_rounds"] = search.rounds
+    stats["rins_s"] = round(search.last_s - started_s - float(stats["start_s"]), 4) if search.improved else 0.0
+    if search.error:
+        stats["search_error"] = search.error
+    answer, obj = search.best, search.best_obj
+    name = "RINS" if search.version > 0 else "start"
+    if search.version == 0:
+        stats["kept_start"] = 1
+    else:
+        stats["rins_objective"] = round(obj, 4)
+    stats["global_bound"] = round(proven_lb, 4)
+    stats["bound"] = proven_lb
+    stats["gap"] = (obj - proven_lb) / max(abs(obj), EPS)
+    return name, pulp.LpSolution[pulp.LpSolutionIntegerFeasible], [], run.cells(answer)

@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 
 from models.config import PlacementSettings, Role, Service
 from models.values import CellKey
+from tasks.core.placement.deadline import Deadline
 from tasks.core.placement.problem import Problem, move_coef, ratio_ok, weight
 
 _EPS = 1e-9
@@ -158,16 +159,25 @@ def _candidates(state: _State, name: str) -> list[list[tuple[CellKey, int]]]:
 
 
 def polish(
-    pb: Problem, st: PlacementSettings, cells: Mapping[CellKey, int], *, max_candidates: int = 200_000
+    pb: Problem,
+    st: PlacementSettings,
+    cells: Mapping[CellKey, int],
+    *,
+    max_candidates: int = 200_000,
+    deadline: Deadline | None = None,
 ) -> tuple[dict[CellKey, int], int]:
-    """`cells` with unneeded starts and stops undone (see the module doc), and the steps taken."""
+    """`cells` with unneeded starts and stops undone (see the module doc), and the steps taken.
+
+    With `deadline`, no step is started after it has passed (each step only lowers the
+    objective, so stopping early keeps a valid, never worse answer).
+    """
     state = _State(pb, st, cells)
     steps = tried = 0
     names = sorted(state.keys)
     for _ in range(_MAX_ROUNDS):
         improved = False
         for name in names:
-            while True:
+            while deadline is None or not deadline.passed():
                 best: tuple[float, list[tuple[CellKey, int]]] | None = None
                 for cand in _candidates(state, name):
                     tried += 1

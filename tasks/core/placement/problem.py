@@ -13,7 +13,7 @@ module restates them. No clock, no I/O.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from models.config import AffinityLevel, ClusterConfig, PlacementSettings, Role, Service
@@ -25,6 +25,35 @@ EPS = 1e-6
 # Unmet demand costs this many times the dearest way to serve one reference instance, so the
 # solver leaves demand unmet only when no placement can serve it.
 _UNMET_FACTOR = 100.0
+
+
+class GroupOf(Mapping[tuple[str, str], str]):
+    """(service, S1) -> the service's group domain there: the S1, its S2, or "*" (no affinity).
+
+    A mapping over every moving service and S1, read through one S1 -> domain table per affinity
+    level instead of a dict of every pair (1.5M pairs, ~0.6 s to build, at 100k GPUs / 500
+    services, and `build_problem` runs up to three times a placement).
+    """
+
+    __slots__ = ("_level", "_table")
+
+    def __init__(self, level: Mapping[str, AffinityLevel], s2_of: Mapping[str, str]) -> None:
+        self._level = dict(level)
+        self._table: dict[AffinityLevel, dict[str, str]] = {
+            AffinityLevel.S1: {s1: s1 for s1 in s2_of},
+            AffinityLevel.S2: dict(s2_of),
+            AffinityLevel.NONE: dict.fromkeys(s2_of, "*"),
+        }
+
+    def __getitem__(self, key: tuple[str, str]) -> str:
+        return self._table[self._level[key[0]]][key[1]]
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        s1s = self._table[AffinityLevel.S1]
+        return ((name, s1) for name in self._level for s1 in s1s)
+
+    def __len__(self) -> int:
+        return len(self._level) * len(self._table[AffinityLevel.S1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +87,7 @@ def build_problem(config: ClusterConfig, view: ClusterView, targets: Mapping[str
     p1, p2 = view.priorities(AffinityLevel.S1), view.priorities(AffinityLevel.S2)
     prio = {s1: max(p1.get(s1, 0), p2.get(s2, 0)) for s1, s2 in s2_of.items()}
 
-    def dom(s1: str, level: AffinityLevel) -> str:
-        return s1 if level is AffinityLevel.S1 else s2_of[s1] if level is AffinityLevel.S2 else "*"
-
-    group_of = {(s.name, s1): dom(s1, s.affinity) for s in services for s1 in s2_of}
+    group_of = GroupOf({s.name: s.affinity for s in services}, s2_of)
     fixed_used: dict[tuple[str, str], int] = defaultdict(int)
     gpus_total: dict[tuple[str, str], int] = defaultdict(int)
     per_node: dict[tuple[str, str], int] = {}

@@ -47,6 +47,14 @@ _ROUNDS: tuple[tuple[str, bool, float], ...] = (
 # On one core (RINS first, then the MIP): the loose rounds only, as before the second core was used
 # (the tight ones measured worse there: seed 3 left at 33,957 when RINS's half of the time ran out).
 _ROUNDS_SEQUENTIAL: tuple[tuple[str, bool, float], ...] = (("narrow", True, math.inf), ("wide", True, math.inf))
+# HiGHS seeds of the calling thread's rounds in the RINS-only mode start here.
+_FULL_SEED_OFFSET = 1000
+# A round starts only with at least this share of the last round's time left: a sub-MIP cut
+# short in its root cuts overran the deadline by up to 1.6 s at 100k GPUs (HiGHS checks its time
+# limit and the interrupt between cut rounds).
+_MIN_ROUND_SHARE = 0.5
+# `halt` waits this long at most for the search thread.
+_JOIN_S = 10.0
 
 
 class Joinable(Protocol):
@@ -145,6 +153,10 @@ class Search:
             if self.best_obj - max(self.bound, self.global_bound) <= self.gap * max(abs(self.best_obj), EPS):
                 self.proven = True
                 e.interrupt()
+            elif self.until.left_s() <= 0:
+                # HiGHS checks its own time limit between root-cut rounds and nodes: at 20k GPUs
+                # that let the MIP overrun the deadline by 0.2-0.5 s; this callback runs more often.
+                e.interrupt()
 
         self._subs = [
             (run.h.cbMipUserSolution, self._guard(user_solution)),
@@ -178,48 +190,77 @@ class Search:
             hook.unsubscribe(fn)
         self._subs = []
         if self.worker is not None and self.worker.is_alive():
-            self.worker.join(timeout=1.0)
+            # Wait for its sub-MIP to stop: a HiGHS run left going on a daemon thread takes a core
+            # from what follows and aborts the interpreter if it exits first. The rounds start no
+            # sub-MIP they cannot end by the deadline (`_MIN_ROUND_SHARE`), so this is short.
+            self.worker.join(timeout=_JOIN_S)
+            if self.worker.is_alive():
+                self.error = self.error or f"search thread still running {_JOIN_S:.0f} s after halt"
 
-    def run(self, *, threaded: bool = False) -> None:
-        """The rounds; `threaded`: beside a MIP on its own HiGHS model, else on `main`'s."""
+    def run(self, *, threaded: bool = False, full: bool = False) -> None:
+        """The rounds; `threaded`: beside a MIP on its own HiGHS model, else on `main`'s.
+
+        `full` (on `main`'s model): every round kind in turn until the deadline or a full turn
+        without a find, as beside a MIP; the large path's RINS-only mode (`large.py`).
+        """
         try:
-            self._rounds(threaded)
+            self._rounds(threaded, full)
         except Exception as exc:  # a failed search must not fail the placement
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def _rounds(self, threaded: bool) -> None:
+    def _rounds(self, threaded: bool, full: bool = False) -> None:
         runner = Runner(self.main.columns, self.main.pb, self.main.st) if threaded else self.main
-        if threaded:
-            runner.h.cbMipInterrupt.subscribe(lambda e: e.interrupt() if self.stopped else None)
-            # A sub-MIP's finds count at once (the proving MIP may stop on one), not at its end.
-            runner.h.cbMipImprovingSolution.subscribe(lambda e: self._offer_from(e, own=True))
-        rounds = _ROUNDS if threaded else _ROUNDS_SEQUENTIAL
+        subs: list[tuple[Any, Callable[[Any], None]]] = []
+        if threaded or full:
+            subs = [
+                (
+                    runner.h.cbMipInterrupt,
+                    lambda e: e.interrupt() if self.stopped or self.until.left_s() <= 0 else None,
+                ),
+                # A sub-MIP's finds count at once (the proving MIP may stop on one), not at its end.
+                (runner.h.cbMipImprovingSolution, lambda e: self._offer_from(e, own=True)),
+            ]
+            for hook, fn in subs:
+                hook.subscribe(fn)
+        rounds = _ROUNDS if threaded or full else _ROUNDS_SEQUENTIAL
+        # Two searches at once (`full` beside a threaded one) try different HiGHS seeds.
+        seed_offset = _FULL_SEED_OFFSET if full else 0
         step = misses = 0
-        while not self.stopped and self.until.left_s() > 0.05 and misses < len(rounds):
-            with self.lock:
-                start, start_obj = self.best, self.best_obj
-            reach, loose, cap = rounds[step % len(rounds)]
-            better = rins(
-                runner,
-                self.lo,
-                self.hi,
-                start,
-                self.lp_x,
-                min(cap, self.until.left_s()),
-                reach=reach,
-                loose=loose,
-                seed=self.rounds,
-            )
-            self.rounds += 1
-            step += 1
-            if better is not None:
-                self.offer(better, own=True)  # usually offered already, by the callback
-            if self.best_obj < start_obj - EPS:
-                misses = 0
-            else:
-                misses += 1
-                if not threaded and step >= len(rounds):
-                    break
+        took = 0.0  # the last round's time
+        try:
+            while (
+                not self.stopped and self.until.left_s() > max(0.05, _MIN_ROUND_SHARE * took) and misses < len(rounds)
+            ):
+                began = self.until.now_s()
+                with self.lock:
+                    start, start_obj = self.best, self.best_obj
+                reach, loose, cap = rounds[step % len(rounds)]
+                better = rins(
+                    runner,
+                    self.lo,
+                    self.hi,
+                    start,
+                    self.lp_x,
+                    min(cap, self.until.left_s()),
+                    reach=reach,
+                    loose=loose,
+                    seed=seed_offset + self.rounds,
+                )
+                self.rounds += 1
+                step += 1
+                took = self.until.now_s() - began
+                if better is not None:
+                    self.offer(better, own=True)  # usually offered already, by the callback
+                if self.best_obj < start_obj - EPS:
+                    misses = 0
+                else:
+                    misses += 1
+                    if not threaded and not full and step >= len(rounds):
+                        break
+        finally:
+            if not threaded:
+                for hook, fn in subs:
+                    hook.unsubscribe(fn)
 
 
 def rins(

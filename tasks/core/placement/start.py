@@ -72,14 +72,22 @@ class Start:
         self.total: dict[str, int] = defaultdict(int)
         # (service, role, domain) -> cells; each service's domains in a fixed order.
         self.options: dict[tuple[str, Role, str], list[CellKey]] = defaultdict(list)
-        self.domains: dict[str, list[str]] = defaultdict(list)
-        for k in sorted(cells):
-            if k.service not in self.by_name or weight(self.by_name[k.service], k.role, k.gpu_type) <= 0:
+        # Each service's domains in order of first appearance (a dict keeps it; no list scans).
+        seen: dict[str, dict[str, None]] = defaultdict(dict)
+        usable: dict[tuple[str, Role, str], bool] = {}
+        # CellKey's own order (its fields in turn), compared as tuples: the same order, faster.
+        for k in sorted(cells, key=lambda k: (k.service, k.role, k.gpu_type, k.s1)):
+            block = (k.service, k.role, k.gpu_type)
+            ok = usable.get(block)
+            if ok is None:
+                svc = self.by_name.get(k.service)
+                ok = usable[block] = svc is not None and weight(svc, k.role, k.gpu_type) > 0
+            if not ok:
                 continue
             dom = pb.group_of[(k.service, k.s1)]
             self.options[(k.service, k.role, dom)].append(k)
-            if dom not in self.domains[k.service]:
-                self.domains[k.service].append(dom)
+            seen[k.service][dom] = None
+        self.domains: dict[str, list[str]] = defaultdict(list, {name: list(d) for name, d in seen.items()})
 
     def _gpi(self, k: CellKey) -> int:
         return self.pb.gpi[(k.service, k.role.value)]
