@@ -30,7 +30,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flows.replay import load_service_curves, replay
+import servegen10
+
+from flows.replay import replay
 from flows.replay_flow import window
 from models.config import ClusterConfig, Role
 from models.values import Action
@@ -42,18 +44,6 @@ from tasks.core.registry import load_config
 from tasks.core.topology import view_from_config
 
 ROOT = Path(__file__).resolve().parent.parent
-S = "data/traces/servegen/servegen_m-small_10min.csv"
-M = "../shared/data/traces/servegen/servegen_m-mid_10min.csv"
-L = "data/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-# The 10-service ServeGen league of docs/league.md.
-SERVEGEN10_TRACES = [
-    f"chat={S}", f"chat-eu={S}@7h", f"chat-us={S}@13h", f"code={M}", f"code-eu={M}@7h", f"agent={S}@3h",
-    f"rag={S}@10h", f"translate={M}@13h", f"summarize={S}@18h", f"batch-eval={M}@20h",
-]  # fmt: skip
-SERVEGEN10_PEAKS = [
-    "chat=80", "chat-eu=50", "chat-us=60", "code=70", "code-eu=40", "agent=30", "rag=50", "translate=40",
-    "summarize=60", "batch-eval=50",
-]  # fmt: skip
 
 
 def broken_groups(config: ClusterConfig, placement: Any) -> tuple[int, int]:
@@ -162,15 +152,14 @@ def run_one(config: ClusterConfig, curves: dict[str, Any], policy: str, method: 
 
 def load(args: argparse.Namespace) -> tuple[ClusterConfig, dict[str, Any]]:
     if args.setup == "servegen10":
-        config = load_config(ROOT / "deployments/clusters/servegen-10-curated.yaml")
-        curves, _ = load_service_curves(config, SERVEGEN10_TRACES, [L], SERVEGEN10_PEAKS)
+        config, curves = servegen10.load()
     elif args.setup.startswith("matrix:"):
         # The cell's protocol (flows.matrix.run_cell: fit, curate on the first half) with no
         # policy run; the replays below run on its evaluation half with the curated config.
         from flows.matrix import Cell, Sources, run_cell
 
         base = load_config(ROOT / "deployments/clusters/demo.yaml")
-        sources = Sources(requests_csv=ROOT / L, rates_csv=ROOT / S, days=args.days)
+        sources = Sources(requests_csv=servegen10.LENGTHS, rates_csv=servegen10.SMALL, days=args.days)
         prepared = run_cell(base, Cell(args.setup.removeprefix("matrix:")), sources, policies=())
         config, curves = prepared.config, prepared.curves
     else:

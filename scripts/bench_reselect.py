@@ -15,20 +15,11 @@ import json
 import resource
 import time
 
+from servegen10 import CONFIG, LENGTHS, peak_specs, trace_specs
+
 from flows.replay import replay
 from heteroscale.cli import _load_curves
 from tasks.core.registry import load_config
-
-S = "data/traces/servegen/servegen_m-small_10min.csv"
-M = "../shared/data/traces/servegen/servegen_m-mid_10min.csv"
-TRACES = [
-    f"chat={S}", f"chat-eu={S}@7h", f"chat-us={S}@13h", f"code={M}", f"code-eu={M}@7h", f"agent={S}@3h",
-    f"rag={S}@10h", f"translate={M}@13h", f"summarize={S}@18h", f"batch-eval={M}@20h",
-]  # fmt: skip
-PEAKS = [
-    "chat=80", "chat-eu=50", "chat-us=60", "code=70", "code-eu=40",
-    "agent=30", "rag=50", "translate=40", "summarize=60", "batch-eval=50",
-]  # fmt: skip
 
 
 def _cpu_s() -> float:
@@ -43,8 +34,8 @@ def main() -> None:
     ap.add_argument("--pin", action="store_true", help="pin_between_selections (the replay's option)")
     ap.add_argument("--half", action="append", choices=("curate", "evaluate"), default=None)
     args = ap.parse_args()
-    cfg = load_config("deployments/clusters/servegen-10-curated.yaml")
-    curves, _ = _load_curves(cfg, TRACES, ["data/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"], PEAKS)
+    cfg = load_config(CONFIG)
+    curves, _ = _load_curves(cfg, trace_specs(), [str(LENGTHS)], peak_specs())
     halves = {"curate": 0, "evaluate": 1}
     for half in args.half or list(halves):
         part = {n: c.split(0.5)[halves[half]] for n, c in curves.items()}

@@ -26,6 +26,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from servegen10 import CONFIG, LENGTHS, peak_specs, trace_specs  # noqa: E402
+
 from flows.replay import replay  # noqa: E402
 from flows.replay_flow import window  # noqa: E402
 from heteroscale.cli import _load_curves  # noqa: E402
@@ -33,23 +35,6 @@ from models.config import Role  # noqa: E402
 from sim import twin as twin_mod  # noqa: E402
 from sim.floor import required_counts  # noqa: E402
 from tasks.core.registry import load_config  # noqa: E402
-
-SMALL = ROOT / "data/traces/servegen/servegen_m-small_10min.csv"
-MID = ROOT.parent / "shared/data/traces/servegen/servegen_m-mid_10min.csv"
-LENGTHS = ROOT / "data/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-CONFIG = ROOT / "deployments/clusters/servegen-10-curated.yaml"
-SERVICES = (
-    ("chat", SMALL, "", 80),
-    ("chat-eu", SMALL, "@7h", 50),
-    ("chat-us", SMALL, "@13h", 60),
-    ("code", MID, "", 70),
-    ("code-eu", MID, "@7h", 40),
-    ("agent", SMALL, "@3h", 30),
-    ("rag", SMALL, "@10h", 50),
-    ("translate", MID, "@13h", 40),
-    ("summarize", SMALL, "@18h", 60),
-    ("batch-eval", MID, "@20h", 50),
-)
 
 
 def _pool_units(twin: twin_mod.Twin, svc: Any, role: Role) -> tuple[float, float, float]:
@@ -76,9 +61,7 @@ def main() -> None:
     ap.add_argument("--verbose", action="store_true", help="print a few missed ticks of each kind")
     args = ap.parse_args()
     cfg = load_config(args.config)
-    traces = [f"{n}={p}{s}" for n, p, s, _ in SERVICES]
-    peaks = [f"{n}={k}" for n, _, _, k in SERVICES]
-    curves, _ = _load_curves(cfg, traces, [str(LENGTHS)], peaks)
+    curves, _ = _load_curves(cfg, trace_specs(), [str(LENGTHS)], peak_specs())
     curves = {n: c.split(0.5)[1] for n, c in curves.items()} if args.half == "eval" else window(curves, 168.0)
 
     seen: dict[tuple[str, float], dict[str, Any]] = {}

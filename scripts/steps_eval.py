@@ -27,28 +27,14 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from servegen10 import CONFIG, LENGTHS, MID, SMALL, peak_specs, trace_specs  # noqa: E402
+
 from flows.replay import replay  # noqa: E402
 from flows.replay_flow import window  # noqa: E402
 from heteroscale.cli import _load_curves  # noqa: E402
 from models.config import ClusterConfig  # noqa: E402
 from tasks.core.registry import load_config  # noqa: E402
 
-SMALL = ROOT / "data/traces/servegen/servegen_m-small_10min.csv"
-MID = ROOT.parent / "shared/data/traces/servegen/servegen_m-mid_10min.csv"
-LENGTHS = ROOT / "data/traces/azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
-CONFIG = ROOT / "deployments/clusters/servegen-10-curated.yaml"
-SERVICES = (
-    ("chat", "S", "", 80),
-    ("chat-eu", "S", "@7h", 50),
-    ("chat-us", "S", "@13h", 60),
-    ("code", "M", "", 70),
-    ("code-eu", "M", "@7h", 40),
-    ("agent", "S", "@3h", 30),
-    ("rag", "S", "@10h", 50),
-    ("translate", "M", "@13h", 40),
-    ("summarize", "S", "@18h", 60),
-    ("batch-eval", "M", "@20h", 50),
-)
 BATCH = 0.4
 BATCH_FROM_H, BATCH_TO_H = 9.0, 17.0
 
@@ -68,9 +54,7 @@ def _specs(batch: bool, tmp: Path) -> tuple[list[str], list[str]]:
     if batch:
         tmp.mkdir(parents=True, exist_ok=True)
         files = {k: _batch_csv(v, tmp / f"batch-{v.name}") for k, v in files.items()}
-    traces = [f"{n}={files[k]}{shift}" for n, k, shift, _ in SERVICES]
-    peaks = [f"{n}={peak}" for n, _, _, peak in SERVICES]
-    return traces, peaks
+    return trace_specs(files), peak_specs()
 
 
 def _with_steps(cfg: ClusterConfig, enabled: bool, min_days: int) -> ClusterConfig:
