@@ -15,7 +15,7 @@ import pytest
 from models.config import Role
 from models.values import Action, CellKey, Placement, RoleCounts, Targets
 from tasks import steps
-from tasks.core.placement import Deadline, build_problem, evaluate, large, lp_bound, place_ilp
+from tasks.core.placement import Deadline, build_problem, evaluate, highs, large, lp_bound, place_ilp
 from tasks.core.placement.arrays import build_arrays, columns_of, subset
 from tasks.core.placement.highs import Runner
 from tasks.core.placement.model import build_model, to_arrays
@@ -365,10 +365,12 @@ def test_large_path_parallel_and_sequential_keep_rules_and_beat_start(parallel: 
 
 @pytest.mark.parametrize("parallel", [True, False])
 def test_rins_only_mode_above_the_relax_threshold_keeps_rules_and_the_lp_bound(parallel: bool, monkeypatch) -> None:
-    # Above `RELAX_GROUPS_ABOVE_COLUMNS` (100k GPUs in production; 0 here) the LP drops the group
-    # rows and phase 2 is RINS only: a valid placement, never worse than the start, scored against
-    # the relaxed LP's bound, which is at most the full LP's.
+    # Above `RELAX_GROUPS_ABOVE_COLUMNS` and `RINS_ONLY_ABOVE_COLUMNS` (50k GPUs and more in
+    # production; 0 here) the LP drops the group rows (putting back those its answer breaks) and
+    # phase 2 is RINS only: a valid placement, never worse than the start, scored against the
+    # relaxed LP's bound, which is at most the full LP's.
     monkeypatch.setattr(large, "RELAX_GROUPS_ABOVE_COLUMNS", 0)
+    monkeypatch.setattr(large, "RINS_ONLY_ABOVE_COLUMNS", 0)
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0})
     plan = run_ilp(case.config, case.view, case.targets, settings=settings, parallel=parallel)
@@ -484,11 +486,13 @@ def test_arrays_built_without_pulp_equal_the_pulp_models_arrays(
     }
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_lp_without_group_rows_is_a_lower_bound_and_leaves_the_model_whole(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "rounds"), [(1, 0), (2, 0), (1, 2)])
+def test_lp_without_group_rows_is_a_lower_bound_and_leaves_the_model_whole(seed: int, rounds: int, monkeypatch) -> None:
     # The large path's LP above `RELAX_GROUPS_ABOVE_COLUMNS` drops each group's ratio and pairing
-    # rows: a relaxation, so its objective is at most the full LP's (a bound on every placement),
-    # and the rows are back afterwards: the next full LP on the same model is the fresh one's.
+    # rows (then puts back, `LP_ROW_ROUNDS` times, those its answer breaks): a relaxation, so its
+    # objective is at most the full LP's (a bound on every placement), and the rows are back
+    # afterwards: the next full LP on the same model is the fresh one's.
+    monkeypatch.setattr(highs, "LP_ROW_ROUNDS", rounds)
     case = synth_cluster(gpus=4000, services=30, gpu_types=4, seed=seed)
     st = case.config.cluster.placement
     pb = build_problem(case.config, case.view, case.targets)
@@ -499,8 +503,15 @@ def test_lp_without_group_rows_is_a_lower_bound_and_leaves_the_model_whole(seed:
     relaxed = run.lp(relax_groups=True)
     assert relaxed is not None and run.row_dual is not None
     assert run.objective(relaxed) <= fresh.objective(full_lp) + 1e-6
-    assert not run.arr.feasible(relaxed) or run.objective(relaxed) == pytest.approx(fresh.objective(full_lp))
-    assert np.all(run.row_dual[run.columns.group_rows] == 0.0)
+    rows = run.columns.group_rows
+    if rounds == 0:
+        assert np.all(run.row_dual[rows] == 0.0)
+    broken = run._broken(rows, relaxed)
+    # With rounds, the rows it put back hold; the answer breaks fewer group rows than without.
+    plain = Runner(build_arrays(pb, st), pb, st)
+    monkeypatch.setattr(highs, "LP_ROW_ROUNDS", 0)
+    first = plain.lp(relax_groups=True)
+    assert len(broken) <= len(plain._broken(rows, first))
     again = run.lp()
     assert again is not None and run.objective(again) == pytest.approx(fresh.objective(full_lp), rel=1e-9)
     assert run.arr.feasible(again)

@@ -24,6 +24,9 @@ from tasks.core.placement.arrays import Columns, columns_of
 from tasks.core.placement.model import Arrays, Model
 from tasks.core.placement.problem import Problem, weight
 
+# `Runner.lp(relax_groups=True)`: rounds of putting back the group rows the LP answer breaks.
+LP_ROW_ROUNDS = 2
+
 
 class Runner:
     """The full model handed to HiGHS once; each phase changes column bounds, not the model.
@@ -75,6 +78,18 @@ class Runner:
             self.h.run()
             status = self.h.getModelStatus()
             sol = self.h.getSolution()  # read before the rows come back: a model change resets both
+            for _ in range(LP_ROW_ROUNDS if len(rows) else 0):
+                if status != highspy.HighsModelStatus.kOptimal:
+                    break
+                # Put back the group rows the answer breaks; the dual simplex goes on from its basis.
+                back = self._broken(rows, np.array(sol.col_value))
+                if not len(back):
+                    break
+                self.h.changeRowsBounds(len(back), back.astype(np.int32), self.arr.row_lo[back], self.arr.row_hi[back])
+                rows = rows[~np.isin(rows, back)]
+                self.h.run()
+                status = self.h.getModelStatus()
+                sol = self.h.getSolution()
         finally:
             self.h.setOptionValue("solve_relaxation", False)
             if len(rows):
@@ -85,6 +100,16 @@ class Runner:
         # The LP's duals (what `lagrange.global_bound` prices the coupling rows with).
         self.row_dual = np.array(sol.row_dual) if sol.dual_valid else None
         return np.array(sol.col_value)
+
+    def _broken(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Those of `rows` that `x` breaks (by more than 1e-7)."""
+        arr = self.arr
+        lens = np.diff(arr.indptr)[rows]
+        take = np.repeat(arr.indptr[rows], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+        act = np.bincount(
+            np.repeat(np.arange(len(rows)), lens), weights=arr.value[take] * x[arr.index[take]], minlength=len(rows)
+        )
+        return rows[(act < arr.row_lo[rows] - 1e-7) | (act > arr.row_hi[rows] + 1e-7)]
 
     def vector(self, cells: Mapping[CellKey, int]) -> np.ndarray:
         """All columns for instances per cell: up/down and unmet derived."""

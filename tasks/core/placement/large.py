@@ -30,6 +30,9 @@ from tasks.core.placement.start import Start
 # Above this many columns the LP is solved without the group rows (`Runner.lp(relax_groups=True)`):
 # 50k GPUs / 300 services has 101k columns, 20k / 100 has 14k-16k (docs/placement.md).
 RELAX_GROUPS_ABOVE_COLUMNS = 60_000
+# ... and above this many, phase 2 is RINS on both cores with no proving MIP (`_rins_only`):
+# 100k GPUs / 500 services has 310k-350k columns (docs/placement.md).
+RINS_ONLY_ABOVE_COLUMNS = 60_000
 
 
 def _left(deadline: Deadline) -> float:
@@ -137,7 +140,7 @@ def solve_large(
     # The LP bound holds for every placement; `lagrange.global_bound` tightens it but costs 1-3 s
     # of a core at 20k GPUs under load (docs/placement.md): only with `lagrange_s` > 0.
     proven_lb = float(stats["lp_bound"])
-    if relax and best is not None:
+    if lp_run.arr.n_cols > RINS_ONLY_ABOVE_COLUMNS and best is not None:
         return _rins_only(run, lo, hi, best, lp_x, stats, deadline, started_s, parallel, proven_lb)
     if best is not None and parallel is not None:
         search = Search(run, lo, hi, best, lp_x, deadline)
@@ -213,7 +216,7 @@ def _rins_only(
     parallel: Parallel | None,
     proven_lb: float,
 ) -> tuple[str, str, list[str], dict[CellKey, int] | None]:
-    """Phase 2 above `RELAX_GROUPS_ABOVE_COLUMNS`: RINS rounds on both cores, no proving MIP.
+    """Phase 2 above `RINS_ONLY_ABOVE_COLUMNS`: RINS rounds on both cores, no proving MIP.
 
     Why: at 100k GPUs the restricted MIP's first root-cut round ran 3 s without returning to its
     time limit or to the interrupt callback (HiGHS has no option to cap it), overrunning a 10 s
