@@ -565,6 +565,21 @@ def test_failure_paths_end_near_the_time_limit_with_a_valid_placement(failure: s
     assert not any(t.name == "placement-rins" and t.is_alive() for t in threading.enumerate())
 
 
+def test_an_lp_out_of_time_tells_the_operator_to_raise_the_time_limit(monkeypatch) -> None:
+    # An LP that does not finish in the limit is a configuration problem at that cluster size:
+    # the reason names the setting to raise (with the trimmed greedy used meanwhile).
+    def out_of_time(self, time_limit_s=0.0, **_):  # type: ignore[no-untyped-def]
+        self.status = "Time limit reached"
+        return None
+
+    monkeypatch.setattr(Runner, "lp", out_of_time)
+    case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
+    settings = case.config.cluster.placement.model_copy(update={"time_limit_s": 1.0, "restrict_above_cells": 0})
+    plan = run_ilp(case.config, case.view, case.targets, settings=settings)
+    assert plan.method == "greedy"
+    assert "cluster.placement.time_limit_s (1 s) is too short for this cluster" in plan.reason
+
+
 def test_place_ilp_reads_time_only_from_its_deadline() -> None:
     # The pure entry reads no clock of its own: on a frozen fake clock every elapsed time it
     # reports is 0, and the plan is the same placement the wall-clock adapter finds on one core.

@@ -134,6 +134,12 @@ def place_ilp(
     stats["solve_s"] = round(deadline.now_s() - built, 4)
     if not name or values is None:
         why = "; ".join(failures) or "no solver available"
+        if any(f.startswith("LP: Time limit") for f in failures):
+            # An operator's fix, not a solver fault: the LP alone needs more than the limit left.
+            why += (
+                f"; cluster.placement.time_limit_s ({st.time_limit_s:g} s) is too short for this cluster "
+                f"({size[0]} columns): raise it (docs/placement.md: ~5 s at 50k GPUs, ~10 s at 100k)"
+            )
         plan = _whole_greedy(config, view, targets, pb, st, stats)
         stats["fallback"] = why
         return PlacementPlan(
