@@ -90,11 +90,16 @@ def test_summary_quantiles_by_nearest_rank() -> None:
     assert s["violations"] == 1 and s["within_1pct"] == 40 and math.isclose(s["cost_over_bound_max"], 1.01)
 
 
-def test_large_path_with_the_bound_in_the_solve_stays_valid() -> None:
+@pytest.mark.parametrize("rins_only", [False, True])
+def test_large_path_with_the_bound_in_the_solve_stays_valid(rins_only: bool, monkeypatch) -> None:
     # `lagrange_s` > 0: the global bound is proven inside the call and may stop the MIP; the
-    # answer still keeps every rule and lies above that bound.
-    from tasks.core.placement import evaluate, place_ilp
+    # answer still keeps every rule and lies above that bound. Also in the RINS-only mode (the
+    # relaxed LP's duals price the bound there).
+    from tasks.core.placement import evaluate, large, place_ilp
 
+    if rins_only:
+        monkeypatch.setattr(large, "RELAX_GROUPS_ABOVE_COLUMNS", 0)
+        monkeypatch.setattr(large, "RINS_ONLY_ABOVE_COLUMNS", 0)
     case = synth_cluster(gpus=4000, services=30, gpu_types=3, seed=2)
     settings = case.config.cluster.placement.model_copy(update={"restrict_above_cells": 0, "time_limit_s": 30.0})
     plan = place_ilp(
@@ -107,3 +112,4 @@ def test_large_path_with_the_bound_in_the_solve_stays_valid() -> None:
     score = evaluate(case.config, case.view, case.targets, plan.placement, settings)
     assert score.affinity_violations == score.ratio_violations == 0
     assert score.cost >= gb - 1e-6 * abs(gb)
+    assert ("rins_only" in plan.stats) is rins_only and "lagrange_bound" in plan.stats

@@ -12,6 +12,7 @@ search runs beside the MIP only on the second core `parallel` injects, else befo
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pulp
@@ -141,7 +142,8 @@ def solve_large(
     # of a core at 20k GPUs under load (docs/placement.md): only with `lagrange_s` > 0.
     proven_lb = float(stats["lp_bound"])
     if lp_run.arr.n_cols > RINS_ONLY_ABOVE_COLUMNS and best is not None:
-        return _rins_only(run, lo, hi, best, lp_x, stats, deadline, started_s, parallel, proven_lb)
+        bound_of = (lambda: _global_bound(lp_run, lp, stats, deadline, lagrange_s)) if lagrange_s > 0 else None
+        return _rins_only(run, lo, hi, best, lp_x, stats, deadline, started_s, parallel, proven_lb, bound_of)
     if best is not None and parallel is not None:
         search = Search(run, lo, hi, best, lp_x, deadline)
         search.start(parallel)
@@ -215,17 +217,21 @@ def _rins_only(
     started_s: float,
     parallel: Parallel | None,
     proven_lb: float,
+    bound_of: Callable[[], float] | None = None,
 ) -> tuple[str, str, list[str], dict[CellKey, int] | None]:
     """Phase 2 above `RINS_ONLY_ABOVE_COLUMNS`: RINS rounds on both cores, no proving MIP.
 
     Why: at 100k GPUs the restricted MIP's first root-cut round ran 3 s without returning to its
     time limit or to the interrupt callback (HiGHS has no option to cap it), overrunning a 10 s
     limit, while its bound never came within `mip_gap` in the time; RINS sub-MIPs are small and
-    stop on time. The bound reported is the LP's (`proven_lb`), which holds for every placement.
+    stop on time. The bound reported is the LP's (`proven_lb`), which holds for every placement,
+    or the Lagrangian one from `bound_of` (`lagrange_s` > 0).
     """
     search = Search(run, lo, hi, best, lp_x, deadline)
     if parallel is not None:
         search.start(parallel)
+    if bound_of is not None:  # `lagrange_s` > 0: the Lagrangian bound, on this core while RINS runs
+        proven_lb = max(proven_lb, bound_of())
     search.run(full=True)
     search.halt()
     stats["rins_only"] = 1
