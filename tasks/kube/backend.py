@@ -222,9 +222,9 @@ class KubeBackend:
                         f"service {service}: template Deployment {svc.namespace}/{name} (pod_template.from_deployment) "
                         "does not exist; create it (0 replicas is fine) or fix the name"
                     ) from None
-                raise api_error(exc, verb="get", resource="deployments", namespace=svc.namespace) from exc
+                raise api_error(exc, verb="get", resource="deployments", namespace=svc.namespace) from None
             except Exception as exc:
-                raise api_error(exc, verb="get", resource="deployments", namespace=svc.namespace) from exc
+                raise api_error(exc, verb="get", resource="deployments", namespace=svc.namespace) from None
             raw = self.api.sanitize_for_serialization(dep)
             out[(service, role)] = {
                 "pod_template": raw["spec"]["template"],
@@ -334,9 +334,9 @@ class KubeBackend:
             except k8s.ApiException as exc:
                 if exc.status == 404 and dry_run and target is None:
                     return f"would scale new {a.namespace}/{a.name} to {a.after}"
-                raise api_error(exc, verb="get", resource=resource, namespace=a.namespace) from exc
+                raise api_error(exc, verb="get", resource=resource, namespace=a.namespace) from None
             except Exception as exc:
-                raise api_error(exc, verb="get", resource=resource, namespace=a.namespace) from exc
+                raise api_error(exc, verb="get", resource=resource, namespace=a.namespace) from None
             replicas = int((current.get("spec") or {}).get("replicas") or 0)
             if replicas != a.before and replicas != a.after:
                 return (
@@ -438,11 +438,11 @@ class KubeBackend:
                 )
             except k8s.ApiException as exc:
                 if exc.status != 404:
-                    raise api_error(exc, verb="patch", resource="pods", namespace=namespace) from exc
+                    raise api_error(exc, verb="patch", resource="pods", namespace=namespace) from None
                 # Deleted since discovery (node lost, evicted): the next run re-syncs the marks.
                 gone.append(f"skipped pod {namespace}/{name}: gone since discovery; the next run re-syncs")
             except Exception as exc:
-                raise api_error(exc, verb="patch", resource="pods", namespace=namespace) from exc
+                raise api_error(exc, verb="patch", resource="pods", namespace=namespace) from None
         return gone
 
     @staticmethod
@@ -450,4 +450,4 @@ class KubeBackend:
         try:
             return fn()
         except Exception as exc:  # classified into transient / conflict / permanent
-            raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from exc
+            raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from None

@@ -76,7 +76,13 @@ def connect(config: ClusterConfig) -> k8s.ApiClient:
 
 
 def api_error(exc: BaseException, *, verb: str, resource: str, namespace: str | None = None) -> KubeError:
-    """Classify a failed API call; `verb`/`resource` are RBAC terms (e.g. "patch", "deployments/scale")."""
+    """Classify a failed API call; `verb`/`resource` are RBAC terms (e.g. "patch", "deployments/scale").
+
+    Raise the result `from None`: an `ApiException`'s text is the HTTP response, which a hostile or
+    careless server may fill with the request's credentials; chained as the cause, it was printed
+    unredacted in the traceback Prefect logs for a failed run (tests/faults/test_secrets.py). The
+    message here carries the status and the redacted reason instead.
+    """
     where = f" in namespace {namespace!r}" if namespace else " (cluster scope)"
     if isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError):
         return KubeTransientError(f"{verb} {resource}{where}: API server unreachable or slow: {exc}")

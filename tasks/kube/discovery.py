@@ -68,7 +68,7 @@ def list_all(
         try:
             resp = fn(limit=PAGE_SIZE, _continue=token, _request_timeout=REQUEST_TIMEOUT_S, **kw)
         except Exception as exc:  # classified: transient ones are retried by the Prefect task
-            raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from exc
+            raise api_error(exc, verb=verb, resource=resource, namespace=namespace) from None
         if isinstance(resp, dict):  # CustomObjectsApi answers with plain JSON
             items.extend(resp.get("items") or ())
             token = (resp.get("metadata") or {}).get("continue")

@@ -205,11 +205,11 @@ def read_scale_refs(api: k8s.ApiClient, config: ClusterConfig, *, lister: Lister
                                 f"{field}: {ref.describe()} not found in namespace {ns!r} (service {svc.name}, "
                                 f"{role.value}); create it or fix the name"
                             ) from None
-                        raise api_error(exc, verb="get", resource=ref.resource, namespace=ns) from exc
+                        raise api_error(exc, verb="get", resource=ref.resource, namespace=ns) from None
                     except KubeError:
                         raise
                     except Exception as exc:
-                        raise api_error(exc, verb="get", resource=ref.resource, namespace=ns) from exc
+                        raise api_error(exc, verb="get", resource=ref.resource, namespace=ns) from None
                 else:
                     objs = _list_objects(api, ref, ns, lister)
                     if not objs:
@@ -225,9 +225,9 @@ def read_scale_refs(api: k8s.ApiClient, config: ClusterConfig, *, lister: Lister
                                 f"{field}: {ref.describe()} ({ns}/{name}) has no /scale subresource; scale_ref "
                                 "targets must have one (CRDs: spec.versions[].subresources.scale)"
                             ) from None
-                        raise api_error(exc, verb="get", resource=f"{ref.resource}/scale", namespace=ns) from exc
+                        raise api_error(exc, verb="get", resource=f"{ref.resource}/scale", namespace=ns) from None
                     except Exception as exc:
-                        raise api_error(exc, verb="get", resource=f"{ref.resource}/scale", namespace=ns) from exc
+                        raise api_error(exc, verb="get", resource=f"{ref.resource}/scale", namespace=ns) from None
                     found.append(
                         RefObject(
                             service=svc.name,

@@ -64,7 +64,11 @@ def _everything_recorded(store: Store) -> str:
 
 async def _prefect_text() -> str:
     from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
 
+    # Every log line the runs emitted, not only those the background worker happened to send
+    # already: the check once passed or failed by that timing alone.
+    await APILogHandler.aflush()
     async with get_client() as client:
         logs = await client.read_logs()
         artifacts = await client.read_artifacts()
