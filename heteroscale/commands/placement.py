@@ -105,7 +105,7 @@ def run_placement_bench(
         }
         if name == "ilp":
             out[name]["kept"] = str(stats.get("kept", plan.method))
-            for key in ("rins_rounds", "injected"):
+            for key in ("rins_rounds", "injected", "rins_only", "lp_groups_relaxed"):
                 if key in stats:
                     out[name][key] = int(stats[key])
             for key in ("start_objective", "rins_objective", "start_s", "rins_s", "gap", "bound", "build_s"):
