@@ -11,6 +11,7 @@ after `relieve_s` seconds on the injected `clock` (the caller's; this module rea
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
@@ -24,6 +25,8 @@ _RELIEVE_CELLS = 4
 _RELIEVE_MOVES = 8
 # ... and at most this long in all (seconds).
 _RELIEVE_S = 0.3
+# CellKey's own order (its fields in turn) as a C-level key.
+_CELL_ORDER = operator.attrgetter("service", "role", "gpu_type", "s1")
 
 
 class Start:
@@ -76,7 +79,7 @@ class Start:
         seen: dict[str, dict[str, None]] = defaultdict(dict)
         usable: dict[tuple[str, Role, str], bool] = {}
         # CellKey's own order (its fields in turn), compared as tuples: the same order, faster.
-        for k in sorted(cells, key=lambda k: (k.service, k.role, k.gpu_type, k.s1)):
+        for k in sorted(cells, key=_CELL_ORDER):
             block = (k.service, k.role, k.gpu_type)
             ok = usable.get(block)
             if ok is None:
@@ -265,8 +268,11 @@ class Start:
         # elsewhere (small S1-affinity services otherwise find their only mixed S1s taken).
         by_hosts = sorted(order, key=lambda s: (self._hosts(s), -s.priority, s.name))
         if one_by_one:
+            base_of: dict[str, dict[CellKey, int]] = defaultdict(dict)
+            for k, n in base.items():
+                base_of[k.service][k] = n
             for svc in by_hosts:
-                self._place_base({k: n for k, n in base.items() if k.service == svc.name}, log)
+                self._place_base(base_of[svc.name], log)
                 self._repair([svc], log)
                 for self.strict in (True, False):
                     self._cover(svc, log)
