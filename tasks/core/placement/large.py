@@ -31,8 +31,9 @@ from tasks.core.placement.start import Start
 # Above this many columns the LP is solved without the group rows (`Runner.lp(relax_groups=True)`):
 # 50k GPUs / 300 services has 101k columns, 20k / 100 has 14k-16k (docs/placement.md).
 RELAX_GROUPS_ABOVE_COLUMNS = 60_000
-# ... and above this many, phase 2 is RINS on both cores with no proving MIP (`_rins_only`):
-# 100k GPUs / 500 services has 310k-350k columns (docs/placement.md).
+# ... and above this many, phase 2 is RINS on both cores with no proving MIP (`_rins_only`): at
+# 100k GPUs (310k-350k columns) the MIP's root cuts overran the limit by seconds; at 50k it gave
+# the same costs as RINS alone and overran on one seed in five (docs/placement.md).
 RINS_ONLY_ABOVE_COLUMNS = 60_000
 
 
@@ -170,13 +171,8 @@ def solve_large(
             search.halt()
     if search is not None:
         best, best_obj = search.best, search.best_obj
-        stats["rins_rounds"] = search.rounds
-        stats["rins_s"] = round(search.last_s - started_s - float(stats["start_s"]), 4) if search.improved else 0.0
+        _search_stats(search, stats, started_s)
         stats["injected"] = search.injected
-        if search.improved:
-            stats["rins_objective"] = round(best_obj, 4)
-        if search.error:
-            stats["search_error"] = search.error
     proven = run.optimal or (search is not None and search.proven)
     name = "WarmHiGHS" if sol is not None or (search is not None and search.proven) else ""
     status = pulp.LpSolution[pulp.LpSolutionOptimal if proven else pulp.LpSolutionIntegerFeasible] if name else ""
@@ -235,17 +231,22 @@ def _rins_only(
     search.run(full=True)
     search.halt()
     stats["rins_only"] = 1
-    stats["rins_rounds"] = search.rounds
-    stats["rins_s"] = round(search.last_s - started_s - float(stats["start_s"]), 4) if search.improved else 0.0
-    if search.error:
-        stats["search_error"] = search.error
+    _search_stats(search, stats, started_s)
     answer, obj = search.best, search.best_obj
     name = "RINS" if search.version > 0 else "start"
     if search.version == 0:
         stats["kept_start"] = 1
-    else:
-        stats["rins_objective"] = round(obj, 4)
     stats["global_bound"] = round(proven_lb, 4)
     stats["bound"] = proven_lb
     stats["gap"] = (obj - proven_lb) / max(abs(obj), EPS)
     return name, pulp.LpSolution[pulp.LpSolutionIntegerFeasible], [], run.cells(answer)
+
+
+def _search_stats(search: Search, stats: dict[str, float | int | str], started_s: float) -> None:
+    """The RINS search's figures in `stats`: rounds, time to its last find, its objective, error."""
+    stats["rins_rounds"] = search.rounds
+    stats["rins_s"] = round(search.last_s - started_s - float(stats["start_s"]), 4) if search.improved else 0.0
+    if search.improved:
+        stats["rins_objective"] = round(search.best_obj, 4)
+    if search.error:
+        stats["search_error"] = search.error
