@@ -61,7 +61,7 @@ def subset(columns: Columns, keep: np.ndarray) -> Columns:
     new_of = np.full(arr.n_cols, -1, dtype=np.int64)
     new_of[kept] = np.arange(len(kept))
     on = keep[arr.index]
-    rows = np.repeat(np.arange(n_rows), np.diff(arr.indptr))[on]
+    rows = arr.entry_rows()[on]
     terms = np.bincount(rows, minlength=n_rows)
     row_keep = (terms > 0) | (arr.row_lo > 0) | (arr.row_hi < 0)
     row_new = np.cumsum(row_keep) - 1

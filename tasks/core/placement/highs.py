@@ -103,13 +103,8 @@ class Runner:
 
     def _broken(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Those of `rows` that `x` breaks (by more than 1e-7)."""
-        arr = self.arr
-        lens = np.diff(arr.indptr)[rows]
-        take = np.repeat(arr.indptr[rows], lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
-        act = np.bincount(
-            np.repeat(np.arange(len(rows)), lens), weights=arr.value[take] * x[arr.index[take]], minlength=len(rows)
-        )
-        return rows[(act < arr.row_lo[rows] - 1e-7) | (act > arr.row_hi[rows] + 1e-7)]
+        act = self.arr.activity(x)[rows]
+        return rows[(act < self.arr.row_lo[rows] - 1e-7) | (act > self.arr.row_hi[rows] + 1e-7)]
 
     def vector(self, cells: Mapping[CellKey, int]) -> np.ndarray:
         """All columns for instances per cell: up/down and unmet derived."""

@@ -95,7 +95,7 @@ def global_bound(
     y = np.asarray(row_dual, dtype=np.float64).copy()
     y[np.isinf(arr.row_lo) & (y > 0)] = 0.0
     y[np.isinf(arr.row_hi) & (y < 0)] = 0.0
-    row_of = np.repeat(np.arange(n_rows), np.diff(arr.indptr))
+    row_of = arr.entry_rows()
     col_owner = owner[arr.index]
     lo_own = np.full(n_rows, n_svc, dtype=np.int64)
     hi_own = np.full(n_rows, -1, dtype=np.int64)

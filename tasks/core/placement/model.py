@@ -281,12 +281,19 @@ class Arrays:
             self.cost, self.lo, self.hi, self.row_lo, self.row_hi, self.indptr, self.index, self.value, integer,
         )  # fmt: skip
 
+    def entry_rows(self) -> np.ndarray:
+        """The row of every non-zero (the CSR's `indptr` spelled out)."""
+        return np.repeat(np.arange(len(self.row_lo)), np.diff(self.indptr))
+
+    def activity(self, v: np.ndarray) -> np.ndarray:
+        """Every row's value at the columns `v`."""
+        return np.bincount(self.entry_rows(), weights=self.value * v[self.index], minlength=len(self.row_lo))
+
     def feasible(self, v: np.ndarray, eps: float = 1e-6) -> bool:
         """True when `v` keeps every bound and row (integrality is the caller's business)."""
         if np.any(v < self.lo - eps) or np.any(v > self.hi + eps):
             return False
-        rows = np.repeat(np.arange(len(self.row_lo)), np.diff(self.indptr))
-        act = np.bincount(rows, weights=self.value * v[self.index], minlength=len(self.row_lo))
+        act = self.activity(v)
         return bool(np.all(act >= self.row_lo - eps) and np.all(act <= self.row_hi + eps))
 
 
